@@ -1,0 +1,35 @@
+"""neuralsde: continuous-time neural ODE/SDE ResNets and robust attributions.
+
+The public face: :func:`integrate`, :class:`ODEResNet`, :class:`SDEResNet`,
+:class:`ContinuousStage`, the diffusion classes and :class:`SolverError`. Everything
+else is reachable by module path.
+"""
+
+from .diffusion import (
+    AdditiveDiffusion,
+    Diffusion,
+    LearnedDiffusion,
+    MultiplicativeDiffusion,
+    NormalizedDiffusion,
+    make_diffusion,
+)
+from .integrate import SolverError, SolverStats, integrate
+from .models import ODEResNet, SDEResNet
+from .stage import ContinuousStage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdditiveDiffusion",
+    "ContinuousStage",
+    "Diffusion",
+    "LearnedDiffusion",
+    "MultiplicativeDiffusion",
+    "NormalizedDiffusion",
+    "ODEResNet",
+    "SDEResNet",
+    "SolverError",
+    "SolverStats",
+    "integrate",
+    "make_diffusion",
+]

@@ -1,0 +1,164 @@
+"""Residual blocks whose every evaluation has activation modules of its own.
+
+A block is torchvision's BasicBlock or Bottleneck with the same parameter names
+(``conv1``, ``bn1``, ..., ``downsample.0``, ``downsample.1``), so state dicts move between
+the two unchanged. What differs is the activations: torchvision calls one ``self.relu``
+several times per block, and an ODE solver calls a block many times per forward pass.
+Captum's DeepLift hooks each activation module and needs every module to be called once
+per forward pass (a module called twice makes it fail; a functional ``F.relu`` silently
+gets a plain gradient). So each evaluation takes a fresh set of ``nn.ReLU`` modules from
+an :class:`ActivationPool`; the modules hold no weights, so nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+__all__ = ["ActivationPool", "ResBlock"]
+
+
+def _inplace_relu() -> nn.Module:
+    # In place, as torchvision does: the input is always a fresh temporary used once.
+    # Captum's DeepLift copies the input in a pre-hook before the module runs.
+    return nn.ReLU(inplace=True)
+
+
+class ActivationPool(nn.Module):
+    """Activation modules handed out a fresh set per evaluation.
+
+    ``take()`` returns the next set of ``per_call`` modules and grows the pool when it
+    runs out; ``reset()`` (called at the start of every forward pass of the owning stage)
+    starts handing them out from the beginning again, so the pool holds as many sets as
+    the largest forward pass needed.
+
+    Args:
+        per_call: modules per evaluation.
+        factory: builds one activation module.
+    """
+
+    def __init__(self, per_call: int, factory: Callable[[], nn.Module] | None = None):
+        super().__init__()
+        self.per_call = per_call
+        self.factory = factory if factory is not None else _inplace_relu
+        self.sets = nn.ModuleList()
+        self.cursor = 0
+        self.on_grow: Callable[[ActivationPool], None] | None = None
+
+    def reset(self) -> None:
+        """Start handing out sets from the first one again."""
+        self.cursor = 0
+
+    def take(self) -> nn.ModuleList:
+        """The next set of ``per_call`` activation modules."""
+        if self.cursor == len(self.sets):
+            if self.on_grow is not None:
+                self.on_grow(self)
+            self.sets.append(nn.ModuleList(self.factory() for _ in range(self.per_call)))
+        acts = self.sets[self.cursor]
+        self.cursor += 1
+        return acts
+
+    def reserve(self, n: int) -> None:
+        """Make sure at least ``n`` sets exist (for hooks registered before a forward pass)."""
+        while len(self.sets) < n:
+            self.sets.append(nn.ModuleList(self.factory() for _ in range(self.per_call)))
+
+    def __repr__(self) -> str:
+        return f"ActivationPool(per_call={self.per_call}, sets={len(self.sets)})"
+
+
+class ResBlock(nn.Module):
+    """torchvision's BasicBlock (``conv3 is None``) or Bottleneck, post-activation.
+
+    ``forward(x) = relu(identity(x) + R(x))`` with ``identity`` the downsample branch or
+    ``x`` itself, exactly as torchvision computes it. As a time step of a continuous stage
+    the block defines the drift ``velocity(x, h) = (forward(x) - x) / h``: one Euler step
+    of length ``h`` reproduces the block.
+
+    Args:
+        conv1, bn1, conv2, bn2: the first two convolution/normalisation pairs.
+        conv3, bn3: the third pair of a bottleneck block, or None.
+        downsample: the projection of the identity branch, or None.
+    """
+
+    def __init__(
+        self,
+        conv1: nn.Module,
+        bn1: nn.Module,
+        conv2: nn.Module,
+        bn2: nn.Module,
+        conv3: nn.Module | None = None,
+        bn3: nn.Module | None = None,
+        downsample: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.conv1, self.bn1, self.conv2, self.bn2 = conv1, bn1, conv2, bn2
+        self.conv3, self.bn3 = conv3, bn3
+        self.downsample = downsample
+        self.bottleneck = conv3 is not None
+        self.acts = ActivationPool(3 if self.bottleneck else 2)
+
+    @classmethod
+    def from_torchvision(cls, block: nn.Module) -> ResBlock:
+        """Wrap the layers of a torchvision BasicBlock or Bottleneck (shared, not copied)."""
+        return cls(
+            block.conv1,
+            block.bn1,
+            block.conv2,
+            block.bn2,
+            getattr(block, "conv3", None),
+            getattr(block, "bn3", None),
+            block.downsample,
+        )
+
+    @property
+    def in_channels(self) -> int:
+        return self.conv1.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        last = self.conv3 if self.bottleneck else self.conv2
+        return last.out_channels
+
+    @property
+    def shape_preserving(self) -> bool:
+        """True if the block maps a state to one of the same shape (it can be a time step)."""
+        strided = any(getattr(c, "stride", (1, 1)) != (1, 1) for c in (self.conv1, self.conv2, self.conv3) if c)
+        return self.downsample is None and not strided and self.in_channels == self.out_channels
+
+    def apply_block(self, x: Tensor, acts: nn.ModuleList) -> Tensor:
+        """The block's output ``relu(identity(x) + R(x))`` with the given activations.
+
+        Args:
+            x: input, shape ``(B, C_in, H, W)``.
+            acts: ``per_call`` activation modules, each used once.
+
+        Returns:
+            Output, shape ``(B, C_out, H', W')``.
+        """
+        out = acts[0](self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.bottleneck:
+            out = self.bn3(self.conv3(acts[1](out)))
+        identity = x if self.downsample is None else self.downsample(x)
+        out += identity  # out is a fresh normalisation output that nothing else keeps
+        return acts[-1](out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The discrete block, as torchvision computes it. Shape ``(B, C, H, W)`` in and out."""
+        return self.apply_block(x, self.acts.take())
+
+    def velocity(self, x: Tensor, h: float = 1.0) -> Tensor:
+        """The drift ``(block(x) - x) / h`` of a shape-preserving block.
+
+        Args:
+            x: state, shape ``(B, C, H, W)``.
+            h: the length of the time interval the block owns.
+
+        Returns:
+            dX/dt, shape ``(B, C, H, W)``.
+        """
+        v = self.apply_block(x, self.acts.take()) - x
+        return v if h == 1.0 else v.div_(h)

@@ -1,0 +1,290 @@
+"""A ResNet stage reparameterised as a drift network integrated over time.
+
+The stage's shape-preserving blocks become time-dependent dynamics with piecewise-constant
+weights W(t): of the stage's ``n`` continuous blocks, block ``k`` owns the interval
+``[k h, (k + 1) h]`` with ``h = T / n``, and on it
+
+    dX/dt = G_k(X) = (block_k(X) - X) / h.
+
+One Euler step per block is therefore exactly the discrete stage, and finer or adaptive
+solvers integrate the same dynamics. Each interval is solved by its own call of
+:func:`neuralsde.integrate`, so no solver ever steps across a jump of W(t) (adaptive
+methods would otherwise shrink their steps to resolve the discontinuity).
+
+Shape-changing blocks (stride, channel change, a ``downsample`` branch) cannot be time
+steps; they stay discrete transitions, applied where they stand in the stage.
+
+With a diffusion and noise switched on, the stage solves the Itô SDE
+``dX = G(X, t) dt + sigma(X, t) dB`` instead; each block interval gets an independent
+piece of the Brownian path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from .blocks import ResBlock
+from .diffusion import Diffusion
+from .integrate import (
+    ELEMENTWISE_ONLY_SDE_METHODS,
+    SolverError,
+    SolverStats,
+    check_method,
+    is_adaptive,
+    solve,
+)
+
+__all__ = ["ContinuousStage"]
+
+# With the noise off, Euler–Maruyama and Milstein are Euler's method (their noise terms
+# vanish with sigma); SRK has no torchdiffeq twin, so it runs with a zero diffusion.
+_NOISE_OFF_METHOD = {"euler": "euler", "milstein": "euler"}
+
+
+class _ZeroDiffusion(nn.Module):
+    elementwise = True
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        return x.new_zeros(()).expand_as(x)
+
+
+class ContinuousStage(nn.Module):
+    """A stage of residual blocks: discrete transitions plus continuous dynamics.
+
+    Children are named ``"0"``, ``"1"``, ... like the ``nn.Sequential`` of a torchvision
+    ResNet layer, so parameter names match torchvision's.
+
+    Args:
+        blocks: the stage's blocks in order.
+        method: ODE method, or SDE method when ``diffusion`` is given.
+        steps_per_block: fixed steps per block interval (fixed-step methods).
+        T: length of the stage's time interval; None gives each continuous block unit
+            time. The ODE does not depend on T (the drift is scaled by ``1/h``); the SDE
+            noise over one block has variance proportional to ``h = T / n``.
+        rtol: relative tolerance of adaptive methods.
+        atol: absolute tolerance of adaptive methods.
+        adjoint: back-propagate with the adjoint method (ODE only).
+        diffusion: sigma(X, t) for an SDE stage, or None for an ODE stage.
+        name: the stage's name in error messages.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[ResBlock],
+        *,
+        method: str = "euler",
+        steps_per_block: int = 1,
+        T: float | None = None,
+        rtol: float = 1e-4,
+        atol: float = 1e-5,
+        adjoint: bool = False,
+        diffusion: Diffusion | None = None,
+        name: str = "stage",
+    ):
+        super().__init__()
+        if len(blocks) == 0:
+            raise ValueError("a stage needs at least one block")
+        for i, block in enumerate(blocks):
+            if not isinstance(block, ResBlock):
+                raise ValueError(f"block {i} must be a neuralsde ResBlock, got {type(block).__name__}")
+            self.add_module(str(i), block)
+        self.continuous = [block.shape_preserving for block in blocks]
+        self.diffusion = diffusion
+        self.name = name
+        self.noise = diffusion is not None
+        self.stats = SolverStats()
+        self.method = method
+        self.steps_per_block = 1
+        self.T: float | None = None
+        self.rtol, self.atol, self.adjoint = rtol, atol, False
+        self.set_solver(method=method, steps_per_block=steps_per_block, T=T, rtol=rtol, atol=atol, adjoint=adjoint)
+
+    @property
+    def blocks(self) -> list[ResBlock]:
+        """The blocks in order."""
+        return [module for name, module in self.named_children() if name.isdigit()]
+
+    def __getitem__(self, index: int) -> ResBlock:
+        """Block ``index``, as for the ``nn.Sequential`` of a torchvision layer."""
+        return self.blocks[index]
+
+    def __len__(self) -> int:
+        return len(self.continuous)
+
+    def __iter__(self):
+        return iter(self.blocks)
+
+    @property
+    def num_continuous(self) -> int:
+        """How many blocks are time steps."""
+        return sum(self.continuous)
+
+    @property
+    def horizon(self) -> float:
+        """The stage's time horizon T."""
+        return float(self.num_continuous) if self.T is None else self.T
+
+    @property
+    def h(self) -> float:
+        """The time each continuous block owns, T / n."""
+        return self.horizon / max(self.num_continuous, 1)
+
+    @property
+    def is_sde(self) -> bool:
+        """Whether the stage has a diffusion."""
+        return self.diffusion is not None
+
+    def check_solver(
+        self,
+        *,
+        method: str | None = None,
+        steps_per_block: int | None = None,
+        T: float | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        adjoint: bool | None = None,
+    ) -> dict:
+        """Validate solver settings without applying them.
+
+        Returns:
+            The complete settings (None replaced by the current values).
+
+        Raises:
+            ValueError: for an unknown method, a method that cannot handle the diffusion,
+                ``steps_per_block < 1``, ``T <= 0``, tolerances <= 0 or an adjoint SDE.
+        """
+        method = self.method if method is None else method
+        check_method(method, sde=self.is_sde)
+        self._check_method_diffusion(method, self.diffusion)
+        if steps_per_block is None:
+            steps_per_block = self.steps_per_block
+        elif int(steps_per_block) != steps_per_block or steps_per_block < 1:
+            raise ValueError(f"steps_per_block must be an integer >= 1, got {steps_per_block}")
+        if T is not None and not float(T) > 0:
+            raise ValueError(f"T must be > 0, got {T}")
+        adjoint = self.adjoint if adjoint is None else bool(adjoint)
+        if adjoint and self.is_sde:
+            raise ValueError("adjoint=True is available for ODE stages only; SDE stages back-propagate directly")
+        for name, tol in (("rtol", rtol), ("atol", atol)):
+            if tol is not None and not float(tol) > 0:
+                raise ValueError(f"{name} must be > 0, got {tol}")
+        return dict(
+            method=method,
+            steps_per_block=int(steps_per_block),
+            T=self.T if T is None else float(T),
+            rtol=self.rtol if rtol is None else float(rtol),
+            atol=self.atol if atol is None else float(atol),
+            adjoint=adjoint,
+        )
+
+    def set_solver(self, **settings) -> None:
+        """Change the solver settings (see :meth:`check_solver`); None keeps a value."""
+        for key, value in self.check_solver(**settings).items():
+            setattr(self, key, value)
+
+    @staticmethod
+    def _check_method_diffusion(method: str, diffusion: Diffusion | None) -> None:
+        if diffusion is not None and method in ELEMENTWISE_ONLY_SDE_METHODS and not diffusion.elementwise:
+            raise ValueError(
+                f"method {method!r} is only right for an element-wise diffusion, and the "
+                f"{diffusion.kind!r} diffusion is not element-wise; use method='euler' (Euler–Maruyama)"
+            )
+
+    def set_diffusion(self, diffusion: Diffusion) -> None:
+        """Replace the diffusion of an SDE stage.
+
+        Raises:
+            ValueError: if the stage is an ODE stage or its method cannot handle it.
+        """
+        if not self.is_sde:
+            raise ValueError(f"stage {self.name!r} is an ODE stage; it has no diffusion to replace")
+        self._check_method_diffusion(self.method, diffusion)
+        self.diffusion = diffusion
+
+    def drift(self, t: float, x: Tensor) -> Tensor:
+        """G(X, W(t)): the drift at stage time ``t`` in ``[0, T]``.
+
+        Block ``k`` owns ``[k h, (k + 1) h)``; ``t = T`` belongs to the last block.
+
+        Args:
+            t: stage time.
+            x: state, shape ``(B, C, H, W)`` (the shape inside the continuous blocks).
+
+        Returns:
+            dX/dt, shape ``(B, C, H, W)``.
+        """
+        blocks = [b for b, c in zip(self.blocks, self.continuous) if c]
+        if not blocks:
+            raise ValueError(f"stage {self.name!r} has no continuous blocks")
+        k = min(int(float(t) / self.h), len(blocks) - 1)
+        if float(t) < 0 or float(t) > self.horizon:
+            raise ValueError(f"t must be in [0, {self.horizon}], got {float(t)}")
+        blocks[k].acts.reset()
+        return blocks[k].velocity(x, self.h)
+
+    def _solve(self, block: ResBlock, x: Tensor, t0: float, t1: float, noise: bool) -> Tensor:
+        h = self.h
+
+        def velocity(t: Tensor, y: Tensor) -> Tensor:
+            return block.velocity(y, h)
+
+        diffusion = None
+        method = self.method
+        if self.is_sde:
+            if noise:
+                diffusion = self.diffusion
+            elif method in _NOISE_OFF_METHOD:
+                method = _NOISE_OFF_METHOD[method]
+            else:
+                diffusion = _ZeroDiffusion()
+        dt = None if is_adaptive(method) else h / self.steps_per_block
+        ys = solve(
+            velocity,
+            x,
+            [t0, t1],
+            diffusion=diffusion,
+            method=method,
+            dt=dt,
+            rtol=self.rtol,
+            atol=self.atol,
+            adjoint=self.adjoint,
+            adjoint_params=tuple(block.parameters()) if self.adjoint else None,
+            stats=self.stats,
+        )
+        return ys[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the stage.
+
+        Args:
+            x: input, shape ``(B, C_in, H, W)``.
+
+        Returns:
+            Output, shape ``(B, C_out, H', W')``.
+
+        Raises:
+            SolverError: if the state stops being finite (names this stage).
+        """
+        self.stats.reset()
+        noise = self.is_sde and self.noise
+        k = 0
+        for block, continuous in zip(self.blocks, self.continuous):
+            block.acts.reset()
+            if not continuous:
+                x = block(x)
+                continue
+            try:
+                x = self._solve(block, x, k * self.h, (k + 1) * self.h, noise)
+            except SolverError as err:
+                raise err.in_stage(self.name) from err
+            k += 1
+        return x
+
+    def extra_repr(self) -> str:
+        kind = f"sde, diffusion={self.diffusion.kind}" if self.is_sde else "ode"
+        return (
+            f"name={self.name!r}, {kind}, method={self.method!r}, steps_per_block={self.steps_per_block}, "
+            f"T={self.horizon}, continuous={self.continuous}"
+        )
