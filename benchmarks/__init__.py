@@ -1,0 +1,1 @@
+"""Benchmarks of neuralsde: thin command-line programs over the library."""

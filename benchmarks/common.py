@@ -1,0 +1,123 @@
+"""Shared plumbing of the benchmark CLIs: run records, atomic writes, timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+__all__ = ["atomic_write_text", "environment", "paired_ratios", "write_json"]
+
+
+def environment(device: str | torch.device = "cpu") -> dict:
+    """Versions and machine facts recorded with every result."""
+    import captum
+    import torchdiffeq
+    import torchsde
+    import torchvision
+
+    import neuralsde
+
+    device = torch.device(device)
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "versions": {
+            "neuralsde": neuralsde.__version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "torchdiffeq": getattr(torchdiffeq, "__version__", "unknown"),
+            "torchsde": torchsde.__version__,
+            "captum": captum.__version__,
+        },
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    """Atomically write ``data`` as indented JSON."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def paired_ratios(
+    runs: dict[str, Callable[[], object]],
+    pairs: list[tuple[str, str]],
+    *,
+    rounds: int,
+    warmup: int = 1,
+    device: str | torch.device = "cpu",
+    progress=None,
+) -> dict:
+    """Time several callables side by side and compare them pairwise.
+
+    Each round calls every callable once, in an order that rotates from round to round,
+    so slow drifts of the machine hit all of them alike; a ratio is formed within each
+    round and the rounds' ratios are summarised by their median and quartiles.
+
+    Args:
+        runs: name -> zero-argument callable to time.
+        pairs: (numerator, denominator) names to compare.
+        rounds: timed rounds.
+        warmup: untimed rounds first.
+        device: where the work runs (CUDA work is synchronised before each reading).
+        progress: optional callable taking the number of finished rounds.
+
+    Returns:
+        ``{"seconds": {name: {"median", "min"}}, "ratios": {"a/b": {"median", "q1", "q3"}}}``
+    """
+    device = torch.device(device)
+    names = list(runs)
+    for _ in range(warmup):
+        for name in names:
+            runs[name]()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            _sync(device)
+            start = time.perf_counter()
+            runs[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+        if progress is not None:
+            progress(r + 1)
+    out = {"seconds": {n: {"median": statistics.median(t), "min": min(t)} for n, t in times.items()}, "ratios": {}}
+    for a, b in pairs:
+        ratios = [x / y for x, y in zip(times[a], times[b])]
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        out["ratios"][f"{a}/{b}"] = {"median": statistics.median(ratios), "q1": q[0], "q3": q[2]}
+    return out

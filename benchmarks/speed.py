@@ -1,0 +1,111 @@
+"""Speed of the continuous-time models against torchvision, measured side by side.
+
+    python -m benchmarks.speed [--archs resnet18 resnet50] [--size 224] [--batch 4]
+                               [--rounds 10] [--device cpu] [--out results]
+
+Ratios (targets in brackets), each formed within one round and summarised over rounds:
+
+* ODEResNet (Euler, one step per block) forward / torchvision forward        [<= 1.05]
+* SDEResNet forward, noise on (Euler–Maruyama) / ODEResNet forward           [<= 1.2]
+* the same two ratios for forward + backward (train mode, loss = sum of logits)
+
+Forward passes run in eval mode under ``torch.no_grad`` (the SDE with
+``eval_samples=1``, i.e. one Brownian path, noise on); forward + backward passes run all
+three models in train mode, so BatchNorm does the same work in each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torchvision
+from tqdm import tqdm
+
+from neuralsde import ODEResNet, SDEResNet
+
+from .common import environment, paired_ratios, write_json
+
+TARGETS = {"ode/torchvision": 1.05, "sde/ode": 1.2}
+
+
+def measure_arch(arch: str, *, size: int, batch: int, rounds: int, device: str, seed: int) -> dict:
+    torch.manual_seed(seed)
+    tv = torchvision.models.get_model(arch).to(device)
+    ode = ODEResNet.from_torchvision(tv).to(device)
+    sde = SDEResNet.from_torchvision(tv, sigma=0.5, method="euler").to(device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    models = {"torchvision": tv, "ode": ode, "sde": sde}
+    pairs = [("ode", "torchvision"), ("sde", "ode")]
+    results = {}
+
+    def forward(model):
+        def run():
+            with torch.no_grad():
+                model(x)
+
+        return run
+
+    def forward_backward(model):
+        def run():
+            model.zero_grad(set_to_none=True)
+            model(x).sum().backward()
+
+        return run
+
+    for phase, make in (("forward", forward), ("forward+backward", forward_backward)):
+        for model in models.values():
+            model.train(phase == "forward+backward")
+        sde.set_noise(eval_samples=1)  # noise on in eval mode too
+        bar = tqdm(total=rounds, desc=f"{arch} {phase}", leave=False, file=sys.stderr)
+        results[phase] = paired_ratios(
+            {name: make(m) for name, m in models.items()},
+            pairs,
+            rounds=rounds,
+            device=device,
+            progress=lambda r, bar=bar: bar.update(1),
+        )
+        bar.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archs", nargs="+", default=["resnet18", "resnet50"])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="results")
+    args = parser.parse_args(argv)
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2")
+    record = {
+        "benchmark": "speed",
+        "config": {k: getattr(args, k) for k in ("archs", "size", "batch", "rounds", "device", "seed")},
+        "environment": environment(args.device),
+        "results": {},
+    }
+    print(f"{'arch':10} {'phase':17} {'ratio':17} {'median':>7} {'[q1, q3]':>17} {'target':>7}  ok")
+    for arch in args.archs:
+        res = measure_arch(
+            arch, size=args.size, batch=args.batch, rounds=args.rounds, device=args.device, seed=args.seed
+        )
+        record["results"][arch] = res
+        for phase, data in res.items():
+            for ratio, r in data["ratios"].items():
+                target = TARGETS[ratio]
+                ok = "yes" if r["median"] <= target else "NO"
+                print(
+                    f"{arch:10} {phase:17} {ratio:17} {r['median']:7.3f} [{r['q1']:6.3f}, {r['q3']:6.3f}] "
+                    f"{target:7.2f}  {ok}"
+                )
+        write_json(f"{args.out}/speed.json", record)
+    print(f"wrote {args.out}/speed.json")
+    return record
+
+
+if __name__ == "__main__":
+    main()
