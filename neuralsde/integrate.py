@@ -32,6 +32,7 @@ import torchsde
 from einops import rearrange
 from torch import Tensor, nn
 from torchdiffeq._impl.odeint import SOLVERS as _ODE_SOLVERS
+from torchdiffeq._impl.rk_common import _ButcherTableau, _runge_kutta_step
 from torchsde._core.base_sde import ForwardSDE as _ForwardSDE
 from torchsde._core.methods import select as _select_sde_solver
 
@@ -100,6 +101,8 @@ class SolverStats:
         rejected: rejected steps (adaptive ODE methods only).
         nfe: drift evaluations.
         nfe_diffusion: diffusion evaluations (SDE only).
+        times: if a list, the end time of every accepted step of an adaptive ODE
+            method is appended to it (the grid the method chose).
     """
 
     method: str = ""
@@ -107,18 +110,21 @@ class SolverStats:
     rejected: int = 0
     nfe: int = 0
     nfe_diffusion: int = 0
+    times: list[float] | None = None
 
     def reset(self) -> None:
         """Set every count back to zero."""
         self.steps = self.rejected = self.nfe = self.nfe_diffusion = 0
 
     def add(self, other: SolverStats) -> None:
-        """Add another record's counts to this one."""
+        """Add another record's counts (and recorded times) to this one."""
         self.method = other.method
         self.steps += other.steps
         self.rejected += other.rejected
         self.nfe += other.nfe
         self.nfe_diffusion += other.nfe_diffusion
+        if self.times is not None and other.times is not None:
+            self.times.extend(other.times)
 
 
 def is_adaptive(method: str) -> bool:
@@ -232,6 +238,8 @@ class _AdaptiveODEFunc(_ODEFunc):
 
     def callback_accept_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.stats.steps += 1
+        if self.stats.times is not None:
+            self.stats.times.append(float(t0 + dt))
 
     def callback_reject_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.stats.rejected += 1
@@ -317,6 +325,8 @@ class GridBrownian(torchsde.BaseBrownian):
             ones. With ``keep=False`` (used by :func:`integrate`, whose steps move
             forward) only the latest interval is kept, which bounds memory by one state,
             and querying an earlier interval again raises.
+        shared: draw one path of shape ``(1, noise_dims)`` and give it to every batch
+            element (common random numbers: every sample sees the same noise).
     """
 
     __slots__ = (
@@ -330,6 +340,7 @@ class GridBrownian(torchsde.BaseBrownian):
         "_keep",
         "_cache",
         "_released",
+        "_shared",
         "queries",
     )
 
@@ -343,6 +354,7 @@ class GridBrownian(torchsde.BaseBrownian):
         levy_area: str = "none",
         generator: torch.Generator | None = None,
         keep: bool = True,
+        shared: bool = False,
     ):
         if levy_area not in ("none", "space-time"):
             raise ValueError(f"levy_area must be 'none' or 'space-time', got {levy_area!r}")
@@ -358,6 +370,7 @@ class GridBrownian(torchsde.BaseBrownian):
         self._levy = levy_area
         self._generator = generator
         self._keep = keep
+        self._shared = shared
         self._cache: dict[int, tuple[Tensor, Tensor | None]] = {}
         self._released = -1
         self.queries = 0
@@ -373,8 +386,10 @@ class GridBrownian(torchsde.BaseBrownian):
         return i
 
     def _gaussian(self, std: float) -> Tensor:
-        z = torch.randn(self._shape, dtype=self._dtype, device=self._device, generator=self._generator)
-        return z if std == 1.0 else z.mul_(std)
+        shape = (1, self._shape[1]) if self._shared else self._shape
+        z = torch.randn(shape, dtype=self._dtype, device=self._device, generator=self._generator)
+        z = z if std == 1.0 else z.mul_(std)
+        return z.expand(self._shape) if self._shared else z
 
     def _interval(self, k: int) -> tuple[Tensor, Tensor | None]:
         hit = self._cache.get(k)
@@ -401,7 +416,7 @@ class GridBrownian(torchsde.BaseBrownian):
             raise ValueError(f"GridBrownian queried backwards in time: ({float(ta)}, {float(tb)})")
         self.queries += 1
         if j == i:
-            W = torch.zeros(self._shape, dtype=self._dtype, device=self._device)
+            W = torch.zeros((), dtype=self._dtype, device=self._device).expand(self._shape)
         elif j == i + 1:
             W = self._interval(i)[0]
         else:
@@ -501,6 +516,7 @@ def integrate(
     stats: SolverStats | None = None,
     check_finite: bool = True,
     options: dict | None = None,
+    adaptive: bool = True,
 ) -> Tensor:
     """Integrate an ODE (torchdiffeq) or an Itô SDE with diagonal noise (torchsde).
 
@@ -534,6 +550,9 @@ def integrate(
         options: extra options passed to the torchdiffeq solver. The Adams methods
             default to ``max_order=5`` (fourth order): torchdiffeq's own default of 12
             is unstable even on mild problems.
+        adaptive: with False, an adaptive method takes exactly the steps of the fixed
+            grid (``ts`` cut by ``dt``) with its own Runge–Kutta tableau and no error
+            control: how a step grid found once is replayed on other inputs.
 
     Returns:
         The states at ``ts``, shape ``(len(ts), *y0.shape)``.
@@ -558,6 +577,7 @@ def integrate(
         stats=stats,
         check_finite=check_finite,
         options=options,
+        adaptive=adaptive,
     )
     return torch.stack(states)
 
@@ -578,6 +598,7 @@ def solve(
     stats: SolverStats | None = None,
     check_finite: bool = True,
     options: dict | None = None,
+    adaptive: bool = True,
 ) -> list[Tensor]:
     """:func:`integrate`, returning the states at ``ts`` as a list (no stacking copy).
 
@@ -590,10 +611,12 @@ def solve(
     if dt is not None and not dt > 0:
         raise ValueError(f"dt must be positive, got {dt}")
     times = _as_times(ts)
-    local = SolverStats(method=method)
+    local = SolverStats(method=method, times=[] if stats is not None and stats.times is not None else None)
     if diffusion is None:
         check_method(method, sde=False)
-        if adjoint or is_adaptive(method):
+        if adjoint and not adaptive:
+            raise ValueError("adaptive=False replays a fixed grid and back-propagates directly; no adjoint")
+        if adjoint or (adaptive and is_adaptive(method)):
             ys = _odeint(drift, y0, times, method, dt, rtol, atol, adjoint, adjoint_params, local, options)
         else:
             ys = _fixed_grid_ode(drift, y0, times, method, dt, rtol, atol, local, options)
@@ -673,9 +696,31 @@ def _odeint(drift, y0, times, method, dt, rtol, atol, adjoint, adjoint_params, s
     return list(ys.unbind(0))
 
 
+class _TableauStepper:
+    """The Runge–Kutta step of an adaptive torchdiffeq method, without error control."""
+
+    def __init__(self, method: str, y0: Tensor):
+        tab = _ODE_SOLVERS[method].tableau
+        move = {"device": y0.device, "dtype": y0.dtype}
+        self.tableau = _ButcherTableau(
+            alpha=tab.alpha.to(**move),
+            beta=[b.to(**move) for b in tab.beta],
+            c_sol=tab.c_sol.to(**move),
+            c_error=tab.c_error.to(**move),
+        )
+
+    def _step_func(self, func, t0, dt, t1, y0):
+        f0 = func(t0, y0)
+        y1 = _runge_kutta_step(func, y0, f0, t0, dt, t1, self.tableau)[0]
+        return y1 - y0, f0
+
+
 def _fixed_grid_ode(drift, y0, times, method, dt, rtol, atol, stats, options) -> list[Tensor]:
     func = _ODEFunc(drift, stats, adaptive=False)
-    solver = _ODE_SOLVERS[method](func=func, y0=y0, rtol=rtol, atol=atol, **_solver_options(method, options))
+    if is_adaptive(method):
+        solver = _TableauStepper(method, y0)
+    else:
+        solver = _ODE_SOLVERS[method](func=func, y0=y0, rtol=rtol, atol=atol, **_solver_options(method, options))
     grid = step_grid(times, dt)
     t = torch.tensor(grid, dtype=_time_dtype(y0), device=y0.device)
     wanted = set(times)
