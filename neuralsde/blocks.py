@@ -44,17 +44,31 @@ class ActivationPool(nn.Module):
         self.factory = factory if factory is not None else _inplace_relu
         self.sets = nn.ModuleList()
         self.cursor = 0
-        self.on_grow: Callable[[ActivationPool], None] | None = None
 
     def reset(self) -> None:
         """Start handing out sets from the first one again."""
         self.cursor = 0
 
+    def hooked(self) -> bool:
+        """Whether hooks (an attribution method's) are registered on the pool's modules."""
+        return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in self.sets.modules())
+
     def take(self) -> nn.ModuleList:
-        """The next set of ``per_call`` activation modules."""
+        """The next set of ``per_call`` activation modules.
+
+        Raises:
+            RuntimeError: if the pool must grow while hooks are registered on it: the new
+                modules would have none, and a hook-based attribution would silently
+                treat them as plain gradients.
+        """
         if self.cursor == len(self.sets):
-            if self.on_grow is not None:
-                self.on_grow(self)
+            if self.hooked():
+                raise RuntimeError(
+                    "this forward pass needs more drift evaluations than the model prepared "
+                    f"activation modules for ({len(self.sets)}), while attribution hooks are registered "
+                    "on them. Adaptive solvers choose their steps per input: call "
+                    "model.freeze_grid(inputs) before attributing, or use a fixed-step method."
+                )
             self.sets.append(nn.ModuleList(self.factory() for _ in range(self.per_call)))
         acts = self.sets[self.cursor]
         self.cursor += 1

@@ -15,6 +15,7 @@ block, the twin computes what the torchvision network computes.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,10 +25,10 @@ from torch import Tensor, nn
 
 from .blocks import ResBlock
 from .diffusion import DIFFUSIONS, Diffusion, make_diffusion
-from .integrate import SolverStats
+from .integrate import SolverStats, is_adaptive
 from .stage import ContinuousStage
 
-__all__ = ["ODEResNet", "SDEResNet", "TORCHVISION_ARCHS"]
+__all__ = ["DiscreteResNet", "ODEResNet", "SDEResNet", "TORCHVISION_ARCHS"]
 
 #: Architectures buildable by name, as in ``torchvision.models``.
 TORCHVISION_ARCHS: tuple[str, ...] = (
@@ -184,11 +185,13 @@ class ODEResNet(nn.Module):
                 adjoint=adjoint,
                 diffusion=diffusion,
                 name=name,
+                index=i,
             )
             self.add_module(name, stage)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = parts.fc
         self.num_classes = self.fc.out_features
+        self._adjoint_warned = False
 
     # -- construction -------------------------------------------------------------
     def _make_diffusion(self, channels: int) -> Diffusion | None:
@@ -277,15 +280,93 @@ class ODEResNet(nn.Module):
         """Steps and evaluations of the last forward pass, per stage."""
         return {stage.name: copy.copy(stage.stats) for stage in self.stages}
 
+    def freeze_grid(self, x: Tensor) -> ODEResNet:
+        """Fix an adaptive method's step grid to the one it chooses on ``x``.
+
+        Runs one forward pass on ``x`` (eval mode, no gradients) and records, per block,
+        the steps the adaptive method accepted; later forward passes take exactly those
+        steps with the method's own Runge–Kutta tableau and no error control. The model
+        is then a fixed function of its input, whatever else shares the batch, and its
+        number of drift evaluations is known, which hook-based attributions (DeepLift,
+        GuidedBackprop) need. Changing the solver unfreezes it.
+
+        Args:
+            x: representative inputs, shape ``(B, C, H, W)`` (e.g. the images to explain).
+
+        Returns:
+            The model itself.
+
+        Raises:
+            ValueError: if the method is not adaptive.
+        """
+        if not is_adaptive(self.method):
+            raise ValueError(f"method {self.method!r} takes fixed steps already; freeze_grid is for adaptive methods")
+        training = self.training
+        self.unfreeze_grid().eval()
+        for stage in self.stages:
+            stage.record_grids()
+        try:
+            with torch.no_grad():
+                self(x)
+            grids = [stage.recorded for stage in self.stages]
+        finally:
+            for stage in self.stages:
+                stage._recording = None
+            self.train(training)
+        for stage, grid in zip(self.stages, grids):
+            stage.freeze(grid)
+        return self
+
+    def unfreeze_grid(self) -> ODEResNet:
+        """Let an adaptive method choose its steps again. Returns the model."""
+        for stage in self.stages:
+            stage.frozen = None
+            stage.reserve_activations()
+        return self
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the step grid is frozen (see :meth:`freeze_grid`)."""
+        return self.layer1.frozen is not None
+
     # -- forward ----------------------------------------------------------------------
     def _check_input(self, x: Tensor) -> None:
         if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != self.in_channels:
             got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f"expected images of shape (B, {self.in_channels}, H, W), got {got}")
 
+    def _attributing(self, x: Tensor) -> bool:
+        """Whether gradients of this pass are wanted for the input or hooked modules."""
+        if x.requires_grad:
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in self.modules())
+
+    def _choose_backprop(self, x: Tensor) -> None:
+        """With adjoint=True, back-propagate directly while attributions are computed.
+
+        The adjoint only approximates the gradient of the forward pass (it integrates its
+        own ODE backwards) and calls the drift again during the backward pass, which
+        hook-based attributions cannot follow. So when the input requires gradients or
+        hooks are registered on the model, the solver back-propagates directly.
+        """
+        if not any(stage.adjoint for stage in self.stages):
+            return
+        direct = torch.is_grad_enabled() and self._attributing(x)
+        if direct and not self._adjoint_warned:
+            warnings.warn(
+                "adjoint=True, but the input requires gradients or hooks are registered (an attribution): "
+                "back-propagating directly through the solver for such passes, since the adjoint only "
+                "approximates the gradient of the forward pass",
+                stacklevel=3,
+            )
+            self._adjoint_warned = True
+        for stage in self.stages:
+            stage.direct_backprop = direct
+
     def forward_features(self, x: Tensor) -> Tensor:
         """The pooled features before the classifier: ``(B, C, H, W) -> (B, F)``."""
         self._check_input(x)
+        self._choose_backprop(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in self.stages:
             x = stage(x)
@@ -331,9 +412,17 @@ class ODEResNet(nn.Module):
 class SDEResNet(ODEResNet):
     """A ResNet whose stages are Itô neural SDEs ``dX = G dt + sigma(X, t) dB``.
 
-    In ``train()`` the noise is on. In ``eval()`` it is off (the paper computes
-    attributions without noise) unless ``eval_samples = K > 0``: then the logits are the
-    average over K Brownian paths (Monte Carlo prediction).
+    In ``train()`` the noise is on, with fresh Brownian paths from torch's generator. In
+    ``eval()`` it is off by default (the paper computes attributions without noise), and
+    :meth:`set_noise` offers two other modes:
+
+    * ``eval_samples=K``: the logits are the average over K Brownian paths (Monte-Carlo
+      prediction).
+    * ``path_seed=s``: the noise is on along one fixed path, shared by every sample of
+      every batch (common random numbers). The network is then a deterministic function
+      of its input, so an attribution computed on it, and on Captum's expanded copies of
+      the input, measures the attribution rather than the sampling noise. With
+      ``eval_samples=K`` as well, the average over the K fixed paths ``s, s+1, ...``.
 
     Args:
         arch: a name in ``TORCHVISION_ARCHS``.
@@ -341,7 +430,8 @@ class SDEResNet(ODEResNet):
             per unit time, the paper's 0.1, 0.25, 0.5, 0.75).
         diffusion: ``"normalized"`` (the paper's), ``"additive"``, ``"multiplicative"``
             or ``"learned"``.
-        eval_samples: Brownian paths averaged in eval mode; 0 switches noise off there.
+        eval_samples: Brownian paths averaged in eval mode; 0 for one (or none).
+        path_seed: seed of the fixed, shared Brownian path used in eval mode, or None.
         method: SDE method: ``"euler"`` (Euler–Maruyama), ``"milstein"`` or ``"srk"``
             (the last two need an element-wise diffusion).
         **kwargs: as for :class:`ODEResNet`.
@@ -354,6 +444,7 @@ class SDEResNet(ODEResNet):
         sigma: float = 0.5,
         diffusion: str = "normalized",
         eval_samples: int = 0,
+        path_seed: int | None = None,
         method: str = "euler",
         **kwargs,
     ):
@@ -363,7 +454,8 @@ class SDEResNet(ODEResNet):
         self._noise = dict(kind=diffusion, sigma=float(sigma))
         super().__init__(arch, method=method, **kwargs)
         self.eval_samples = 0
-        self.set_noise(eval_samples=eval_samples)
+        self.path_seed: int | None = None
+        self.set_noise(eval_samples=eval_samples, path_seed=path_seed)
 
     def _make_diffusion(self, channels: int) -> Diffusion:
         return make_diffusion(self._noise["kind"], self._noise["sigma"], channels)
@@ -378,17 +470,27 @@ class SDEResNet(ODEResNet):
         """The diffusion kind."""
         return self._noise["kind"]
 
+    _KEEP = object()
+
     def set_noise(
         self,
         *,
         sigma: float | None = None,
         diffusion: str | None = None,
         eval_samples: int | None = None,
+        path_seed=_KEEP,
     ) -> SDEResNet:
-        """Change the noise; arguments left None keep their value.
+        """Change the noise; arguments left out keep their value.
 
         Changing the diffusion kind builds new diffusion modules (a learned diffusion
         starts again from its initial values).
+
+        Args:
+            sigma: noise magnitude, >= 0.
+            diffusion: diffusion kind.
+            eval_samples: Brownian paths averaged in eval mode (0: one or none).
+            path_seed: seed of a fixed Brownian path shared by every sample in eval
+                mode; None for fresh paths (or no noise when ``eval_samples == 0``).
 
         Returns:
             The model itself.
@@ -400,8 +502,11 @@ class SDEResNet(ODEResNet):
         kind = self.diffusion if diffusion is None else diffusion
         new_sigma = self.sigma if sigma is None else sigma
         samples = self.eval_samples if eval_samples is None else eval_samples
+        seed = self.path_seed if path_seed is SDEResNet._KEEP else path_seed
         if int(samples) != samples or samples < 0:
             raise ValueError(f"eval_samples must be an integer >= 0, got {samples}")
+        if seed is not None and int(seed) != seed:
+            raise ValueError(f"path_seed must be an integer or None, got {seed!r}")
         fresh = [make_diffusion(kind, new_sigma, s.blocks[-1].out_channels) for s in self.stages]
         if kind != self.diffusion:
             for stage, new in zip(self.stages, fresh):
@@ -411,24 +516,76 @@ class SDEResNet(ODEResNet):
                 stage.diffusion.sigma = new_sigma
         self._noise = dict(kind=kind, sigma=float(new_sigma))
         self.eval_samples = int(samples)
+        self.path_seed = None if seed is None else int(seed)
         return self
+
+    def _set_path(self, noise: bool, seed: int | None) -> None:
+        for stage in self.stages:
+            stage.noise = noise
+            stage.path_seed = seed
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, num_classes)`` for images ``(B, in_channels, H, W)``.
 
-        With the noise on (train mode, or eval mode with ``eval_samples > 0``) the
-        Brownian paths are drawn from torch's generator, so ``torch.manual_seed``
-        reproduces them.
+        With the noise on and no fixed path, the Brownian paths are drawn from torch's
+        generator, so ``torch.manual_seed`` reproduces them.
+
+        Raises:
+            ValueError: for Monte-Carlo prediction while hooks are registered: it calls
+                every layer K times per forward pass, which hook-based attributions
+                cannot follow (``neuralsde.attribute(..., noise="mc")`` averages
+                attributions over paths instead).
         """
-        monte_carlo = not self.training and self.eval_samples > 0
-        for stage in self.stages:
-            stage.noise = self.training or monte_carlo
-        if not monte_carlo:
+        if self.training:
+            self._set_path(True, None)
             return super().forward(x)
-        return torch.stack([super(SDEResNet, self).forward(x) for _ in range(self.eval_samples)]).mean(dim=0)
+        if self.eval_samples == 0:
+            self._set_path(self.path_seed is not None, self.path_seed)
+            return super().forward(x)
+        if any(m._forward_hooks or m._forward_pre_hooks for m in self.stages[0].modules()):
+            raise ValueError(
+                "Monte-Carlo prediction (eval_samples > 0) runs every layer several times per forward pass, "
+                "which hook-based attributions cannot follow; set eval_samples=0 and average attributions "
+                "over fixed paths instead (neuralsde.attribute(..., noise='mc'))"
+            )
+        outs = []
+        for k in range(self.eval_samples):
+            self._set_path(True, None if self.path_seed is None else self.path_seed + k)
+            outs.append(super().forward(x))
+        return torch.stack(outs).mean(dim=0)
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, diffusion={self.diffusion!r}, sigma={self.sigma}, "
-            f"eval_samples={self.eval_samples}"
+            f"eval_samples={self.eval_samples}, path_seed={self.path_seed}"
         )
+
+
+class DiscreteResNet(nn.Module):
+    """The discrete ResNet that an ODE/SDE model equals at one Euler step per block.
+
+    Shares the model's modules (weights included) and applies every block as the
+    torchvision network would, but with a distinct activation module at every call
+    site, so Captum's DeepLift runs on it. It is the reference the continuous models
+    are checked against, and a DeepLift-ready plain ResNet in its own right.
+
+    Args:
+        model: an :class:`ODEResNet` or :class:`SDEResNet`.
+    """
+
+    def __init__(self, model: ODEResNet):
+        super().__init__()
+        if not isinstance(model, ODEResNet):
+            raise ValueError(f"expected an ODEResNet or SDEResNet, got {type(model).__name__}")
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` for images ``(B, in_channels, H, W)``."""
+        m = self.model
+        m._check_input(x)
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        for stage in m.stages:
+            for block in stage.blocks:
+                block.acts.reset()
+                x = block(x)
+        return m.fc(torch.flatten(m.avgpool(x), 1))

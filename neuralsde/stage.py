@@ -16,24 +16,37 @@ steps; they stay discrete transitions, applied where they stand in the stage.
 
 With a diffusion and noise switched on, the stage solves the Itô SDE
 ``dX = G(X, t) dt + sigma(X, t) dB`` instead; each block interval gets an independent
-piece of the Brownian path.
+piece of the Brownian path, drawn from torch's generator, or, with ``path_seed`` set,
+one fixed path shared by every sample of every batch (common random numbers).
+
+For attribution methods that hook activation modules (Captum's DeepLift, GuidedBackprop)
+every drift evaluation must use modules of its own, prepared before the hooks are
+registered: after every change of solver the stage counts the evaluations each block
+interval needs (a dry run on a scalar problem, through the same solver code) and reserves
+that many activation sets. Adaptive methods choose their evaluations per input; a step
+grid found once (:meth:`freeze` with the grids recorded by a forward pass) is replayed
+with the same Runge–Kutta tableau, which makes their count fixed too.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from .blocks import ResBlock
 from .diffusion import Diffusion
 from .integrate import (
     ELEMENTWISE_ONLY_SDE_METHODS,
+    GridBrownian,
     SolverError,
     SolverStats,
     check_method,
     is_adaptive,
     solve,
+    step_grid,
 )
 
 __all__ = ["ContinuousStage"]
@@ -43,11 +56,19 @@ __all__ = ["ContinuousStage"]
 _NOISE_OFF_METHOD = {"euler": "euler", "milstein": "euler"}
 
 
+# Methods whose number of drift evaluations depends on the drift itself.
+_DATA_DEPENDENT = ("implicit_adams",)
+
+
 class _ZeroDiffusion(nn.Module):
     elementwise = True
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         return x.new_zeros(()).expand_as(x)
+
+
+def _path_seed(seed: int, stage: int, block: int) -> int:
+    return (int(seed) * 1_000_003 + stage * 1_009 + block) % (2**63)
 
 
 class ContinuousStage(nn.Module):
@@ -68,6 +89,16 @@ class ContinuousStage(nn.Module):
         adjoint: back-propagate with the adjoint method (ODE only).
         diffusion: sigma(X, t) for an SDE stage, or None for an ODE stage.
         name: the stage's name in error messages.
+        index: the stage's position in its model (keeps fixed noise paths of different
+            stages independent).
+
+    Attributes:
+        noise: whether an SDE stage draws noise (set by the model per forward pass).
+        path_seed: None, or the seed of the fixed Brownian path shared by every sample.
+        frozen: None, or per continuous block the step grid an adaptive method replays.
+        direct_backprop: back-propagate through the solver even if ``adjoint`` is set
+            (the model sets it while attributions are computed).
+        stats: steps and evaluations of the last forward pass.
     """
 
     def __init__(
@@ -82,6 +113,7 @@ class ContinuousStage(nn.Module):
         adjoint: bool = False,
         diffusion: Diffusion | None = None,
         name: str = "stage",
+        index: int = 0,
     ):
         super().__init__()
         if len(blocks) == 0:
@@ -93,7 +125,12 @@ class ContinuousStage(nn.Module):
         self.continuous = [block.shape_preserving for block in blocks]
         self.diffusion = diffusion
         self.name = name
+        self.index = int(index)
         self.noise = diffusion is not None
+        self.path_seed: int | None = None
+        self.frozen: list[list[float]] | None = None
+        self.direct_backprop = False
+        self._recording: list[list[float]] | None = None
         self.stats = SolverStats()
         self.method = method
         self.steps_per_block = 1
@@ -180,9 +217,14 @@ class ContinuousStage(nn.Module):
         )
 
     def set_solver(self, **settings) -> None:
-        """Change the solver settings (see :meth:`check_solver`); None keeps a value."""
+        """Change the solver settings (see :meth:`check_solver`); None keeps a value.
+
+        A frozen step grid is dropped.
+        """
         for key, value in self.check_solver(**settings).items():
             setattr(self, key, value)
+        self.frozen = None
+        self.reserve_activations()
 
     @staticmethod
     def _check_method_diffusion(method: str, diffusion: Diffusion | None) -> None:
@@ -202,6 +244,89 @@ class ContinuousStage(nn.Module):
             raise ValueError(f"stage {self.name!r} is an ODE stage; it has no diffusion to replace")
         self._check_method_diffusion(self.method, diffusion)
         self.diffusion = diffusion
+        self.reserve_activations()
+
+    # -- what attribution hooks need ------------------------------------------------
+    def _continuous_blocks(self) -> list[ResBlock]:
+        return [b for b, c in zip(self.blocks, self.continuous) if c]
+
+    def _plan(self, k: int, noise: bool) -> dict:
+        """How block interval ``k`` is solved: method, diffusion, times, dt, adaptive."""
+        h = self.h
+        method, diffusion = self.method, None
+        if self.is_sde:
+            if noise:
+                diffusion = self.diffusion
+            elif method in _NOISE_OFF_METHOD:
+                method = _NOISE_OFF_METHOD[method]
+            else:
+                diffusion = _ZeroDiffusion()
+        if self.frozen is not None:
+            return dict(method=method, diffusion=diffusion, ts=self.frozen[k], dt=None, adaptive=False)
+        dt = None if is_adaptive(method) else h / self.steps_per_block
+        return dict(method=method, diffusion=diffusion, ts=[k * h, (k + 1) * h], dt=dt, adaptive=True)
+
+    def evaluations_per_block(self) -> list[int | None]:
+        """Drift evaluations each continuous block needs per forward pass.
+
+        None where the count depends on the input (an adaptive method without a frozen
+        grid, or implicit Adams, whose corrector iterates to convergence).
+        """
+        counts: list[int | None] = []
+        for k in range(self.num_continuous):
+            needed = 0
+            for noise in (False, True) if self.is_sde else (False,):
+                plan = self._plan(k, noise)
+                if plan["adaptive"] and (is_adaptive(plan["method"]) or plan["method"] in _DATA_DEPENDENT):
+                    needed = None
+                    break
+                stats = SolverStats()
+                diffusion = None if plan["diffusion"] is None else (lambda t, y: y)
+                solve(
+                    lambda t, y: -y,
+                    torch.zeros(1, 1, dtype=torch.float64),
+                    plan["ts"],
+                    diffusion=diffusion,
+                    method=plan["method"],
+                    dt=plan["dt"],
+                    adaptive=plan["adaptive"],
+                    stats=stats,
+                    check_finite=False,
+                )
+                needed = max(needed, stats.nfe)
+            counts.append(needed)
+        return counts
+
+    def reserve_activations(self) -> None:
+        """Create the activation modules every drift evaluation of a forward pass uses."""
+        counts = iter(self.evaluations_per_block())
+        for block, continuous in zip(self.blocks, self.continuous):
+            n = next(counts) if continuous else 1
+            block.acts.reserve(n if n is not None else 1)
+
+    def freeze(self, grids: list[list[float]]) -> None:
+        """Replay these step grids (one per continuous block) instead of adapting.
+
+        Args:
+            grids: for block ``k``, increasing times from ``k h`` to ``(k + 1) h``.
+        """
+        if len(grids) != self.num_continuous:
+            raise ValueError(f"expected {self.num_continuous} grids, got {len(grids)}")
+        h = self.h
+        for k, grid in enumerate(grids):
+            if not math.isclose(grid[0], k * h) or not math.isclose(grid[-1], (k + 1) * h) or len(grid) < 2:
+                raise ValueError(f"grid {k} must run from {k * h} to {(k + 1) * h}, got {grid[0]} .. {grid[-1]}")
+        self.frozen = [list(map(float, g)) for g in grids]
+        self.reserve_activations()
+
+    def record_grids(self) -> None:
+        """Record the step grids of the next forward pass (read them from ``recorded``)."""
+        self._recording = []
+
+    @property
+    def recorded(self) -> list[list[float]] | None:
+        """The step grids recorded since :meth:`record_grids`, one per continuous block."""
+        return self._recording
 
     def drift(self, t: float, x: Tensor) -> Tensor:
         """G(X, W(t)): the drift at stage time ``t`` in ``[0, T]``.
@@ -224,35 +349,50 @@ class ContinuousStage(nn.Module):
         blocks[k].acts.reset()
         return blocks[k].velocity(x, self.h)
 
-    def _solve(self, block: ResBlock, x: Tensor, t0: float, t1: float, noise: bool) -> Tensor:
+    def _solve(self, block: ResBlock, x: Tensor, k: int, noise: bool) -> Tensor:
         h = self.h
+        plan = self._plan(k, noise)
 
         def velocity(t: Tensor, y: Tensor) -> Tensor:
             return block.velocity(y, h)
 
-        diffusion = None
-        method = self.method
-        if self.is_sde:
-            if noise:
-                diffusion = self.diffusion
-            elif method in _NOISE_OFF_METHOD:
-                method = _NOISE_OFF_METHOD[method]
-            else:
-                diffusion = _ZeroDiffusion()
-        dt = None if is_adaptive(method) else h / self.steps_per_block
+        bm = None
+        if plan["diffusion"] is not None and noise and self.path_seed is not None:
+            generator = torch.Generator(device=x.device)
+            generator.manual_seed(_path_seed(self.path_seed, self.index, k))
+            bm = GridBrownian(
+                step_grid(plan["ts"], plan["dt"]),
+                (x.shape[0], x[0].numel()),
+                dtype=x.dtype,
+                device=x.device,
+                levy_area="space-time" if plan["method"] == "srk" else "none",
+                generator=generator,
+                keep=False,
+                shared=True,
+            )
+        adjoint = self.adjoint and not self.direct_backprop and plan["adaptive"]
+        recording = self._recording is not None and plan["adaptive"] and is_adaptive(plan["method"])
+        stats = SolverStats(times=[]) if recording else self.stats
         ys = solve(
             velocity,
             x,
-            [t0, t1],
-            diffusion=diffusion,
-            method=method,
-            dt=dt,
+            plan["ts"],
+            diffusion=plan["diffusion"],
+            method=plan["method"],
+            dt=plan["dt"],
             rtol=self.rtol,
             atol=self.atol,
-            adjoint=self.adjoint,
-            adjoint_params=tuple(block.parameters()) if self.adjoint else None,
-            stats=self.stats,
+            adjoint=adjoint,
+            bm=bm,
+            adaptive=plan["adaptive"],
+            adjoint_params=tuple(block.parameters()) if adjoint else None,
+            stats=stats,
         )
+        if recording:
+            self.stats.add(stats)
+            t0, t1 = plan["ts"][0], plan["ts"][-1]
+            inner = [t for t in stats.times if t0 < t < t1 and not math.isclose(t, t1)]
+            self._recording.append([t0, *inner, t1])
         return ys[-1]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -276,7 +416,7 @@ class ContinuousStage(nn.Module):
                 x = block(x)
                 continue
             try:
-                x = self._solve(block, x, k * self.h, (k + 1) * self.h, noise)
+                x = self._solve(block, x, k, noise)
             except SolverError as err:
                 raise err.in_stage(self.name) from err
             k += 1
