@@ -5,6 +5,7 @@ The public face: :func:`integrate`, :class:`ODEResNet`, :class:`SDEResNet`,
 else is reachable by module path.
 """
 
+from .attribution import Attribution, attribute
 from .diffusion import (
     AdditiveDiffusion,
     Diffusion,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdditiveDiffusion",
+    "Attribution",
     "ContinuousStage",
     "Diffusion",
     "LearnedDiffusion",
@@ -30,6 +32,7 @@ __all__ = [
     "SDEResNet",
     "SolverError",
     "SolverStats",
+    "attribute",
     "integrate",
     "make_diffusion",
 ]

@@ -1,0 +1,255 @@
+"""Attributions on ODE/SDE ResNets: what Captum needs, and a one-call ``attribute``.
+
+Captum's methods run on :class:`~neuralsde.ODEResNet` and :class:`~neuralsde.SDEResNet`
+directly (``DeepLift(model).attribute(x, target=3)``), because the models provide:
+
+* **A distinct activation module per drift evaluation.** DeepLift and GuidedBackprop
+  hook every ``nn.ReLU`` and need each to be called once per forward pass; a solver calls
+  each block's drift many times. Every evaluation takes its own modules from a pool sized
+  for the solver (see :class:`neuralsde.blocks.ActivationPool`), so the rescale rule is
+  applied at every evaluation and DeepLift's completeness holds through any fixed-step
+  solver.
+* **Frozen grids for adaptive methods.** An adaptive method chooses its steps per input
+  (and per batch). ``model.freeze_grid(x)`` records the steps it takes on ``x`` and
+  replays them with the same tableau afterwards: the model is then one fixed function,
+  the same for an image alone or inside Captum's enlarged batches, and its number of
+  evaluations is known. Hook-based methods refuse to run on an unfrozen adaptive model
+  rather than give a silently wrong answer.
+* **Direct back-propagation under attribution.** With ``adjoint=True``, passes whose
+  input requires gradients or whose modules carry hooks back-propagate through the
+  solver (the adjoint only approximates the gradient), with a one-time warning.
+* **Noise modes for SDEs.** By default the noise is off in eval mode (the paper's
+  protocol). ``model.set_noise(path_seed=s)`` fixes one Brownian path shared by the
+  input, the baselines and every expanded copy (common random numbers), and
+  :func:`attribute` with ``noise="mc"`` averages attributions over K such paths and
+  reports their standard error.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from captum.attr import (
+    DeepLift,
+    DeepLiftShap,
+    GradientShap,
+    GuidedBackprop,
+    InputXGradient,
+    IntegratedGradients,
+    LayerGradCam,
+    LayerIntegratedGradients,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
+from torch import Tensor, nn
+
+from .models import ODEResNet, SDEResNet
+
+__all__ = ["ATTRIBUTION_METHODS", "NOISE_MODES", "Attribution", "attribute", "noise_path"]
+
+#: Method names accepted by :func:`attribute`.
+ATTRIBUTION_METHODS: tuple[str, ...] = (
+    "saliency",
+    "input_x_gradient",
+    "integrated_gradients",
+    "smoothgrad",
+    "smoothgrad_ig",
+    "guided_backprop",
+    "deeplift",
+    "deeplift_shap",
+    "gradient_shap",
+    "occlusion",
+    "layer_gradcam",
+    "layer_integrated_gradients",
+)
+_ALIASES = {"ig": "integrated_gradients", "deepshap": "deeplift_shap", "gradcam": "layer_gradcam"}
+_WITH_DELTA = {"integrated_gradients", "deeplift", "deeplift_shap", "gradient_shap", "layer_integrated_gradients"}
+#: Noise modes of :func:`attribute` for SDE models.
+NOISE_MODES: tuple[str, ...] = ("off", "fixed", "mc")
+
+
+@dataclass
+class Attribution:
+    """The result of :func:`attribute`.
+
+    Attributes:
+        attribution: the attribution, shaped like the input (layer methods: like the
+            layer's output).
+        delta: Captum's completeness delta per example (sum of attributions minus
+            ``F(x) - F(baseline)``), for methods that have one; else None. For
+            DeepLiftShap and GradientShap, one per example and baseline.
+        stderr: with ``noise="mc"``, the standard error of the mean attribution over the
+            Brownian paths; else None.
+        method: the method's name.
+        noise: the noise mode.
+    """
+
+    attribution: Tensor
+    delta: Tensor | None
+    stderr: Tensor | None
+    method: str
+    noise: str
+
+
+@contextmanager
+def noise_path(model: nn.Module, seed: int | None):
+    """Within the block, an SDE model in eval mode uses the fixed shared path ``seed``.
+
+    ``None`` switches the noise off. The model's previous noise settings come back
+    afterwards. Does nothing for ODE models with ``seed=None``.
+    """
+    if not isinstance(model, SDEResNet):
+        if seed is not None:
+            raise ValueError(f"{type(model).__name__} has no noise; fixed noise paths need an SDEResNet")
+        yield model
+        return
+    saved = (model.eval_samples, model.path_seed)
+    model.set_noise(eval_samples=0, path_seed=seed)
+    try:
+        yield model
+    finally:
+        model.set_noise(eval_samples=saved[0], path_seed=saved[1])
+
+
+def _default_layer(model: nn.Module) -> nn.Module:
+    if isinstance(model, ODEResNet):
+        return model.stages[-1]
+    raise ValueError("layer methods need `layer=` (a module of the model) for models other than ODE/SDE ResNets")
+
+
+def _shap_baselines(x: Tensor, n: int, seed: int) -> Tensor:
+    """``n`` baselines of Gaussian noise with the input's per-channel mean and std."""
+    gen = torch.Generator().manual_seed(seed)
+    dims = [0] + list(range(2, x.dim()))
+    mean = x.detach().mean(dim=dims, keepdim=True)
+    std = x.detach().std(dim=dims, keepdim=True).clamp_min(1e-6)
+    noise = torch.randn((n, *x.shape[1:]), generator=gen).to(x.device, x.dtype)
+    return mean + std * noise
+
+
+def _one(
+    model: nn.Module, x: Tensor, method: str, target, baselines, layer, seed: int, kwargs: dict
+) -> tuple[Tensor, Tensor | None]:
+    kwargs = dict(kwargs)
+    wants_delta = method in _WITH_DELTA and kwargs.pop("return_convergence_delta", True)
+    extra = {"return_convergence_delta": True} if wants_delta else {}
+    if method == "saliency":
+        out = Saliency(model).attribute(x, target=target, **kwargs)
+    elif method == "input_x_gradient":
+        out = InputXGradient(model).attribute(x, target=target, **kwargs)
+    elif method == "integrated_gradients":
+        out = IntegratedGradients(model).attribute(x, baselines=baselines, target=target, **extra, **kwargs)
+    elif method in ("smoothgrad", "smoothgrad_ig"):
+        base = Saliency(model) if method == "smoothgrad" else IntegratedGradients(model)
+        kwargs.setdefault("nt_samples", 10)
+        kwargs.setdefault("stdevs", 0.15 * float(x.detach().max() - x.detach().min()))
+        if method == "smoothgrad_ig" and baselines is not None:
+            kwargs["baselines"] = baselines
+        out = NoiseTunnel(base).attribute(x, nt_type="smoothgrad", target=target, **kwargs)
+    elif method == "guided_backprop":
+        out = GuidedBackprop(model).attribute(x, target=target, **kwargs)
+    elif method == "deeplift":
+        out = DeepLift(model).attribute(x, baselines=baselines, target=target, **extra, **kwargs)
+    elif method in ("deeplift_shap", "gradient_shap"):
+        if baselines is None:
+            baselines = _shap_baselines(x, 8, seed)
+        if method == "deeplift_shap":
+            out = DeepLiftShap(model).attribute(x, baselines=baselines, target=target, **extra, **kwargs)
+        else:
+            out = GradientShap(model).attribute(x, baselines=baselines, target=target, **extra, **kwargs)
+    elif method == "occlusion":
+        side = max(1, min(x.shape[-2:]) // 8)
+        kwargs.setdefault("sliding_window_shapes", (x.shape[1], side, side))
+        kwargs.setdefault("strides", (x.shape[1], side, side))
+        out = Occlusion(model).attribute(x, baselines=baselines, target=target, **kwargs)
+    elif method == "layer_gradcam":
+        out = LayerGradCam(model, layer or _default_layer(model)).attribute(x, target=target, **kwargs)
+    elif method == "layer_integrated_gradients":
+        lig = LayerIntegratedGradients(model, layer or _default_layer(model))
+        out = lig.attribute(x, baselines=baselines, target=target, **extra, **kwargs)
+    else:  # pragma: no cover - guarded by attribute()
+        raise AssertionError(method)
+    if wants_delta:
+        return out[0], out[1]
+    return out, None
+
+
+def attribute(
+    model: nn.Module,
+    inputs: Tensor,
+    method: str = "integrated_gradients",
+    *,
+    target=None,
+    baselines=None,
+    layer: nn.Module | None = None,
+    noise: str = "off",
+    samples: int = 8,
+    seed: int = 0,
+    **kwargs,
+) -> Attribution:
+    """Attribute a model's output to its input with one of Captum's methods.
+
+    Args:
+        model: an ODEResNet / SDEResNet (or any image classifier).
+        inputs: images, shape ``(B, C, H, W)``.
+        method: one of ``ATTRIBUTION_METHODS`` (aliases: ``ig``, ``deepshap``,
+            ``gradcam``).
+        target: the logit to explain: an int, or one per example.
+        baselines: Captum's baselines (zeros where Captum defaults to them). For
+            ``deeplift_shap`` and ``gradient_shap`` the default is 8 Gaussian images
+            with the input's per-channel mean and standard deviation (seeded by
+            ``seed``).
+        layer: for the layer methods, the layer to attribute at; default the last
+            stage's output.
+        noise: for SDE models: ``"off"`` (the paper's protocol), ``"fixed"`` (one
+            Brownian path shared by the input, the baselines and Captum's copies, seeded
+            by ``seed``) or ``"mc"`` (the mean over ``samples`` such paths, with its
+            standard error). ODE models accept ``"off"`` only.
+        samples: Brownian paths averaged with ``noise="mc"``.
+        seed: seed of the fixed path (the first of the Monte-Carlo paths).
+        **kwargs: passed to the Captum method's ``attribute`` (e.g. ``n_steps`` for IG,
+            ``nt_samples`` and ``stdevs`` for SmoothGrad, whose default noise level is
+            15% of the input range).
+
+    Returns:
+        An :class:`Attribution` with the attribution and, where the method has one, its
+        completeness delta.
+
+    Raises:
+        ValueError: for an unknown method or noise mode, a noise mode the model cannot
+            have, or inputs that are not a batch of images.
+    """
+    name = _ALIASES.get(method, method)
+    if name not in ATTRIBUTION_METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; valid methods: {', '.join(ATTRIBUTION_METHODS)}")
+    if noise not in NOISE_MODES:
+        raise ValueError(f"unknown noise mode {noise!r}; valid modes: {', '.join(NOISE_MODES)}")
+    if noise != "off" and not isinstance(model, SDEResNet):
+        raise ValueError(f"noise={noise!r} needs an SDEResNet; {type(model).__name__} has no noise")
+    if not torch.is_tensor(inputs) or inputs.dim() != 4:
+        got = tuple(inputs.shape) if torch.is_tensor(inputs) else type(inputs).__name__
+        raise ValueError(f"inputs must be images of shape (B, C, H, W), got {got}")
+    if int(samples) != samples or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples}")
+    training = model.training
+    model.eval()
+    try:
+        if noise in ("off", "fixed"):
+            with noise_path(model, seed if noise == "fixed" else None):
+                attr, delta = _one(model, inputs, name, target, baselines, layer, seed, kwargs)
+            return Attribution(attr, delta, None, name, noise)
+        runs = []
+        for k in range(int(samples)):
+            with noise_path(model, seed + k):
+                runs.append(_one(model, inputs, name, target, baselines, layer, seed, kwargs))
+        attrs = torch.stack([a for a, _ in runs])
+        mean = attrs.mean(dim=0)
+        stderr = attrs.std(dim=0) / math.sqrt(len(runs)) if len(runs) > 1 else torch.zeros_like(mean)
+        delta = None if runs[0][1] is None else torch.stack([d for _, d in runs]).mean(dim=0)
+        return Attribution(mean, delta, stderr, name, noise)
+    finally:
+        model.train(training)
