@@ -8,6 +8,9 @@ Ratios (targets in brackets), each formed within one round and summarised over r
 * ODEResNet (Euler, one step per block) forward / torchvision forward        [<= 1.05]
 * SDEResNet forward, noise on (Euler–Maruyama) / ODEResNet forward           [<= 1.2]
 * the same two ratios for forward + backward (train mode, loss = sum of logits)
+* Captum DeepLift on the ODEResNet / DeepLift on its discrete twin            [<= 1.1]
+  (``neuralsde.models.DiscreteResNet``: the same network without a solver, with a
+  distinct ReLU per call site, since DeepLift cannot run on torchvision's own blocks)
 
 Forward passes run in eval mode under ``torch.no_grad`` (the SDE with
 ``eval_samples=1``, i.e. one Brownian path, noise on); forward + backward passes run all
@@ -18,16 +21,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 import torch
 import torchvision
+from captum.attr import DeepLift
 from tqdm import tqdm
 
 from neuralsde import ODEResNet, SDEResNet
+from neuralsde.models import DiscreteResNet
 
 from .common import environment, paired_ratios, write_json
 
-TARGETS = {"ode/torchvision": 1.05, "sde/ode": 1.2}
+TARGETS = {"ode/torchvision": 1.05, "sde/ode": 1.2, "ode/discrete": 1.1}
 
 
 def measure_arch(arch: str, *, size: int, batch: int, rounds: int, device: str, seed: int) -> dict:
@@ -67,6 +73,30 @@ def measure_arch(arch: str, *, size: int, batch: int, rounds: int, device: str, 
             progress=lambda r, bar=bar: bar.update(1),
         )
         bar.close()
+
+    # DeepLift: the ODE twin against the discrete twin, both in eval mode.
+    ode.eval()
+    discrete = DiscreteResNet(ode)
+
+    def deeplift(model):
+        explainer = DeepLift(model)
+
+        def run():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                explainer.attribute(x, target=0)
+
+        return run
+
+    bar = tqdm(total=rounds, desc=f"{arch} deeplift", leave=False, file=sys.stderr)
+    results["deeplift"] = paired_ratios(
+        {"ode": deeplift(ode), "discrete": deeplift(discrete)},
+        [("ode", "discrete")],
+        rounds=rounds,
+        device=device,
+        progress=lambda r, bar=bar: bar.update(1),
+    )
+    bar.close()
     return results
 
 
