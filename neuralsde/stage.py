@@ -12,7 +12,8 @@ solvers integrate the same dynamics. Each interval is solved by its own call of
 methods would otherwise shrink their steps to resolve the discontinuity).
 
 Shape-changing blocks (stride, channel change, a ``downsample`` branch) cannot be time
-steps; they stay discrete transitions, applied where they stand in the stage.
+steps; they stay discrete transitions at the head of the stage:
+``stage(x) = stage.flow(stage.transition(x))``.
 
 With a diffusion and noise switched on, the stage solves the Itô SDE
 ``dX = G(X, t) dt + sigma(X, t) dB`` instead; each block interval gets an independent
@@ -123,6 +124,12 @@ class ContinuousStage(nn.Module):
                 raise ValueError(f"block {i} must be a neuralsde ResBlock, got {type(block).__name__}")
             self.add_module(str(i), block)
         self.continuous = [block.shape_preserving for block in blocks]
+        first = self._split()
+        if not all(self.continuous[first:]):
+            raise ValueError(
+                f"stage {name!r}: shape-changing blocks must come before the shape-preserving ones "
+                f"(got {self.continuous}), as in every ResNet stage"
+            )
         self.diffusion = diffusion
         self.name = name
         self.index = int(index)
@@ -395,8 +402,41 @@ class ContinuousStage(nn.Module):
             self._recording.append([t0, *inner, t1])
         return ys[-1]
 
+    def _split(self) -> int:
+        """Index of the first continuous block; every block from there on is one."""
+        return self.continuous.index(True) if True in self.continuous else len(self.continuous)
+
+    def transition(self, x: Tensor) -> Tensor:
+        """The discrete blocks in front of the continuous dynamics (identity if none).
+
+        ``stage(x) == stage.flow(stage.transition(x))``.
+        """
+        for block in self.blocks[: self._split()]:
+            block.acts.reset()
+            x = block(x)
+        return x
+
+    def flow(self, x: Tensor) -> Tensor:
+        """The continuous dynamics alone: ``X(0) -> X(T)``, the map of Theorem 1.
+
+        Args:
+            x: state at stage time 0, shape ``(B, C, H, W)`` (after the transitions).
+
+        Returns:
+            State at time T, same shape.
+        """
+        self.stats.reset()
+        noise = self.is_sde and self.noise
+        for k, block in enumerate(self.blocks[self._split() :]):
+            block.acts.reset()
+            try:
+                x = self._solve(block, x, k, noise)
+            except SolverError as err:
+                raise err.in_stage(self.name) from err
+        return x
+
     def forward(self, x: Tensor) -> Tensor:
-        """Apply the stage.
+        """Apply the stage: the discrete transitions, then the continuous dynamics.
 
         Args:
             x: input, shape ``(B, C_in, H, W)``.
@@ -407,20 +447,7 @@ class ContinuousStage(nn.Module):
         Raises:
             SolverError: if the state stops being finite (names this stage).
         """
-        self.stats.reset()
-        noise = self.is_sde and self.noise
-        k = 0
-        for block, continuous in zip(self.blocks, self.continuous):
-            block.acts.reset()
-            if not continuous:
-                x = block(x)
-                continue
-            try:
-                x = self._solve(block, x, k, noise)
-            except SolverError as err:
-                raise err.in_stage(self.name) from err
-            k += 1
-        return x
+        return self.flow(self.transition(x))
 
     def extra_repr(self) -> str:
         kind = f"sde, diffusion={self.diffusion.kind}" if self.is_sde else "ode"
