@@ -1,0 +1,190 @@
+"""Noise-injected training, checkpoints and distributed data parallelism.
+
+ODE and SDE models are trained by the same loop (the paper: Adam, learning rate 1e-4,
+cross-entropy); an SDE model draws its noise because it is in train mode. Checkpoints
+hold the weights, the optimizer, the epoch and the history; they are written to a
+temporary file and renamed into place after every epoch, and a run given an existing
+checkpoint continues after its last finished epoch. They load with
+``torch.load(..., weights_only=True)``.
+
+Under ``torchrun`` (or any initialised ``torch.distributed`` process group) the model is
+wrapped in DistributedDataParallel, each process reads its shard of every epoch
+(DistributedSampler) and draws its own noise, and rank 0 writes the checkpoints. The
+``gloo`` backend runs this on CPUs, ``nccl`` on GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+__all__ = ["evaluate", "load_checkpoint", "load_weights", "save_checkpoint", "train"]
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def save_checkpoint(path: str | os.PathLike, **content) -> None:
+    """Write ``content`` (tensors, state dicts, numbers, strings) atomically to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(content, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load weights from a file into ``model``.
+
+    The file may hold a plain state dict (e.g. torchvision's ``resnet50-*.pth``, which
+    an ODE/SDE twin loads unchanged) or a checkpoint of :func:`train` (its ``"model"``).
+
+    Raises:
+        ValueError: if the file does not exist or holds no state dict.
+    """
+    if not Path(path).is_file():
+        raise ValueError(f"weights file {path} does not exist")
+    content = load_checkpoint(path)
+    state = content.get("model", content) if isinstance(content, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict")
+    model.load_state_dict(state)
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device="cpu") -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on ``(image, label, ...)`` items."""
+    training = model.training
+    model.eval()
+    correct = total = 0
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        x, y = batch[0].to(device), batch[1].to(device)
+        correct += (model(x).argmax(dim=1) == y).sum().item()
+        total += len(y)
+    model.train(training)
+    return correct / max(total, 1)
+
+
+def train(
+    model: nn.Module,
+    train_set: Dataset,
+    *,
+    epochs: int,
+    lr: float = 1e-4,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+    eval_set: Dataset | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
+    """Train with Adam and cross-entropy; resume from ``checkpoint`` if it exists.
+
+    Args:
+        model: the network (an SDE model draws noise in train mode).
+        train_set: items ``(image, label, ...)``.
+        epochs: total epochs (a resumed run does the remaining ones).
+        lr: Adam's learning rate (the paper: 1e-4).
+        batch_size: examples per step and process.
+        weight_decay: Adam's weight decay.
+        seed: seeds the shuffling and, per process, the noise.
+        device: where to train.
+        checkpoint: file written after every epoch and read at the start.
+        eval_set: if given, the accuracy on it is recorded after every epoch.
+        progress: show a progress bar (rank 0).
+        on_epoch: called with ``(epoch, record)`` after every epoch (rank 0).
+
+    Returns:
+        The history: one record per epoch (``epoch``, ``loss``, ``train_accuracy``,
+        ``eval_accuracy`` when an eval set is given).
+    """
+    from tqdm import tqdm
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    device = torch.device(device)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    history: list[dict] = []
+    start = 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = load_checkpoint(checkpoint, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = list(state["history"])
+        start = int(state["epoch"])
+    distributed = _world() > 1
+    net = model
+    if distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    sampler = DistributedSampler(train_set, shuffle=True, seed=seed) if distributed else None
+    show = progress and _rank() == 0
+    for epoch in range(start, epochs):
+        # Shuffling and noise follow (seed, epoch, rank) alone, so a resumed run repeats
+        # exactly what an uninterrupted one does; every process draws its own noise.
+        torch.manual_seed((seed * 1_000_003 + epoch) * 1009 + _rank())
+        net.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler)
+        else:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
+        total_loss = correct = seen = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not show, file=sys.stderr)
+        for batch in bar:
+            x, y = batch[0].to(device), batch[1].to(device)
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+        record = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen}
+        if eval_set is not None and _rank() == 0:
+            record["eval_accuracy"] = evaluate(model, eval_set, device=device)
+        history.append(record)
+        if _rank() == 0:
+            if checkpoint is not None:
+                save_checkpoint(
+                    checkpoint,
+                    model=model.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    epoch=epoch + 1,
+                    history=history,
+                )
+            if on_epoch is not None:
+                on_epoch(epoch + 1, record)
+        if distributed:
+            dist.barrier()
+    model.eval()
+    return history

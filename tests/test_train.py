@@ -1,0 +1,100 @@
+"""neuralsde.train: learning, atomic resumable checkpoints, weights files, DDP on gloo."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torchvision
+from torch.utils.data import Subset
+
+from neuralsde import ODEResNet, SDEResNet
+from neuralsde.data import digits
+from neuralsde.train import evaluate, load_checkpoint, load_weights, train
+
+
+def tiny(cls=SDEResNet, **kw):
+    torch.manual_seed(0)
+    return cls.small(in_channels=1, num_classes=10, widths=(4, 8), blocks=2, **kw)
+
+
+def subset(n=256):
+    return Subset(digits("train"), range(n))
+
+
+def test_training_learns_and_writes_a_safe_checkpoint(tmp_path):
+    model = tiny(sigma=0.5)
+    data = subset()
+    before = evaluate(model, data)
+    history = train(model, data, epochs=5, lr=1e-2, batch_size=32, checkpoint=tmp_path / "m.pt", progress=False)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5]
+    assert history[-1]["loss"] < history[0]["loss"]
+    # From chance (~0.1) to well above it (measured 0.67 after 5 epochs).
+    assert evaluate(model, data) > before + 0.3
+    state = load_checkpoint(tmp_path / "m.pt")  # weights_only=True
+    assert state["epoch"] == 5 and len(state["history"]) == 5
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("cls", [ODEResNet, SDEResNet])
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, cls):
+    data = subset(128)
+    whole = tiny(cls)
+    train(whole, data, epochs=3, lr=3e-3, batch_size=32, progress=False)
+    resumed = tiny(cls)
+    train(resumed, data, epochs=2, lr=3e-3, batch_size=32, checkpoint=tmp_path / "c.pt", progress=False)
+    fresh = tiny(cls)  # a new process: only the checkpoint carries the state over
+    history = train(fresh, data, epochs=3, lr=3e-3, batch_size=32, checkpoint=tmp_path / "c.pt", progress=False)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    # Shuffling and noise follow (seed, epoch): the resumed run is the uninterrupted one.
+    for p, q in zip(fresh.parameters(), whole.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_weights_file_from_torchvision_loads_into_the_twin(tmp_path):
+    tv = torchvision.models.resnet18(num_classes=10)
+    torch.save(tv.state_dict(), tmp_path / "resnet18.pth")
+    twin = load_weights(ODEResNet("resnet18", num_classes=10), tmp_path / "resnet18.pth")
+    assert torch.equal(twin.conv1.weight, tv.conv1.weight)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_weights(twin, tmp_path / "nope.pth")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, port, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        model = tiny(sigma=0.5)
+        train(model, subset(128), epochs=1, lr=3e-3, batch_size=16, checkpoint=out / "ddp.pt", progress=False)
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        gathered = [torch.zeros_like(flat) for _ in range(2)]
+        dist.all_gather(gathered, flat)
+        if rank == 0:
+            torch.save(
+                {
+                    "r0": gathered[0],
+                    "r1": gathered[1],
+                    "start": torch.cat([p.detach().flatten() for p in tiny(sigma=0.5).parameters()]),
+                },
+                out / "params.pt",
+            )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_data_parallel_on_two_gloo_processes(tmp_path):
+    mp.spawn(_ddp_worker, args=(_free_port(), tmp_path), nprocs=2, join=True)
+    params = torch.load(tmp_path / "params.pt", weights_only=True)
+    # DDP averages gradients: both processes end with the same weights, which moved.
+    torch.testing.assert_close(params["r0"], params["r1"])
+    assert not torch.allclose(params["r0"], params["start"])
+    assert load_checkpoint(tmp_path / "ddp.pt")["epoch"] == 1
