@@ -121,3 +121,54 @@ def paired_ratios(
         q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
         out["ratios"][f"{a}/{b}"] = {"median": statistics.median(ratios), "q1": q[0], "q3": q[2]}
     return out
+
+
+class GpuMonitor:
+    """Samples the GPU's utilisation (percent busy) in a background thread.
+
+    Uses ``torch.cuda.utilization`` (NVML); on a machine without it the record says so.
+    """
+
+    def __init__(self, device: str | torch.device, interval: float = 0.5):
+        self.device = torch.device(device)
+        self.interval = interval
+        self.samples: list[float] = []
+        self.error: str | None = None
+        self._stop = None
+        self._thread = None
+
+    def __enter__(self):
+        import threading
+
+        if self.device.type != "cuda":
+            self.error = "not a CUDA device"
+            return self
+        try:
+            torch.cuda.utilization(self.device)
+        except Exception as err:  # NVML missing or unsupported
+            self.error = f"utilisation unavailable: {err}"
+            return self
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(self.interval):
+                self.samples.append(float(torch.cuda.utilization(self.device)))
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        return False
+
+    def record(self) -> dict:
+        if not self.samples:
+            return {"gpu_utilisation_mean": None, "samples": 0, "note": self.error}
+        return {
+            "gpu_utilisation_mean": sum(self.samples) / len(self.samples),
+            "gpu_utilisation_max": max(self.samples),
+            "samples": len(self.samples),
+        }

@@ -239,7 +239,7 @@ def mean_ci(values, level: float = 0.95) -> dict:
     if n < 2:
         return {"mean": mean, "low": mean, "high": mean, "sd": 0.0, "n": 1}
     sd = v.std().item()
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
     return {"mean": mean, "low": mean - half, "high": mean + half, "sd": sd, "n": n}
 
 

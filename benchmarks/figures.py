@@ -1,0 +1,105 @@
+"""Attribution maps, input | ODE | SDE for each method, as PNG (the paper's Figures 1-7).
+
+python -m benchmarks.figures [run options]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from neuralsde.metrics import importance  # noqa: E402
+
+from .config import Config  # noqa: E402
+from .sensitivity import explainer  # noqa: E402
+from .store import Store  # noqa: E402
+from .train import Data, _stack  # noqa: E402
+
+__all__ = ["save_png", "run_figures"]
+
+METHOD_TITLES = {
+    "saliency": "Saliency",
+    "integrated_gradients": "Integrated Gradients",
+    "smoothgrad_ig": "IG + SmoothGrad",
+    "deeplift": "DeepLIFT",
+    "deeplift_shap": "DeepLIFT-SHAP",
+}
+
+
+def save_png(fig, path) -> None:
+    """Save a matplotlib figure atomically (temporary file, then rename)."""
+    tmp = f"{path}.{os.getpid()}.tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _show_input(ax, img: torch.Tensor, value_range) -> None:
+    img = img.detach().cpu()
+    if img.shape[0] == 1:
+        ax.imshow(img[0], cmap="gray", vmin=value_range[0], vmax=value_range[1])
+    else:  # ImageNet-normalised RGB back to [0, 1]
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+        ax.imshow((img * std + mean).clamp(0, 1).permute(1, 2, 0))
+
+
+def run_figures(
+    cfg: Config,
+    store: Store,
+    dataset: str,
+    models: dict[str, nn.Module],
+    data: Data,
+    pool: list[int],
+    bar: tqdm | None = None,
+) -> None:
+    """One PNG per method: a row per image, columns input | first model | second model."""
+    chosen = pool[: cfg.figure_images]
+    x = _stack(data.test, chosen).to(cfg.device)
+    (name_a, model_a), (name_b, model_b) = list(models.items())[:2]
+    with torch.no_grad():
+        target = model_a(x).argmax(1)
+    for method in cfg.methods:
+
+        def compute(method=method):
+            maps = [
+                importance(explainer(m, method, cfg, data)(x, target)).view(len(chosen), *x.shape[-2:])
+                for m in (model_a, model_b)
+            ]
+            fig, axes = plt.subplots(len(chosen), 3, figsize=(6, 2 * len(chosen)), squeeze=False)
+            for r in range(len(chosen)):
+                _show_input(axes[r, 0], x[r], data.value_range)
+                for c, (label, m) in enumerate(((name_a, maps[0]), (name_b, maps[1])), start=1):
+                    axes[r, c].imshow(m[r].cpu(), cmap="inferno", vmin=0, vmax=float(m[r].max()) or 1.0)
+                    if r == 0:
+                        axes[r, c].set_title(label, fontsize=9)
+                if r == 0:
+                    axes[r, 0].set_title("input", fontsize=9)
+            for ax in axes.flat:
+                ax.axis("off")
+            fig.suptitle(f"{METHOD_TITLES.get(method, method)} ({dataset})", fontsize=10)
+            path = store.figure(f"{dataset}-{method}.png")
+            save_png(fig, path)
+            return {"path": str(path.relative_to(store.root)), "images": chosen, "method": method}
+
+        store.cell("figures", f"{dataset}--{method}", compute)
+        if bar is not None:
+            bar.update(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .__main__ import run
+
+    run(argv, parts=("train", "figures", "report"), description=__doc__.split("\n\n")[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""benchmarks/: the main job end to end (quick preset), resuming, the ImageFolder path, torchrun."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from benchmarks.__main__ import run
+from benchmarks.config import parse_args
+from benchmarks.paper import PAPER_SENSITIVITY
+from benchmarks.report import tables
+from benchmarks.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--preset", "quick"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results"
+    results = run([*QUICK, "--out", str(out)])
+    return out, results
+
+
+def test_main_job_writes_tables_figures_and_records(quick_run):
+    out, results = quick_run
+    assert (out / "results.json").exists() and (out / "tables.md").exists()
+    text = (out / "tables.md").read_text()
+    for heading in (
+        "## Networks",
+        "## Sensitivity",
+        "## Rank robustness",
+        "## Localisation on shapes",
+        "## Theorem 1",
+        "## Completeness residual",
+        "## Figures",
+    ):
+        assert heading in text
+    figures = {p.name for p in (out / "figures").glob("*.png")}
+    for method in ("saliency", "integrated_gradients", "smoothgrad_ig", "deeplift", "deeplift_shap"):
+        assert f"digits-{method}.png" in figures and f"shapes-{method}.png" in figures
+    assert {"theorem1.png", "sensitivity.png"} <= figures
+    # Every result records its configuration, seed and device; the run its versions.
+    record = json.loads((out / "config.json").read_text())
+    assert record["environment"]["versions"]["torch"] == torch.__version__
+    for cell in (out / "cells").rglob("*.json"):
+        content = json.loads(cell.read_text())
+        assert content["seed"] == 0 and content["device"] == "cpu" and content["config_digest"] == record["digest"]
+    # Theorem 1: the bound holds in every stage, as it must.
+    assert results["theorem1"]["all_hold"]
+    # DeepLIFT is complete with the noise off, whatever the solver: its residual is
+    # round-off, far below the output change it accounts for.
+    for solvers in results["completeness"].values():
+        for solver, methods in solvers.items():
+            if "fixed-path" not in solver:
+                assert methods["deeplift"]["residual"]["mean"] < 1e-4 * methods["output_change"]["mean"] + 1e-6
+    sens = results["sensitivity"]["comparisons"]["sde-0.5"]["methods"]
+    assert set(sens) == {"saliency", "integrated_gradients", "smoothgrad_ig", "deeplift", "deeplift_shap"}
+    assert all(0 <= m["ode"]["mean"] < 10 for m in sens.values())
+
+
+def test_a_restarted_run_recomputes_only_what_is_missing(quick_run, tmp_path):
+    out, _ = quick_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    lost = [
+        copy / "cells" / "sensitivity" / "ode--deeplift--rep1.json",
+        copy / "cells" / "theorem1" / "sde-0.5.json",
+        copy / "cells" / "figures" / "digits--saliency.json",
+    ]
+    for path in lost:
+        path.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (copy / "cells").rglob("*.json")}
+    run([*QUICK, "--out", str(copy)])
+    computed = json.loads((copy / "runs.json").read_text())[-1]["computed"]
+    assert sorted(c for c in computed if not c.startswith("profile/")) == sorted(
+        ["sensitivity/ode--deeplift--rep1", "theorem1/sde-0.5", "figures/digits--saliency"]
+    )
+    assert all(p.exists() for p in lost)
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    # The recomputed cells equal the lost ones: every random draw is seeded.
+    original = json.loads((out / "cells" / "sensitivity" / "ode--deeplift--rep1.json").read_text())
+    again = json.loads((copy / "cells" / "sensitivity" / "ode--deeplift--rep1.json").read_text())
+    assert again["values"] == pytest.approx(original["values"], rel=1e-5)
+
+
+def test_another_configuration_is_refused_and_restart_discards(quick_run, tmp_path, capsys):
+    out, _ = quick_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    with pytest.raises(SystemExit) as info:
+        run([*QUICK, "--out", str(copy), "--radius", "0.05"])
+    assert info.value.code == 2
+    assert "differs in: radius" in capsys.readouterr().err
+    assert json.loads((copy / "config.json").read_text())["config"]["radius"] == 0.02
+    cfg, _ = parse_args([*QUICK, "--radius", "0.05"])
+    Store(copy, cfg, restart=True)  # --restart
+    assert not (copy / "cells").exists() and not (copy / "checkpoints").exists()
+    assert json.loads((copy / "config.json").read_text())["config"]["radius"] == 0.05
+
+
+def _bench(args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_loses_nothing_and_resumes(tmp_path):
+    out = tmp_path / "r"
+    args = [*QUICK, "--out", str(out), "--epochs", "6"]
+    proc = _bench(args)
+    checkpoint = out / "checkpoints" / "ode.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert checkpoint.exists(), proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "run the same command again to resume" in err
+    epochs_done = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= epochs_done < 6
+    again = _bench(args)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    runs = json.loads((out / "runs.json").read_text())
+    assert [r["status"] for r in runs] == ["interrupted", "finished"]
+    history = json.loads((out / "cells" / "train" / "ode.json").read_text())["history"]
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]  # the epochs before the interrupt were kept
+
+
+def _image_folder(root: Path, classes=2, per_class=6):
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = (torch.rand(40, 40, 3, generator=gen) * 255).to(torch.uint8).numpy()
+            pixels[..., c] = 255  # a class cue
+            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_imagefolder_protocol_runs_end_to_end(tmp_path):
+    data = _image_folder(tmp_path / "val")
+    weights = tmp_path / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), weights)
+    out = tmp_path / "out"
+    results = run(
+        [
+            *QUICK,
+            "--arch",
+            "resnet18",
+            "--data",
+            str(data),
+            "--weights",
+            str(weights),
+            "--train-data",
+            str(data),
+            "--image-size",
+            "32",
+            "--shapes",
+            "false",
+            "--lr",
+            "1e-4",
+            "--methods",
+            "saliency",
+            "deeplift",
+            "--robust-methods",
+            "saliency",
+            "--out",
+            str(out),
+        ]
+    )
+    assert results["models"]["ode"]["source"] == "trained" and results["config"]["arch"] == "resnet18"
+    assert results["sensitivity"]["comparisons"]["sde-0.5"]["methods"]
+    assert results["theorem1"]["all_hold"]
+    assert (out / "figures" / "imagefolder-deeplift.png").exists()
+    # The paper's values stand beside ours where the architecture matches.
+    results["sensitivity"]["paper"] = PAPER_SENSITIVITY["resnet50"]
+    assert "0.5952 → 0.5510" in tables(results)
+
+
+def test_imagefolder_run_needs_the_sde_network(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(["--arch", "resnet50", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert "--sde-weights FILE" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_trains_with_two_gloo_processes(tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    assert torchrun, "torchrun comes with torch"
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "benchmarks.train",
+            "--model",
+            "sde-0.5",
+            *QUICK,
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sde-0.5: test accuracy" in proc.stdout
+    cell = json.loads((out / "cells" / "train" / "sde-0.5.json").read_text())
+    assert len(cell["history"]) == 2 and cell["source"] == "trained"
+    # The main job then uses that network instead of training it again.
+    run([*QUICK, "--out", str(out)])
+    computed = json.loads((out / "runs.json").read_text())[-1]["computed"]
+    assert "train/sde-0.5" not in computed and "train/ode" in computed
