@@ -55,6 +55,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for reading
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

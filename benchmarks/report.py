@@ -262,11 +262,11 @@ def _p(p) -> str:
     return "–" if p is None or (isinstance(p, float) and math.isnan(p)) else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
 
-def tables(results: dict) -> str:
-    """The Markdown report."""
+def section_header(results: dict) -> list[str]:
+    """The report's title and the run's provenance."""
     cfg = results["config"]
     env = results["environment"]
-    lines = [
+    return [
         "# Benchmark results",
         "",
         f"Configuration digest `{results['digest']}`, seed {cfg['seed']}, data `{cfg['data']}`, "
@@ -274,6 +274,12 @@ def tables(results: dict) -> str:
         f"({env.get('processor')}, {env.get('cpu_count')} CPUs, {env.get('gpu', 'no GPU')}), "
         f"torch {env['versions']['torch']}, neuralsde {env['versions']['neuralsde']}.",
         "",
+    ]
+
+
+def section_networks(results: dict) -> list[str]:
+    """The networks and their accuracies."""
+    lines = [
         "## Networks",
         "",
         "| network | σ | test accuracy | epochs | training time (s) |",
@@ -283,6 +289,13 @@ def tables(results: dict) -> str:
         lines.append(
             f"| {name} | {m['sigma']:g} | {m['test_accuracy']:.4f} | {m['epochs']} | {_f(m['train_seconds'], 1)} |"
         )
+    return lines
+
+
+def section_sensitivity(results: dict) -> list[str]:
+    """The sensitivity tables (the paper's Tables 1-3 protocol)."""
+    cfg = results["config"]
+    lines: list[str] = []
     sens = results["sensitivity"]
     if sens["comparisons"]:
         lines += [
@@ -322,6 +335,13 @@ def tables(results: dict) -> str:
                 row += f" {pv[0]:.4f} → {pv[1]:.4f} |" if pv else " – |"
             lines.append(row)
         lines.append("")
+    return lines
+
+
+def section_robustness(results: dict) -> list[str]:
+    """Kendall tau and top-k intersection."""
+    cfg = results["config"]
+    lines: list[str] = []
     rob = results["robustness"]
     if rob.get("per_model"):
         lines += ["## Rank robustness of attributions (Kendall τ and top-k intersection; higher is more robust)", ""]
@@ -353,6 +373,13 @@ def tables(results: dict) -> str:
                         f"{_p(t['wilcoxon_p'])} |"
                     )
             lines.append("")
+    return lines
+
+
+def section_localisation(results: dict) -> list[str]:
+    """Localisation on the shapes."""
+    cfg = results["config"]
+    lines: list[str] = []
     loc = results["localisation"]
     if loc:
         lines += [
@@ -371,6 +398,12 @@ def tables(results: dict) -> str:
                 f"[{_f(c['ci_low'], 3)}, {_f(c['ci_high'], 3)}] | {_p(c['wilcoxon_p'])} |"
             )
         lines.append("")
+    return lines
+
+
+def section_theorem1(results: dict) -> list[str]:
+    """Theorem 1: bounds, measured amplification and the ODE-vs-SDE claim."""
+    lines: list[str] = []
     th = results["theorem1"]
     if th["per_model"]:
         lines += [
@@ -408,6 +441,13 @@ def tables(results: dict) -> str:
                     f"[{_f(c['ci_low'], 3)}, {_f(c['ci_high'], 3)}] | {_p(c['wilcoxon_p'])} | {verdict} |"
                 )
             lines.append("")
+    return lines
+
+
+def section_completeness(results: dict) -> list[str]:
+    """Completeness residuals per network, solver and method."""
+    cfg = results["config"]
+    lines: list[str] = []
     comp = results["completeness"]
     if comp:
         ig = cfg["ig_steps"]
@@ -433,6 +473,12 @@ def tables(results: dict) -> str:
                     f"| {model} | {solver} | " + " | ".join(cells) + f" | {_f(methods['output_change']['mean'])} |"
                 )
         lines.append("")
+    return lines
+
+
+def section_noise_sweep(results: dict) -> list[str]:
+    """The noise sweep."""
+    lines: list[str] = []
     sweep = results["noise_sweep"]
     if len(sweep) > 1:
         methods = list(sweep[0]["sensitivity"])
@@ -456,9 +502,33 @@ def tables(results: dict) -> str:
                 + " |"
             )
         lines.append("")
+    return lines
+
+
+def section_figures(results: dict) -> list[str]:
+    """The list of figures."""
+    lines: list[str] = []
     if results["figures"]:
         lines += ["## Figures", ""] + [f"- `{p}`" for p in sorted(results["figures"].values())] + [""]
-    return "\n".join(lines)
+    return lines
+
+
+SECTIONS = (
+    section_header,
+    section_networks,
+    section_sensitivity,
+    section_robustness,
+    section_localisation,
+    section_theorem1,
+    section_completeness,
+    section_noise_sweep,
+    section_figures,
+)
+
+
+def tables(results: dict) -> str:
+    """The Markdown report: every section in turn."""
+    return "\n".join(line for section in SECTIONS for line in section(results))
 
 
 def plots(results: dict, store: Store) -> dict:
@@ -504,6 +574,39 @@ def plots(results: dict, store: Store) -> dict:
         path = store.figure("theorem1.png")
         save_png(fig, path)
         made["theorem1"] = str(path.relative_to(store.root))
+    comp = results["completeness"]
+    if comp:
+        names = ("integrated_gradients", "integrated_gradients_x10", "deeplift", "deeplift_shap")
+        labels = {
+            "integrated_gradients": f"IG ({results['config']['ig_steps']} steps)",
+            "integrated_gradients_x10": f"IG ({10 * results['config']['ig_steps']} steps)",
+            "deeplift": "DeepLIFT",
+            "deeplift_shap": "DeepLIFT-SHAP",
+        }
+        rows = [
+            (f"{model}\n{solver}", methods) for model, solvers in comp.items() for solver, methods in solvers.items()
+        ]
+        fig, ax = plt.subplots(figsize=(max(7, 1.8 * len(rows)), 4))
+        width = 0.8 / (len(names) + 1)
+        for j, name in enumerate(names):
+            vals = [m[name]["residual"]["mean"] if name in m else math.nan for _, m in rows]
+            ax.bar([i + (j - len(names) / 2) * width for i in range(len(rows))], vals, width, label=labels[name])
+        ax.bar(
+            [i + (len(names) / 2) * width for i in range(len(rows))],
+            [m["output_change"]["mean"] for _, m in rows],
+            width,
+            color="0.6",
+            label="|F(x') − F(x)|",
+        )
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r for r, _ in rows], fontsize=6)
+        ax.set_ylabel("mean residual")
+        ax.set_title("Completeness residual |Σ(A(x') − A(x)) − (F(x') − F(x))|")
+        ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        path = store.figure("completeness.png")
+        save_png(fig, path)
+        made["completeness"] = str(path.relative_to(store.root))
     comps = results["sensitivity"]["comparisons"]
     if comps:
         sde = results["config"]["table_sigma"]

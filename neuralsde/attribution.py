@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from captum.attr import (
@@ -183,13 +184,13 @@ def attribute(
     inputs: Tensor,
     method: str = "integrated_gradients",
     *,
-    target=None,
-    baselines=None,
+    target: int | Tensor | None = None,
+    baselines: Tensor | float | None = None,
     layer: nn.Module | None = None,
     noise: str = "off",
     samples: int = 8,
     seed: int = 0,
-    **kwargs,
+    **kwargs: Any,
 ) -> Attribution:
     """Attribute a model's output to its input with one of Captum's methods.
 

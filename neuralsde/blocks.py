@@ -92,8 +92,12 @@ class ResBlock(nn.Module):
     of length ``h`` reproduces the block.
 
     Args:
-        conv1, bn1, conv2, bn2: the first two convolution/normalisation pairs.
-        conv3, bn3: the third pair of a bottleneck block, or None.
+        conv1: the first convolution.
+        bn1: its normalisation.
+        conv2: the second convolution.
+        bn2: its normalisation.
+        conv3: the third convolution of a bottleneck block, or None.
+        bn3: its normalisation, or None.
         downsample: the projection of the identity branch, or None.
     """
 

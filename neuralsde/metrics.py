@@ -91,7 +91,8 @@ def kendall_tau(a: Tensor, b: Tensor) -> Tensor:
     """Kendall's tau-b between the importance maps of ``a`` and ``b``, per example.
 
     Args:
-        a, b: attributions ``(B, C, H, W)``.
+        a: attributions ``(B, C, H, W)``.
+        b: attributions of the same shape.
 
     Returns:
         ``(B,)`` in ``[-1, 1]`` (scipy.stats.kendalltau).

@@ -18,6 +18,7 @@ import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torchvision
@@ -198,7 +199,7 @@ class ODEResNet(nn.Module):
         return None
 
     @classmethod
-    def from_torchvision(cls, model: nn.Module, **kwargs) -> ODEResNet:
+    def from_torchvision(cls, model: nn.Module, **kwargs: Any) -> ODEResNet:
         """The continuous-time twin of a torchvision ResNet (its weights are copied).
 
         Args:
@@ -218,7 +219,7 @@ class ODEResNet(nn.Module):
         num_classes: int = 10,
         widths: Sequence[int] = (16, 32, 64),
         blocks: int = 2,
-        **kwargs,
+        **kwargs: Any,
     ) -> ODEResNet:
         """A CIFAR-style ResNet for small images (8x8 to 32x32).
 
@@ -446,7 +447,7 @@ class SDEResNet(ODEResNet):
         eval_samples: int = 0,
         path_seed: int | None = None,
         method: str = "euler",
-        **kwargs,
+        **kwargs: Any,
     ):
         if diffusion not in DIFFUSIONS:
             raise ValueError(f"unknown diffusion {diffusion!r}; valid diffusions: {', '.join(DIFFUSIONS)}")
@@ -478,7 +479,7 @@ class SDEResNet(ODEResNet):
         sigma: float | None = None,
         diffusion: str | None = None,
         eval_samples: int | None = None,
-        path_seed=_KEEP,
+        path_seed: int | None | object = _KEEP,
     ) -> SDEResNet:
         """Change the noise; arguments left out keep their value.
 

@@ -267,7 +267,8 @@ def completeness_residual(
     Args:
         explain: ``inputs -> attributions`` (same baseline for both calls).
         output: ``inputs -> (B,)`` the explained output F (e.g. the target logit).
-        x, x_hat: two batches of inputs.
+        x: a batch of inputs.
+        x_hat: the same inputs, perturbed.
 
     Returns:
         ``{"residual", "relative", "output_change"}``, each ``(B,)``: the absolute
