@@ -74,6 +74,8 @@ def conv_bn_norm(
         The operator norm (power iteration converges from below; at ``tol = 1e-7`` the
         remaining gap is far below the looseness of the product bound).
     """
+    if bn is not None and not isinstance(bn, nn.BatchNorm2d):
+        raise ValueError(f"operator norms fold in BatchNorm2d (eval mode) only, got {type(bn).__name__}")
     weight = conv.weight.detach().double()
     scale = torch.ones(weight.shape[0], dtype=torch.float64, device=weight.device)
     if bn is not None:
