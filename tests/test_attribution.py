@@ -8,6 +8,7 @@ import torch
 import torchvision
 from captum.attr import DeepLift, DeepLiftShap, IntegratedGradients, Saliency
 from captum.metrics import sensitivity_max
+from conftest import randomize_batchnorm
 from torch import nn
 
 from neuralsde import ODEResNet, SDEResNet, attribute
@@ -31,16 +32,7 @@ SOLVER_IDS = ["ode-euler", "ode-rk4", "ode-dopri5", "sde-euler_maruyama", "sde-m
 def tiny(cls, seed=0, **settings):
     torch.manual_seed(seed)
     model = cls.small(in_channels=1, num_classes=5, widths=(4, 8), blocks=2, **settings)
-    # Non-trivial BatchNorm statistics, as after training.
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2, generator=gen)
-                m.running_var.uniform_(0.5, 1.5, generator=gen)
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.uniform_(-0.2, 0.2, generator=gen)
-    return model.eval()
+    return randomize_batchnorm(model, seed).eval()  # non-trivial statistics, as after training
 
 
 def images(n=2, seed=1):
