@@ -105,6 +105,10 @@ def train(
 ) -> list[dict]:
     """Train with Adam and cross-entropy; resume from ``checkpoint`` if it exists.
 
+    At the start of every epoch torch's global generator is seeded from
+    ``(seed, epoch, rank)``, so the shuffling and the noise of an epoch do not depend on
+    what ran before it (a resumed run repeats an uninterrupted one exactly).
+
     Args:
         model: the network (an SDE model draws noise in train mode).
         train_set: items ``(image, label, ...)``.
