@@ -12,8 +12,10 @@ an :class:`ActivationPool`; the modules hold no weights, so nothing is duplicate
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["ActivationPool", "ResBlock"]
@@ -180,3 +182,20 @@ class ResBlock(nn.Module):
         """
         v = self.apply_block(x, self.acts.take()) - x
         return v if h == 1.0 else v.div_(h)
+
+    def step(self, x: Tensor, fraction: float = 1.0) -> Tensor:
+        """An Euler step of length ``fraction * h`` of :meth:`velocity` ``(x, h)``.
+
+        ``x + fraction * (block(x) - x)``, computed as one ``lerp``; a whole step
+        (``fraction == 1``) is the block itself, with no pass over the state beyond it.
+
+        Args:
+            x: state, shape ``(B, C, H, W)``.
+            fraction: step length divided by the interval ``h`` the block owns.
+
+        Returns:
+            The state after the step, shape ``(B, C, H, W)``.
+        """
+        out = self.apply_block(x, self.acts.take())
+        # A step computed as the difference of two grid points can miss h by an ulp.
+        return out if math.isclose(fraction, 1.0, rel_tol=1e-12) else torch.lerp(x, out, fraction)

@@ -1,8 +1,8 @@
 """One solver-agnostic entry point for neural ODEs and Itô SDEs.
 
-``integrate(drift, y0, ts)`` solves ``dy/dt = drift(t, y)`` with torchdiffeq;
+``integrate(drift, y0, ts)`` solves ``dy/dt = drift(t, y)`` with torchdiffeq's methods;
 ``integrate(drift, y0, ts, diffusion=sigma)`` solves the Itô SDE with diagonal noise
-``dy = drift(t, y) dt + sigma(t, y) dB`` with torchsde. The state may have any shape
+``dy = drift(t, y) dt + sigma(t, y) dB`` with torchsde's. The state may have any shape
 with the batch first, e.g. ``(B, C, H, W)``; torchsde's 2-D view is made here.
 
 Fixed-step methods step exactly on a grid that contains every time in ``ts``: each
@@ -11,7 +11,10 @@ interval when ``dt`` is None). There is no accumulated round-off in the step tim
 drift that is piecewise constant in time between the ``ts`` is integrated exactly piece
 by piece.
 
-The steps themselves are always torchdiffeq's and torchsde's. On fixed grids this module
+The steps are torchdiffeq's and torchsde's, with one exception: the fixed-grid Euler and
+Euler–Maruyama step ``y + dt f + sigma dW`` is written here (see ``_fixed_grid_euler``),
+so that a drift can supply its own Euler step and the state is not flattened; the tests
+pin it to both libraries' steps. For the other methods on fixed grids this module
 walks the grid and calls the libraries' step functions (each solver object's
 ``_step_func`` / ``step``) rather than their ``odeint`` / ``sdeint`` loops: those loops
 copy every output state, linearly interpolate onto ``ts`` even when a step lands on it,
@@ -387,8 +390,8 @@ class GridBrownian(torchsde.BaseBrownian):
 
     def _gaussian(self, std: float) -> Tensor:
         shape = (1, self._shape[1]) if self._shared else self._shape
-        z = torch.randn(shape, dtype=self._dtype, device=self._device, generator=self._generator)
-        z = z if std == 1.0 else z.mul_(std)
+        z = torch.empty(shape, dtype=self._dtype, device=self._device)
+        z.normal_(0.0, std, generator=self._generator)  # scaled inside the sampler: one pass
         return z.expand(self._shape) if self._shared else z
 
     def _interval(self, k: int) -> tuple[Tensor, Tensor | None]:
@@ -522,6 +525,9 @@ def integrate(
 
     Args:
         drift: ``drift(t, y) -> dy/dt``; takes and returns tensors of ``y0``'s shape.
+            A drift may also have a method ``euler_step(t, y, dt)`` returning
+            ``y + dt * drift(t, y)`` computed its own way (fewer passes over the
+            state); the Euler and Euler–Maruyama steps then call it instead.
         y0: initial state, shape ``(B, *S)`` with the batch first, e.g. ``(B, C, H, W)``.
         ts: increasing times; the solution is returned at each of them.
         diffusion: ``diffusion(t, y) -> sigma``, the diagonal noise coefficient, of
@@ -715,7 +721,72 @@ class _TableauStepper:
         return y1 - y0, f0
 
 
+def _euler_step(drift, t: Tensor, y: Tensor, dt: float) -> Tensor:
+    """``y + dt * drift(t, y)``, or ``drift.euler_step(t, y, dt)`` where the drift has one."""
+    step = getattr(drift, "euler_step", None)
+    if step is not None:
+        out = step(t, y, dt)
+        what = "drift.euler_step(t, y, dt)"
+    else:
+        out = drift(t, y)
+        what = "drift(t, y)"
+    if out.shape != y.shape:
+        raise ValueError(f"{what} must return y's shape {tuple(y.shape)}, got {tuple(out.shape)}")
+    return out if step is not None else torch.add(y, out, alpha=dt)
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
+def _fixed_grid_euler(drift, diffusion, y0, times, dt, bm, stats) -> list[Tensor]:
+    """Euler (ODE) or Euler–Maruyama (Itô SDE, diagonal noise) on the fixed step grid.
+
+    Written here rather than taken from torchdiffeq/torchsde because the step is one
+    line, and owning it removes every pass over the state that the generic steppers add:
+    the separate ``dt * f`` and ``g * dW`` products, torchsde's flattening of the state and
+    of ``sigma``, and, through ``drift.euler_step``, the ``(block(x) - x) / h`` velocity of
+    a residual block, whose Euler step of length ``h`` is the block itself. Each step is
+    ``y + dt f(t, y) + sigma(t, y) dW`` with ``dW = W(t + dt) - W(t)``, exactly
+    torchdiffeq's Euler and torchsde's Itô Euler–Maruyama step.
+    """
+    grid = step_grid(times, dt)
+    shape = y0.shape
+    flat = (shape[0], y0[0].numel())
+    if diffusion is not None:
+        if bm is None:
+            bm = GridBrownian(grid, flat, dtype=y0.dtype, device=y0.device, keep=False)
+        elif tuple(bm.shape) != flat:
+            raise ValueError(f"bm must have shape (batch, prod(state)) = {flat}, got {tuple(bm.shape)}")
+    # Step times stay on the CPU: the Brownian look-ups only do scalar arithmetic with
+    # them, and CPU scalars keep them free of device synchronisation.
+    t = torch.tensor(grid, dtype=_time_dtype(y0))
+    wanted = set(times)
+    ys, y = [y0], y0
+    for k in range(len(grid) - 1):
+        stats.steps += 1
+        stats.nfe += 1
+        step = grid[k + 1] - grid[k]
+        if diffusion is None:
+            y = _euler_step(drift, t[k], y, step)
+        else:
+            stats.nfe_diffusion += 1
+            sigma = diffusion(t[k], y)
+            if sigma.shape != shape and not _broadcasts_to(sigma.shape, shape):
+                raise ValueError(f"diffusion(t, y) must return y's shape {tuple(shape)}, got {tuple(sigma.shape)}")
+            dW = bm(t[k], t[k + 1]).reshape(shape)
+            y = torch.addcmul(_euler_step(drift, t[k], y, step), sigma, dW)
+        if grid[k + 1] in wanted:
+            ys.append(y)
+    return ys
+
+
 def _fixed_grid_ode(drift, y0, times, method, dt, rtol, atol, stats, options) -> list[Tensor]:
+    if method == "euler":
+        return _fixed_grid_euler(drift, None, y0, times, dt, None, stats)
     func = _ODEFunc(drift, stats, adaptive=False)
     if is_adaptive(method):
         solver = _TableauStepper(method, y0)
@@ -735,6 +806,8 @@ def _fixed_grid_ode(drift, y0, times, method, dt, rtol, atol, stats, options) ->
 
 
 def _fixed_grid_sde(drift, diffusion, y0, times, method, dt, bm, stats) -> list[Tensor]:
+    if method == "euler":
+        return _fixed_grid_euler(drift, diffusion, y0, times, dt, bm, stats)
     shape = y0.shape
     sde = _SDEFunc(drift, diffusion, shape, stats)
     y = rearrange(y0, f"{sde.full} -> {sde.flat}")

@@ -68,6 +68,19 @@ class _ZeroDiffusion(nn.Module):
         return x.new_zeros(()).expand_as(x)
 
 
+class _BlockDrift:
+    """The drift of one block's interval, with the block's own Euler step."""
+
+    def __init__(self, block: ResBlock, h: float):
+        self.block, self.h = block, h
+
+    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.block.velocity(y, self.h)
+
+    def euler_step(self, t: Tensor, y: Tensor, dt: float) -> Tensor:
+        return self.block.step(y, dt / self.h)
+
+
 def _path_seed(seed: int, stage: int, block: int) -> int:
     return (int(seed) * 1_000_003 + stage * 1_009 + block) % (2**63)
 
@@ -357,11 +370,8 @@ class ContinuousStage(nn.Module):
         return blocks[k].velocity(x, self.h)
 
     def _solve(self, block: ResBlock, x: Tensor, k: int, noise: bool) -> Tensor:
-        h = self.h
         plan = self._plan(k, noise)
-
-        def velocity(t: Tensor, y: Tensor) -> Tensor:
-            return block.velocity(y, h)
+        velocity = _BlockDrift(block, self.h)
 
         bm = None
         if plan["diffusion"] is not None and noise and self.path_seed is not None:

@@ -238,3 +238,29 @@ def test_torchrun_trains_with_two_gloo_processes(tmp_path):
     run([*QUICK, "--out", str(out)])
     computed = json.loads((out / "runs.json").read_text())[-1]["computed"]
     assert "train/sde-0.5" not in computed and "train/ode" in computed
+
+
+def test_speed_benchmark_writes_every_ratio(tmp_path, capsys):
+    from benchmarks.speed import main as speed_main
+    from benchmarks.speed import noise_draws
+    from neuralsde import SDEResNet
+
+    sde = SDEResNet.from_torchvision(torchvision.models.resnet18(), sigma=0.5).eval()
+    sde.set_noise(eval_samples=1)
+    # 32x32 input: states 64x8x8 (layer1, two continuous blocks), 128x4x4, 256x2x2, 512x1x1
+    assert noise_draws(sde, torch.randn(1, 3, 32, 32)) == [4096, 4096, 2048, 1024, 512]
+    record = speed_main(
+        ["--archs", "resnet18", "--size", "32", "--batch", "2", "--rounds", "2", "--out", str(tmp_path)]
+    )
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(record["results"]))
+    ratios = {phase: set(res["ratios"]) for phase, res in saved["results"]["resnet18"].items()}
+    assert ratios == {
+        "forward": {"ode/torchvision", "sde/ode", "gaussians/ode"},
+        "forward+backward": {"ode/torchvision", "sde/ode"},
+        "deeplift": {"ode/discrete"},
+    }
+    for phase in saved["results"]["resnet18"].values():
+        for r in phase["ratios"].values():
+            assert 0 < r["q1"] <= r["median"] <= r["q3"]
+    assert "gaussians/ode" in capsys.readouterr().out

@@ -124,6 +124,65 @@ def test_strong_order_on_geometric_brownian_motion(method, order):
     assert abs(slope - order) < 0.15, (method, slope, errors)
 
 
+def test_euler_steps_match_torchdiffeq_and_torchsde_on_the_same_path():
+    """The library's own Euler and Euler–Maruyama steps against the two libraries' ones."""
+    import torchdiffeq
+    import torchsde
+
+    y0 = torch.randn(3, 2, 4, dtype=torch.float64)
+    ts = [0.0, 0.5, 1.0]
+    ours = integrate(linear_drift, y0, ts, method="euler", dt=0.125)
+    theirs = torchdiffeq.odeint(linear_drift, y0, torch.tensor(ts, dtype=torch.float64), method="euler",
+                                options={"step_size": 0.125})
+    # Same arithmetic up to association (y + dt f vs. y + (dt f)): a few ulps in float64.
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+    class SDE(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return torch.sin(y) - y
+
+        def g(self, t, y):
+            return 0.3 + 0.2 * torch.cos(y)
+
+    sde = SDE()
+    flat = y0.flatten(1)
+    bm = brownian_interval(y0, 0.0, 1.0)
+    theirs = torchsde.sdeint(sde, flat, torch.tensor(ts, dtype=torch.float64), method="euler", dt=0.125, bm=bm)
+    ours = integrate(lambda t, y: sde.f(t, y), y0, ts, diffusion=lambda t, y: sde.g(t, y), dt=0.125, bm=bm)
+    torch.testing.assert_close(ours.flatten(2), theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_drift_euler_step_replaces_the_generic_step():
+    calls = []
+
+    class Drift:
+        def __call__(self, t, y):
+            return -y
+
+        def euler_step(self, t, y, dt):
+            calls.append(dt)
+            return y * (1.0 - dt)
+
+    y0 = torch.ones(2, 3)
+    ys = integrate(Drift(), y0, [0.0, 1.0], method="euler", dt=0.25)
+    assert calls == [0.25] * 4
+    torch.testing.assert_close(ys[-1], y0 * 0.75**4)
+    torch.manual_seed(0)
+    integrate(Drift(), y0, [0.0, 1.0], diffusion=lambda t, y: 0.1 * y, method="euler", dt=0.5)
+    assert calls[4:] == [0.5] * 2
+
+    class Wrong(Drift):
+        def euler_step(self, t, y, dt):
+            return y[:1]
+
+    with pytest.raises(ValueError, match=r"euler_step\(t, y, dt\) must return y's shape"):
+        integrate(Wrong(), y0, [0.0, 1.0], method="euler")
+    with pytest.raises(ValueError, match=r"diffusion\(t, y\) must return y's shape"):
+        integrate(Drift(), y0, [0.0, 1.0], diffusion=lambda t, y: y[:, :2], method="euler")
+
+
 def test_sde_reproducible_under_manual_seed_and_different_across_seeds():
     y0 = torch.ones(4, 2, 3)
 

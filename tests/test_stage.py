@@ -53,9 +53,26 @@ def test_drift_over_the_whole_interval_matches_the_stage(randomize_bn):
     x = torch.randn(2, 64, 8, 8)
     with torch.no_grad():
         via_drift = integrate(stage.drift, x, [0.0, 1.5, 3.0], method="euler")[-1]
-        torch.testing.assert_close(via_drift, stage(x), rtol=1e-6, atol=1e-6)
+        # The stage steps with the block itself, the plain drift as x + (block(x) - x):
+        # float32 rounding of that sum costs an ulp of |x| (~5e-7 at |x| ~ 4) per step,
+        # over three steps; 1e-5 leaves room and still catches a wrong block or interval.
+        torch.testing.assert_close(via_drift, stage(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"t must be in \[0, 3.0\]"):
         stage.drift(3.5, x)
+
+
+def test_partial_euler_steps_of_a_block_follow_its_drift(randomize_bn):
+    """Several Euler steps per block (the block's lerp step) against the plain drift."""
+    stage = stage_of(tv_layer(randomize_bn), T=3.0)
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        stage.set_solver(steps_per_block=4)
+        via_drift = integrate(stage.drift, x, [0.0, 1.5, 3.0], method="euler", dt=1.5 / 4)[-1]
+        steps = stage(x)
+        # Same tolerance and reason as above (8 steps, each a few ulps of |x|).
+        torch.testing.assert_close(via_drift, steps, rtol=1e-5, atol=1e-5)
+        stage.set_solver(steps_per_block=1)
+        assert (steps - stage(x)).abs().max() > 1e-3  # four small steps are not one big one
 
 
 def test_the_ode_does_not_depend_on_T(randomize_bn):
