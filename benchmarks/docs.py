@@ -88,9 +88,10 @@ def _theorem1_summary(results: dict) -> str:
     return (
         f"In {held} of {len(rows)} (network, stage) pairs the measured amplification stayed below both bounds"
         + verdict
-        + f" The bounds are far from tight: Theorem 1's `e^{{∫C}}` exceeds the largest amplification found by a "
-        f"factor between {min(full):.3g} and {max(full):.3g}, and the one-sided bound by {min(factors):.3g} to "
-        f"{max(factors):.3g}. The equality at extreme points that step 4 of the proof assumes is nowhere near."
+        + rf" The bounds are far from tight: Theorem 1's $e^{{\int_0^T C\,dt}}$ exceeds the largest amplification "
+        f"found by a factor between {min(full):.3g} and {max(full):.3g}, and the one-sided bound by "
+        f"{min(factors):.3g} to {max(factors):.3g}. The equality at extreme points that step 4 of the proof "
+        "assumes is nowhere near."
     )
 
 
@@ -163,7 +164,7 @@ def _sweep_summary(results: dict) -> str:
         if m in last["sensitivity"]
     ]
     return (
-        f"From σ = {first['sigma']:g} to σ = {last['sigma']:g} the test accuracy ranges over "
+        rf"From $\sigma = {first['sigma']:g}$ to $\sigma = {last['sigma']:g}$ the test accuracy ranges over "
         f"{min(acc):.4f}–{max(acc):.4f}, while the mean max-sensitivity goes {', '.join(drops)}."
     )
 
