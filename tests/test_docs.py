@@ -1,10 +1,11 @@
-"""The documentation: strict build, runnable snippets, theory pages generated from a run."""
+"""The documentation: strict build, runnable snippets, theory pages generated from a run, the built site."""
 
 import json
 import os
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -62,11 +63,12 @@ def test_theory_pages_are_generated_from_the_committed_run():
     assert runs[-1]["status"] == "finished"
 
 
-def test_mkdocs_builds_in_strict_mode(tmp_path):
+def build_site(dest: Path, *options: str) -> Path:
+    """``mkdocs build`` into DEST; fails the test with mkdocs' messages if the build fails."""
     mkdocs = Path(sys.executable).with_name("mkdocs")
     command = [str(mkdocs)] if mkdocs.exists() else [sys.executable, "-m", "mkdocs"]
     proc = subprocess.run(
-        [*command, "build", "--strict", "-d", str(tmp_path / "site")],
+        [*command, "build", *options, "-d", str(dest)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -74,5 +76,132 @@ def test_mkdocs_builds_in_strict_mode(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return dest
+
+
+def test_mkdocs_builds_in_strict_mode(tmp_path):
+    build_site(tmp_path / "site", "--strict")
     for page in ("index.html", "api/index.html", "theory/theorem1/index.html", "quickstart/index.html"):
         assert (tmp_path / "site" / page).exists()
+
+
+# The built site: typeset formulas, nothing loaded from other hosts, no raw roles.
+
+# Formulas, had they been left in code spans.
+FORMULA_MARKS = ("e^{", "‖", "Σ", "∑", "∫", "σ", "Δ", "_k", "\\(", "\\frac")
+ABSOLUTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//", re.I)  # http://, https://, //host
+NAVIGATION = {"canonical", "alternate", "next", "prev"}  # <link> relations that load nothing
+
+
+class _Tags(HTMLParser):
+    """The resources a page loads and the text of its code spans."""
+
+    def __init__(self):
+        super().__init__()
+        self.scripts: list[str] = []
+        self.stylesheets: list[str] = []
+        self.links: list[str] = []
+        self.styles: list[str] = []
+        self.code: list[str] = []
+        self._code_depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "script" and attrs.get("src"):
+            self.scripts.append(attrs["src"])
+        rel = set((attrs.get("rel") or "").split())
+        if tag == "link" and attrs.get("href") and not (rel and rel <= NAVIGATION):
+            self.links.append(attrs["href"])
+            if "stylesheet" in rel:
+                self.stylesheets.append(attrs["href"])
+        if attrs.get("style"):
+            self.styles.append(attrs["style"])
+        if tag == "code":
+            self._code_depth += 1
+            self.code.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "code" and self._code_depth:
+            self._code_depth -= 1
+
+    def handle_data(self, data):
+        if self._code_depth:
+            self.code[-1] += data
+
+
+def _parse(page: Path) -> _Tags:
+    tags = _Tags()
+    tags.feed(page.read_text(encoding="utf-8"))
+    return tags
+
+
+def _css_urls(text: str) -> list[str]:
+    urls = (u.strip().strip("'\"") for u in re.findall(r"url\(([^)]*)\)", text))
+    return [u for u in urls if not u.startswith("data:")]
+
+
+def _target(site: Path, base: Path, url: str) -> Path:
+    """The file a same-host URL names (404.html uses URLs from the site root)."""
+    path = url.split("#")[0].split("?")[0]
+    return site / path.lstrip("/") if path.startswith("/") else base / path
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    # Not --strict: test_mkdocs_builds_in_strict_mode covers that; these checks report on their own.
+    return build_site(tmp_path_factory.mktemp("docs") / "site")
+
+
+def _pages(site: Path) -> list[Path]:
+    return sorted(site.rglob("*.html"))
+
+
+def test_theorem1_formulas_are_math_not_code(site):
+    page = site / "theory" / "theorem1" / "index.html"
+    html = page.read_text(encoding="utf-8")
+    assert html.count('class="arithmatex"') >= 20
+    assert '<div class="arithmatex">' in html  # the theorem's inequality, displayed
+
+
+def test_pages_keep_formulas_out_of_code_spans(site):
+    assert "theory/theorem1/index.html" in {p.relative_to(site).as_posix() for p in _pages(site)}
+    for page in _pages(site):
+        if page.parent == site / "api":
+            continue  # the API reference shows docstrings
+        for code in _parse(page).code:
+            assert not any(mark in code for mark in FORMULA_MARKS), f"{page.relative_to(site)}: {code!r}"
+
+
+def test_katex_renders_arithmatex_elements_from_local_files(site):
+    tags = _parse(site / "theory" / "theorem1" / "index.html")
+    assert any(src.endswith("assets/katex/katex.min.js") for src in tags.scripts)
+    assert any(src.endswith("assets/katex/contrib/auto-render.min.js") for src in tags.scripts)
+    assert any(src.endswith("assets/javascripts/katex-init.js") for src in tags.scripts)
+    assert any(href.endswith("assets/katex/katex.min.css") for href in tags.stylesheets)
+    init = (site / "assets" / "javascripts" / "katex-init.js").read_text()
+    assert "document$.subscribe" in init and ".arithmatex" in init and "renderMathInElement" in init
+
+
+def test_nothing_is_loaded_from_another_host(site):
+    pages = _pages(site)
+    assert len(pages) >= 10
+    for page in pages:
+        tags = _parse(page)
+        loaded = tags.scripts + tags.links + [u for style in tags.styles for u in _css_urls(style)]
+        for url in loaded:
+            assert not ABSOLUTE.match(url), f"{page.relative_to(site)} loads {url}"
+        for url in tags.scripts + tags.stylesheets:
+            assert _target(site, page.parent, url).is_file(), f"{page.relative_to(site)}: {url} is missing"
+    stylesheets = sorted(site.rglob("*.css"))
+    assert stylesheets
+    for css in stylesheets:
+        for url in _css_urls(css.read_text(encoding="utf-8")):
+            assert not ABSOLUTE.match(url), f"{css.relative_to(site)} loads {url}"
+            assert _target(site, css.parent, url).is_file(), f"{css.relative_to(site)}: {url} is missing"
+
+
+def test_no_unrendered_sphinx_roles(site):
+    for page in [*_pages(site), *site.rglob("*.json")]:
+        text = page.read_text(encoding="utf-8")
+        for role in (":meth:", ":func:", ":class:"):
+            assert role not in text, f"{page.relative_to(site)} shows {role}"
