@@ -8,12 +8,12 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_write_text", "environment", "paired_ratios", "write_json"]
+__all__ = ["atomic_write_text", "environment", "paired_ratios", "quartiles", "write_json"]
 
 
 def environment(device: str | torch.device = "cpu") -> dict:
@@ -73,6 +73,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """The lower quartile, median and upper quartile of ``values``, within their range.
+
+    The quartiles interpolate between neighbouring order statistics (the inclusive method
+    of ``statistics.quantiles``). Its default, exclusive method extrapolates beyond the
+    smallest and largest values of a small sample: two timing ratios 1 and 9 get the
+    lower quartile -1. Clamping keeps min <= q1 <= median <= q3 <= max under rounding.
+    """
+    median = statistics.median(values)
+    if len(values) < 2:
+        return median, median, median
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return max(min(values), min(q1, median)), median, min(max(values), max(q3, median))
+
+
 def paired_ratios(
     runs: dict[str, Callable[[], object]],
     pairs: list[tuple[str, str]],
@@ -120,11 +135,11 @@ def paired_ratios(
     out = {"seconds": {n: {"median": statistics.median(t), "min": min(t)} for n, t in times.items()}, "ratios": {}}
     for a, b in pairs:
         ratios = [x / y for x, y in zip(times[a], times[b])]
-        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        q1, median, q3 = quartiles(ratios)
         out["ratios"][f"{a}/{b}"] = {
-            "median": statistics.median(ratios),
-            "q1": q[0],
-            "q3": q[2],
+            "median": median,
+            "q1": q1,
+            "q3": q3,
             # The least-disturbed run of each: a second estimate, robust to a noisy machine.
             "min_ratio": min(times[a]) / min(times[b]),
         }
