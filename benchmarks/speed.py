@@ -53,7 +53,7 @@ def noise_draws(sde: SDEResNet, x: torch.Tensor) -> list[int]:
     with torch.no_grad():
         sde(x)
         steps = [stage.stats.steps for stage in sde.stages]
-        h = sde.maxpool(sde.relu(sde.bn1(sde.conv1(x))))
+        h = sde.stem(x)
         sizes: list[int] = []
         for stage, n in zip(sde.stages, steps):
             h = stage(h)

@@ -14,8 +14,9 @@ from .diffusion import (
     NormalizedDiffusion,
     make_diffusion,
 )
-from .integrate import SolverError, SolverStats, integrate
-from .models import ODEResNet, SDEResNet
+from .models import ODEResNet
+from .sde_models import SDEResNet
+from .solvers import SolverError, SolverStats, integrate
 from .stage import ContinuousStage
 
 __version__ = "0.1.0"

@@ -1,9 +1,11 @@
-"""ODEResNet and SDEResNet: drop-in continuous-time twins of torchvision's ResNets.
+"""ODEResNet: the drop-in continuous-time twin of torchvision's ResNets.
 
-Both take images ``(B, C, H, W)`` and return logits ``(B, num_classes)``, like
-torchvision's ResNet, and have the same parameter names, so a state dict moves between a
-torchvision ResNet and its twin in either direction. With Euler's method and one step per
-block, the twin computes what the torchvision network computes.
+It and its noisy subclass, [SDEResNet][neuralsde.sde_models.SDEResNet], take images
+``(B, C, H, W)`` and return logits ``(B, num_classes)``, like torchvision's ResNet, and
+have the same parameter names, so a state dict moves between a torchvision ResNet and
+its twin in either direction. With Euler's method and one step per block, the twin
+computes what the torchvision network computes, and so does
+[DiscreteResNet][neuralsde.models.DiscreteResNet], the same network without a solver.
 
     >>> import torchvision, neuralsde
     >>> tv = torchvision.models.resnet18(num_classes=10)
@@ -17,118 +19,20 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
-from .blocks import ResBlock
-from .diffusion import DIFFUSIONS, Diffusion, make_diffusion
-from .integrate import SolverStats, is_adaptive
+from .diffusion import Diffusion
+from .parts import TORCHVISION_ARCHS, ResNetParts
+from .solvers import SolverStats, is_adaptive
 from .stage import ContinuousStage
 
-__all__ = ["DiscreteResNet", "ODEResNet", "SDEResNet", "TORCHVISION_ARCHS"]
+__all__ = ["DiscreteResNet", "ODEResNet", "TORCHVISION_ARCHS"]
 
-#: Architectures buildable by name, as in ``torchvision.models``.
-TORCHVISION_ARCHS: tuple[str, ...] = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "wide_resnet50_2",
-    "wide_resnet101_2",
-    "resnext50_32x4d",
-    "resnext101_32x8d",
-    "resnext101_64x4d",
-)
-
-
-@dataclass
-class _Parts:
-    """The layers a model is assembled from."""
-
-    arch: str
-    in_channels: int
-    conv1: nn.Module
-    bn1: nn.Module
-    maxpool: nn.Module
-    stages: list[list[ResBlock]]
-    fc: nn.Linear
-
-    @classmethod
-    def from_torchvision(cls, model: nn.Module, arch: str = "torchvision") -> _Parts:
-        if not isinstance(model, torchvision.models.ResNet):
-            raise ValueError(f"expected a torchvision.models.ResNet, got {type(model).__name__}")
-        stages = [
-            [ResBlock.from_torchvision(block) for block in layer]
-            for layer in (model.layer1, model.layer2, model.layer3, model.layer4)
-        ]
-        return cls(arch, model.conv1.in_channels, model.conv1, model.bn1, model.maxpool, stages, model.fc)
-
-    @classmethod
-    def named(cls, arch: str, num_classes: int, in_channels: int) -> _Parts:
-        if arch not in TORCHVISION_ARCHS:
-            raise ValueError(f"unknown architecture {arch!r}; valid architectures: {', '.join(TORCHVISION_ARCHS)}")
-        _check_count("num_classes", num_classes)
-        _check_count("in_channels", in_channels)
-        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-        if in_channels != 3:
-            old = model.conv1
-            model.conv1 = nn.Conv2d(in_channels, old.out_channels, 7, stride=2, padding=3, bias=False)
-            nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-        return cls.from_torchvision(model, arch)
-
-    @classmethod
-    def small(cls, in_channels: int, num_classes: int, widths: Sequence[int], blocks: int) -> _Parts:
-        _check_count("in_channels", in_channels)
-        _check_count("num_classes", num_classes)
-        _check_count("blocks", blocks)
-        if len(widths) == 0 or any(int(w) < 1 for w in widths):
-            raise ValueError(f"widths must be positive channel counts, got {tuple(widths)}")
-        conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
-        stages, channels = [], widths[0]
-        for i, width in enumerate(widths):
-            stage = []
-            for j in range(blocks):
-                stride = 2 if (i > 0 and j == 0) else 1
-                stage.append(_basic_block(channels, width, stride))
-                channels = width
-            stages.append(stage)
-        parts = cls(
-            "small",
-            in_channels,
-            conv1,
-            nn.BatchNorm2d(widths[0]),
-            nn.Identity(),
-            stages,
-            nn.Linear(channels, num_classes),
-        )
-        for module in [conv1, *[b for stage in stages for b in stage]]:
-            for m in module.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        return parts
-
-
-def _check_count(name: str, value: int) -> None:
-    if int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value}")
-
-
-def _basic_block(c_in: int, c_out: int, stride: int) -> ResBlock:
-    downsample = None
-    if stride != 1 or c_in != c_out:
-        downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
-    return ResBlock(
-        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        downsample=downsample,
-    )
+_Model = TypeVar("_Model", bound="ODEResNet")
 
 
 class ODEResNet(nn.Module):
@@ -163,10 +67,10 @@ class ODEResNet(nn.Module):
         rtol: float = 1e-4,
         atol: float = 1e-5,
         adjoint: bool = False,
-        _parts: _Parts | None = None,
+        _parts: ResNetParts | None = None,
     ):
         super().__init__()
-        parts = _parts if _parts is not None else _Parts.named(arch, num_classes, in_channels)
+        parts = _parts if _parts is not None else ResNetParts.named(arch, num_classes, in_channels)
         self.arch = parts.arch
         self.in_channels = parts.in_channels
         self.conv1, self.bn1 = parts.conv1, parts.bn1
@@ -199,7 +103,7 @@ class ODEResNet(nn.Module):
         return None
 
     @classmethod
-    def from_torchvision(cls, model: nn.Module, **kwargs: Any) -> ODEResNet:
+    def from_torchvision(cls: type[_Model], model: nn.Module, **kwargs: Any) -> _Model:
         """The continuous-time twin of a torchvision ResNet (its weights are copied).
 
         Args:
@@ -208,19 +112,19 @@ class ODEResNet(nn.Module):
         """
         if not isinstance(model, torchvision.models.ResNet):
             raise ValueError(f"expected a torchvision.models.ResNet, got {type(model).__name__}")
-        twin = cls(_parts=_Parts.from_torchvision(copy.deepcopy(model)), **kwargs)
+        twin = cls(_parts=ResNetParts.from_torchvision(copy.deepcopy(model)), **kwargs)
         return twin.train(model.training)
 
     @classmethod
     def small(
-        cls,
+        cls: type[_Model],
         *,
         in_channels: int = 3,
         num_classes: int = 10,
         widths: Sequence[int] = (16, 32, 64),
         blocks: int = 2,
         **kwargs: Any,
-    ) -> ODEResNet:
+    ) -> _Model:
         """A CIFAR-style ResNet for small images (8x8 to 32x32).
 
         Stem: 3x3 convolution, no max-pooling. Stage ``i`` has ``blocks`` basic blocks of
@@ -234,7 +138,7 @@ class ODEResNet(nn.Module):
             blocks: basic blocks per stage.
             **kwargs: solver (and, for SDEResNet, noise) settings.
         """
-        return cls(_parts=_Parts.small(in_channels, num_classes, tuple(widths), blocks), **kwargs)
+        return cls(_parts=ResNetParts.small(in_channels, num_classes, tuple(widths), blocks), **kwargs)
 
     # -- solver ---------------------------------------------------------------------
     @property
@@ -270,11 +174,10 @@ class ODEResNet(nn.Module):
         Raises:
             ValueError: for an unknown method or an invalid setting (nothing changes).
         """
-        settings = dict(method=method, steps_per_block=steps_per_block, T=T, rtol=rtol, atol=atol, adjoint=adjoint)
-        for stage in self.stages:  # validate every stage before changing any
-            stage.check_solver(**settings)
-        for stage in self.stages:
-            stage.set_solver(**settings)
+        changes = dict(method=method, steps_per_block=steps_per_block, T=T, rtol=rtol, atol=atol, adjoint=adjoint)
+        settings = [stage.solver.updated(**changes) for stage in self.stages]  # all valid before any changes
+        for stage, new in zip(self.stages, settings):
+            stage.set_solver(new)
         return self
 
     def solver_stats(self) -> dict[str, SolverStats]:
@@ -350,7 +253,7 @@ class ODEResNet(nn.Module):
         hook-based attributions cannot follow. So when the input requires gradients or
         hooks are registered on the model, the solver back-propagates directly.
         """
-        if not any(stage.adjoint for stage in self.stages):
+        if not any(stage.solver.adjoint for stage in self.stages):
             return
         direct = torch.is_grad_enabled() and self._attributing(x)
         if direct and not self._adjoint_warned:
@@ -364,11 +267,18 @@ class ODEResNet(nn.Module):
         for stage in self.stages:
             stage.direct_backprop = direct
 
+    def stem(self, x: Tensor) -> Tensor:
+        """The discrete layers before the first stage, as torchvision's ``_forward_impl``.
+
+        ``maxpool(relu(bn1(conv1(x))))``: ``(B, in_channels, H, W) -> (B, C, H', W')``.
+        """
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
     def forward_features(self, x: Tensor) -> Tensor:
         """The pooled features before the classifier: ``(B, C, H, W) -> (B, F)``."""
         self._check_input(x)
         self._choose_backprop(x)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.stem(x)
         for stage in self.stages:
             x = stage(x)
         return torch.flatten(self.avgpool(x), 1)
@@ -410,158 +320,6 @@ class ODEResNet(nn.Module):
         return f"arch={self.arch!r}, in_channels={self.in_channels}, num_classes={self.num_classes}"
 
 
-class SDEResNet(ODEResNet):
-    """A ResNet whose stages are Itô neural SDEs ``dX = G dt + sigma(X, t) dB``.
-
-    In ``train()`` the noise is on, with fresh Brownian paths from torch's generator. In
-    ``eval()`` it is off by default (the paper computes attributions without noise), and
-    :meth:`set_noise` offers two other modes:
-
-    * ``eval_samples=K``: the logits are the average over K Brownian paths (Monte-Carlo
-      prediction).
-    * ``path_seed=s``: the noise is on along one fixed path, shared by every sample of
-      every batch (common random numbers). The network is then a deterministic function
-      of its input, so an attribution computed on it, and on Captum's expanded copies of
-      the input, measures the attribution rather than the sampling noise. With
-      ``eval_samples=K`` as well, the average over the K fixed paths ``s, s+1, ...``.
-
-    Args:
-        arch: a name in ``TORCHVISION_ARCHS``.
-        sigma: noise magnitude, >= 0 (for "normalized": noise RMS over activation RMS
-            per unit time, the paper's 0.1, 0.25, 0.5, 0.75).
-        diffusion: ``"normalized"`` (the paper's), ``"additive"``, ``"multiplicative"``
-            or ``"learned"``.
-        eval_samples: Brownian paths averaged in eval mode; 0 for one (or none).
-        path_seed: seed of the fixed, shared Brownian path used in eval mode, or None.
-        method: SDE method: ``"euler"`` (Euler–Maruyama), ``"milstein"`` or ``"srk"``
-            (the last two need an element-wise diffusion).
-        **kwargs: as for :class:`ODEResNet`.
-    """
-
-    def __init__(
-        self,
-        arch: str = "resnet18",
-        *,
-        sigma: float = 0.5,
-        diffusion: str = "normalized",
-        eval_samples: int = 0,
-        path_seed: int | None = None,
-        method: str = "euler",
-        **kwargs: Any,
-    ):
-        if diffusion not in DIFFUSIONS:
-            raise ValueError(f"unknown diffusion {diffusion!r}; valid diffusions: {', '.join(DIFFUSIONS)}")
-        make_diffusion(diffusion, sigma, channels=1)  # validates sigma before any work
-        self._noise = dict(kind=diffusion, sigma=float(sigma))
-        super().__init__(arch, method=method, **kwargs)
-        self.eval_samples = 0
-        self.path_seed: int | None = None
-        self.set_noise(eval_samples=eval_samples, path_seed=path_seed)
-
-    def _make_diffusion(self, channels: int) -> Diffusion:
-        return make_diffusion(self._noise["kind"], self._noise["sigma"], channels)
-
-    @property
-    def sigma(self) -> float:
-        """The noise magnitude."""
-        return self._noise["sigma"]
-
-    @property
-    def diffusion(self) -> str:
-        """The diffusion kind."""
-        return self._noise["kind"]
-
-    _KEEP = object()
-
-    def set_noise(
-        self,
-        *,
-        sigma: float | None = None,
-        diffusion: str | None = None,
-        eval_samples: int | None = None,
-        path_seed: int | None | object = _KEEP,
-    ) -> SDEResNet:
-        """Change the noise; arguments left out keep their value.
-
-        Changing the diffusion kind builds new diffusion modules (a learned diffusion
-        starts again from its initial values).
-
-        Args:
-            sigma: noise magnitude, >= 0.
-            diffusion: diffusion kind.
-            eval_samples: Brownian paths averaged in eval mode (0: one or none).
-            path_seed: seed of a fixed Brownian path shared by every sample in eval
-                mode; None for fresh paths (or no noise when ``eval_samples == 0``).
-
-        Returns:
-            The model itself.
-
-        Raises:
-            ValueError: for sigma < 0, an unknown kind, a kind the solver method cannot
-                handle, or eval_samples < 0 (nothing changes).
-        """
-        kind = self.diffusion if diffusion is None else diffusion
-        new_sigma = self.sigma if sigma is None else sigma
-        samples = self.eval_samples if eval_samples is None else eval_samples
-        seed = self.path_seed if path_seed is SDEResNet._KEEP else path_seed
-        if int(samples) != samples or samples < 0:
-            raise ValueError(f"eval_samples must be an integer >= 0, got {samples}")
-        if seed is not None and int(seed) != seed:
-            raise ValueError(f"path_seed must be an integer or None, got {seed!r}")
-        fresh = [make_diffusion(kind, new_sigma, s.blocks[-1].out_channels) for s in self.stages]
-        if kind != self.diffusion:
-            for stage, new in zip(self.stages, fresh):
-                stage.set_diffusion(new)
-        else:
-            for stage in self.stages:
-                stage.diffusion.sigma = new_sigma
-        self._noise = dict(kind=kind, sigma=float(new_sigma))
-        self.eval_samples = int(samples)
-        self.path_seed = None if seed is None else int(seed)
-        return self
-
-    def _set_path(self, noise: bool, seed: int | None) -> None:
-        for stage in self.stages:
-            stage.noise = noise
-            stage.path_seed = seed
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits ``(B, num_classes)`` for images ``(B, in_channels, H, W)``.
-
-        With the noise on and no fixed path, the Brownian paths are drawn from torch's
-        generator, so ``torch.manual_seed`` reproduces them.
-
-        Raises:
-            ValueError: for Monte-Carlo prediction while hooks are registered: it calls
-                every layer K times per forward pass, which hook-based attributions
-                cannot follow (``neuralsde.attribute(..., noise="mc")`` averages
-                attributions over paths instead).
-        """
-        if self.training:
-            self._set_path(True, None)
-            return super().forward(x)
-        if self.eval_samples == 0:
-            self._set_path(self.path_seed is not None, self.path_seed)
-            return super().forward(x)
-        if any(m._forward_hooks or m._forward_pre_hooks for m in self.stages[0].modules()):
-            raise ValueError(
-                "Monte-Carlo prediction (eval_samples > 0) runs every layer several times per forward pass, "
-                "which hook-based attributions cannot follow; set eval_samples=0 and average attributions "
-                "over fixed paths instead (neuralsde.attribute(..., noise='mc'))"
-            )
-        outs = []
-        for k in range(self.eval_samples):
-            self._set_path(True, None if self.path_seed is None else self.path_seed + k)
-            outs.append(super().forward(x))
-        return torch.stack(outs).mean(dim=0)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, diffusion={self.diffusion!r}, sigma={self.sigma}, "
-            f"eval_samples={self.eval_samples}, path_seed={self.path_seed}"
-        )
-
-
 class DiscreteResNet(nn.Module):
     """The discrete ResNet that an ODE/SDE model equals at one Euler step per block.
 
@@ -584,7 +342,7 @@ class DiscreteResNet(nn.Module):
         """Logits ``(B, num_classes)`` for images ``(B, in_channels, H, W)``."""
         m = self.model
         m._check_input(x)
-        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        x = m.stem(x)
         for stage in m.stages:
             for block in stage.blocks:
                 block.acts.reset()

@@ -38,17 +38,10 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import ResBlock
+from .brownian import GridBrownian
 from .diffusion import Diffusion
-from .integrate import (
-    ELEMENTWISE_ONLY_SDE_METHODS,
-    GridBrownian,
-    SolverError,
-    SolverStats,
-    check_method,
-    is_adaptive,
-    solve,
-    step_grid,
-)
+from .settings import SolverSettings
+from .solvers import SolverError, SolverStats, integrate, is_adaptive, step_grid
 
 __all__ = ["ContinuousStage"]
 
@@ -152,11 +145,10 @@ class ContinuousStage(nn.Module):
         self.direct_backprop = False
         self._recording: list[list[float]] | None = None
         self.stats = SolverStats()
-        self.method = method
-        self.steps_per_block = 1
-        self.T: float | None = None
-        self.rtol, self.atol, self.adjoint = rtol, atol, False
-        self.set_solver(method=method, steps_per_block=steps_per_block, T=T, rtol=rtol, atol=atol, adjoint=adjoint)
+        self.solver = SolverSettings(
+            method, steps_per_block, T, rtol, atol, adjoint, sde=diffusion is not None, elementwise=self._elementwise()
+        )
+        self.reserve_activations()
 
     @property
     def blocks(self) -> list[ResBlock]:
@@ -179,9 +171,19 @@ class ContinuousStage(nn.Module):
         return sum(self.continuous)
 
     @property
+    def method(self) -> str:
+        """The solver method."""
+        return self.solver.method
+
+    @property
+    def steps_per_block(self) -> int:
+        """Fixed steps per block interval."""
+        return self.solver.steps_per_block
+
+    @property
     def horizon(self) -> float:
         """The stage's time horizon T."""
-        return float(self.num_continuous) if self.T is None else self.T
+        return float(self.num_continuous) if self.solver.T is None else self.solver.T
 
     @property
     def h(self) -> float:
@@ -193,66 +195,33 @@ class ContinuousStage(nn.Module):
         """Whether the stage has a diffusion."""
         return self.diffusion is not None
 
-    def check_solver(
-        self,
-        *,
-        method: str | None = None,
-        steps_per_block: int | None = None,
-        T: float | None = None,
-        rtol: float | None = None,
-        atol: float | None = None,
-        adjoint: bool | None = None,
-    ) -> dict:
-        """Validate solver settings without applying them.
+    def _elementwise(self, diffusion: Diffusion | None = None) -> bool:
+        diffusion = self.diffusion if diffusion is None else diffusion
+        return diffusion is None or bool(diffusion.elementwise)
 
-        Returns:
-            The complete settings (None replaced by the current values).
+    def set_solver(self, settings: SolverSettings | None = None, **changes) -> None:
+        """Change the solver settings; a frozen step grid is dropped.
+
+        Args:
+            settings: the new settings, made for this stage (e.g. by
+                ``stage.solver.updated(...)``); or None to update the current ones.
+            **changes: with ``settings`` None, the fields of
+                [SolverSettings][neuralsde.settings.SolverSettings] to change (None keeps
+                a value).
 
         Raises:
-            ValueError: for an unknown method, a method that cannot handle the diffusion,
-                ``steps_per_block < 1``, ``T <= 0``, tolerances <= 0 or an adjoint SDE.
+            ValueError: for an invalid setting (nothing changes), or settings made for
+                a stage with another kind of noise.
         """
-        method = self.method if method is None else method
-        check_method(method, sde=self.is_sde)
-        self._check_method_diffusion(method, self.diffusion)
-        if steps_per_block is None:
-            steps_per_block = self.steps_per_block
-        elif int(steps_per_block) != steps_per_block or steps_per_block < 1:
-            raise ValueError(f"steps_per_block must be an integer >= 1, got {steps_per_block}")
-        if T is not None and not float(T) > 0:
-            raise ValueError(f"T must be > 0, got {T}")
-        adjoint = self.adjoint if adjoint is None else bool(adjoint)
-        if adjoint and self.is_sde:
-            raise ValueError("adjoint=True is available for ODE stages only; SDE stages back-propagate directly")
-        for name, tol in (("rtol", rtol), ("atol", atol)):
-            if tol is not None and not float(tol) > 0:
-                raise ValueError(f"{name} must be > 0, got {tol}")
-        return dict(
-            method=method,
-            steps_per_block=int(steps_per_block),
-            T=self.T if T is None else float(T),
-            rtol=self.rtol if rtol is None else float(rtol),
-            atol=self.atol if atol is None else float(atol),
-            adjoint=adjoint,
-        )
-
-    def set_solver(self, **settings) -> None:
-        """Change the solver settings (see :meth:`check_solver`); None keeps a value.
-
-        A frozen step grid is dropped.
-        """
-        for key, value in self.check_solver(**settings).items():
-            setattr(self, key, value)
+        if settings is None:
+            settings = self.solver.updated(**changes)
+        elif changes:
+            raise ValueError("give either settings or the changes to make, not both")
+        if (settings.sde, settings.elementwise) != (self.is_sde, self._elementwise()):
+            raise ValueError(f"these solver settings were made for another kind of stage than {self.name!r}")
+        self.solver = settings
         self.frozen = None
         self.reserve_activations()
-
-    @staticmethod
-    def _check_method_diffusion(method: str, diffusion: Diffusion | None) -> None:
-        if diffusion is not None and method in ELEMENTWISE_ONLY_SDE_METHODS and not diffusion.elementwise:
-            raise ValueError(
-                f"method {method!r} is only right for an element-wise diffusion, and the "
-                f"{diffusion.kind!r} diffusion is not element-wise; use method='euler' (Euler–Maruyama)"
-            )
 
     def set_diffusion(self, diffusion: Diffusion) -> None:
         """Replace the diffusion of an SDE stage.
@@ -262,8 +231,12 @@ class ContinuousStage(nn.Module):
         """
         if not self.is_sde:
             raise ValueError(f"stage {self.name!r} is an ODE stage; it has no diffusion to replace")
-        self._check_method_diffusion(self.method, diffusion)
+        try:
+            settings = self.solver.updated(elementwise=self._elementwise(diffusion))
+        except ValueError as err:
+            raise ValueError(f"the {diffusion.kind!r} diffusion: {err}") from None
         self.diffusion = diffusion
+        self.solver = settings
         self.reserve_activations()
 
     # -- what attribution hooks need ------------------------------------------------
@@ -302,7 +275,7 @@ class ContinuousStage(nn.Module):
                     break
                 stats = SolverStats()
                 diffusion = None if plan["diffusion"] is None else (lambda t, y: y)
-                solve(
+                integrate(
                     lambda t, y: -y,
                     torch.zeros(1, 1, dtype=torch.float64),
                     plan["ts"],
@@ -312,6 +285,7 @@ class ContinuousStage(nn.Module):
                     adaptive=plan["adaptive"],
                     stats=stats,
                     check_finite=False,
+                    saveat="t1",
                 )
                 needed = max(needed, stats.nfe)
             counts.append(needed)
@@ -387,30 +361,31 @@ class ContinuousStage(nn.Module):
                 keep=False,
                 shared=True,
             )
-        adjoint = self.adjoint and not self.direct_backprop and plan["adaptive"]
+        adjoint = self.solver.adjoint and not self.direct_backprop and plan["adaptive"]
         recording = self._recording is not None and plan["adaptive"] and is_adaptive(plan["method"])
         stats = SolverStats(times=[]) if recording else self.stats
-        ys = solve(
+        x1 = integrate(
             velocity,
             x,
             plan["ts"],
             diffusion=plan["diffusion"],
             method=plan["method"],
             dt=plan["dt"],
-            rtol=self.rtol,
-            atol=self.atol,
+            rtol=self.solver.rtol,
+            atol=self.solver.atol,
             adjoint=adjoint,
             bm=bm,
             adaptive=plan["adaptive"],
             adjoint_params=tuple(block.parameters()) if adjoint else None,
             stats=stats,
+            saveat="t1",
         )
         if recording:
             self.stats.add(stats)
             t0, t1 = plan["ts"][0], plan["ts"][-1]
             inner = [t for t in stats.times if t0 < t < t1 and not math.isclose(t, t1)]
             self._recording.append([t0, *inner, t1])
-        return ys[-1]
+        return x1
 
     def _split(self) -> int:
         """Index of the first continuous block; every block from there on is one."""

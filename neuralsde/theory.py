@@ -158,7 +158,7 @@ def stage_inputs(model: ODEResNet, x: Tensor) -> list[Tensor]:
     """The states entering each stage's flow (after its transitions) for images ``x``."""
     model._check_input(x)
     states = []
-    h = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    h = model.stem(x)
     for stage in model.stages:
         h = stage.transition(h)
         states.append(h)

@@ -1,4 +1,4 @@
-"""neuralsde.integrate: accuracy, convergence orders, randomness, gradients, errors."""
+"""neuralsde.solvers (integrate) and neuralsde.brownian: accuracy, convergence orders, randomness, gradients, errors."""
 
 import math
 
@@ -8,14 +8,8 @@ import torch
 from torch import nn
 
 from neuralsde import SolverError, SolverStats, integrate
-from neuralsde.integrate import (
-    ADAPTIVE_ODE_METHODS,
-    FIXED_ODE_METHODS,
-    SDE_METHODS,
-    GridBrownian,
-    brownian_interval,
-    step_grid,
-)
+from neuralsde.brownian import GridBrownian, brownian_interval
+from neuralsde.solvers import ADAPTIVE_ODE_METHODS, FIXED_ODE_METHODS, SDE_METHODS, step_grid
 
 # Orders of the fixed-step ODE methods (the Adams methods start with RK4 and run at
 # order >= 4 once their history is long enough; the check below asks for >= 3.5).

@@ -1,0 +1,165 @@
+"""SDEResNet: the ODE twin with noise in its residual dynamics, and its noise modes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .diffusion import DIFFUSIONS, Diffusion, make_diffusion
+from .models import ODEResNet
+
+__all__ = ["SDEResNet"]
+
+
+class SDEResNet(ODEResNet):
+    """A ResNet whose stages are Itô neural SDEs ``dX = G dt + sigma(X, t) dB``.
+
+    In ``train()`` the noise is on, with fresh Brownian paths from torch's generator. In
+    ``eval()`` it is off by default (the paper computes attributions without noise), and
+    :meth:`set_noise` offers two other modes:
+
+    * ``eval_samples=K``: the logits are the average over K Brownian paths (Monte-Carlo
+      prediction).
+    * ``path_seed=s``: the noise is on along one fixed path, shared by every sample of
+      every batch (common random numbers). The network is then a deterministic function
+      of its input, so an attribution computed on it, and on Captum's expanded copies of
+      the input, measures the attribution rather than the sampling noise. With
+      ``eval_samples=K`` as well, the average over the K fixed paths ``s, s+1, ...``.
+
+    Args:
+        arch: a name in ``TORCHVISION_ARCHS``.
+        sigma: noise magnitude, >= 0 (for "normalized": noise RMS over activation RMS
+            per unit time, the paper's 0.1, 0.25, 0.5, 0.75).
+        diffusion: ``"normalized"`` (the paper's), ``"additive"``, ``"multiplicative"``
+            or ``"learned"``.
+        eval_samples: Brownian paths averaged in eval mode; 0 for one (or none).
+        path_seed: seed of the fixed, shared Brownian path used in eval mode, or None.
+        method: SDE method: ``"euler"`` (Euler–Maruyama), ``"milstein"`` or ``"srk"``
+            (the last two need an element-wise diffusion).
+        **kwargs: as for :class:`ODEResNet`.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        *,
+        sigma: float = 0.5,
+        diffusion: str = "normalized",
+        eval_samples: int = 0,
+        path_seed: int | None = None,
+        method: str = "euler",
+        **kwargs: Any,
+    ):
+        if diffusion not in DIFFUSIONS:
+            raise ValueError(f"unknown diffusion {diffusion!r}; valid diffusions: {', '.join(DIFFUSIONS)}")
+        make_diffusion(diffusion, sigma, channels=1)  # validates sigma before any work
+        self._noise = dict(kind=diffusion, sigma=float(sigma))
+        super().__init__(arch, method=method, **kwargs)
+        self.eval_samples = 0
+        self.path_seed: int | None = None
+        self.set_noise(eval_samples=eval_samples, path_seed=path_seed)
+
+    def _make_diffusion(self, channels: int) -> Diffusion:
+        return make_diffusion(self._noise["kind"], self._noise["sigma"], channels)
+
+    @property
+    def sigma(self) -> float:
+        """The noise magnitude."""
+        return self._noise["sigma"]
+
+    @property
+    def diffusion(self) -> str:
+        """The diffusion kind."""
+        return self._noise["kind"]
+
+    _KEEP = object()
+
+    def set_noise(
+        self,
+        *,
+        sigma: float | None = None,
+        diffusion: str | None = None,
+        eval_samples: int | None = None,
+        path_seed: int | None | object = _KEEP,
+    ) -> SDEResNet:
+        """Change the noise; arguments left out keep their value.
+
+        Changing the diffusion kind builds new diffusion modules (a learned diffusion
+        starts again from its initial values).
+
+        Args:
+            sigma: noise magnitude, >= 0.
+            diffusion: diffusion kind.
+            eval_samples: Brownian paths averaged in eval mode (0: one or none).
+            path_seed: seed of a fixed Brownian path shared by every sample in eval
+                mode; None for fresh paths (or no noise when ``eval_samples == 0``).
+
+        Returns:
+            The model itself.
+
+        Raises:
+            ValueError: for sigma < 0, an unknown kind, a kind the solver method cannot
+                handle, or eval_samples < 0 (nothing changes).
+        """
+        kind = self.diffusion if diffusion is None else diffusion
+        new_sigma = self.sigma if sigma is None else sigma
+        samples = self.eval_samples if eval_samples is None else eval_samples
+        seed = self.path_seed if path_seed is SDEResNet._KEEP else path_seed
+        if int(samples) != samples or samples < 0:
+            raise ValueError(f"eval_samples must be an integer >= 0, got {samples}")
+        if seed is not None and int(seed) != seed:
+            raise ValueError(f"path_seed must be an integer or None, got {seed!r}")
+        fresh = [make_diffusion(kind, new_sigma, s.blocks[-1].out_channels) for s in self.stages]
+        if kind != self.diffusion:
+            for stage, new in zip(self.stages, fresh):
+                stage.set_diffusion(new)
+        else:
+            for stage in self.stages:
+                stage.diffusion.sigma = new_sigma
+        self._noise = dict(kind=kind, sigma=float(new_sigma))
+        self.eval_samples = int(samples)
+        self.path_seed = None if seed is None else int(seed)
+        return self
+
+    def _set_path(self, noise: bool, seed: int | None) -> None:
+        for stage in self.stages:
+            stage.noise = noise
+            stage.path_seed = seed
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` for images ``(B, in_channels, H, W)``.
+
+        With the noise on and no fixed path, the Brownian paths are drawn from torch's
+        generator, so ``torch.manual_seed`` reproduces them.
+
+        Raises:
+            ValueError: for Monte-Carlo prediction while hooks are registered: it calls
+                every layer K times per forward pass, which hook-based attributions
+                cannot follow (``neuralsde.attribute(..., noise="mc")`` averages
+                attributions over paths instead).
+        """
+        if self.training:
+            self._set_path(True, None)
+            return super().forward(x)
+        if self.eval_samples == 0:
+            self._set_path(self.path_seed is not None, self.path_seed)
+            return super().forward(x)
+        if any(m._forward_hooks or m._forward_pre_hooks for m in self.stages[0].modules()):
+            raise ValueError(
+                "Monte-Carlo prediction (eval_samples > 0) runs every layer several times per forward pass, "
+                "which hook-based attributions cannot follow; set eval_samples=0 and average attributions "
+                "over fixed paths instead (neuralsde.attribute(..., noise='mc'))"
+            )
+        outs = []
+        for k in range(self.eval_samples):
+            self._set_path(True, None if self.path_seed is None else self.path_seed + k)
+            outs.append(super().forward(x))
+        return torch.stack(outs).mean(dim=0)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, diffusion={self.diffusion!r}, sigma={self.sigma}, "
+            f"eval_samples={self.eval_samples}, path_seed={self.path_seed}"
+        )

@@ -1,0 +1,419 @@
+"""Solving neural ODEs and Itô SDEs: the one entry point and the one fixed-grid loop.
+
+``integrate(drift, y0, ts)`` solves ``dy/dt = drift(t, y)`` with torchdiffeq's methods;
+``integrate(drift, y0, ts, diffusion=sigma)`` solves the Itô SDE with diagonal noise
+``dy = drift(t, y) dt + sigma(t, y) dB`` with torchsde's. The state may have any shape
+with the batch first, e.g. ``(B, C, H, W)``.
+
+Fixed-step methods step exactly on a grid that contains every time in ``ts``: each
+interval ``[ts[i], ts[i+1]]`` is cut into ``ceil(len / dt)`` equal steps (one step per
+interval when ``dt`` is None). There is no accumulated round-off in the step times, so a
+drift that is piecewise constant in time between the ``ts`` is integrated exactly piece
+by piece.
+
+How a solve runs (every fixed-grid solve, ODE or SDE, goes through :func:`_fixed_grid`):
+
+* ``euler`` (ODE) and ``euler`` (Itô SDE, Euler–Maruyama): the library's own step
+  ``y + dt f + sigma dW`` (:class:`_EulerStep`). A drift can supply its own Euler step
+  (``drift.euler_step``): a residual block's Euler step is the block itself.
+* the other fixed-step methods, and an adaptive method replaying a given grid
+  (``adaptive=False``): torchdiffeq's / torchsde's step functions, through the steppers
+  of :mod:`neuralsde._backends`, the only module touching those libraries' internals.
+* adaptive and adjoint ODE solves: ``torchdiffeq.odeint`` / ``odeint_adjoint``.
+
+The Brownian path of an SDE is a :class:`~neuralsde.brownian.GridBrownian` drawn from
+torch's generator unless ``bm`` is given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+import torchsde
+from torch import Tensor
+
+from . import _backends
+from .brownian import GridBrownian
+
+__all__ = [
+    "ADAPTIVE_ODE_METHODS",
+    "ELEMENTWISE_ONLY_SDE_METHODS",
+    "FIXED_ODE_METHODS",
+    "ODE_METHODS",
+    "SDE_METHODS",
+    "SolverError",
+    "SolverStats",
+    "check_method",
+    "integrate",
+    "is_adaptive",
+    "step_grid",
+]
+
+FIXED_ODE_METHODS: tuple[str, ...] = (
+    "euler",
+    "midpoint",
+    "heun2",
+    "heun3",
+    "rk4",
+    "explicit_adams",
+    "implicit_adams",
+)
+ADAPTIVE_ODE_METHODS: tuple[str, ...] = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+ODE_METHODS: tuple[str, ...] = FIXED_ODE_METHODS + ADAPTIVE_ODE_METHODS
+#: Itô methods of torchsde for diagonal noise. ``"euler"`` is Euler–Maruyama.
+SDE_METHODS: tuple[str, ...] = ("euler", "milstein", "srk")
+#: SDE methods whose correction terms are only right for an element-wise diffusion.
+ELEMENTWISE_ONLY_SDE_METHODS: tuple[str, ...] = ("milstein", "srk")
+
+
+class SolverError(RuntimeError):
+    """A numerical failure during integration (non-finite state, step-size underflow).
+
+    Attributes:
+        method: the solver method.
+        time: the time at which the failure was detected (None if unknown).
+        stage: the name of the model stage being integrated (None outside a model).
+    """
+
+    def __init__(self, reason: str, *, method: str, time: float | None = None, stage: str | None = None):
+        self.reason = reason
+        self.method = method
+        self.time = time
+        self.stage = stage
+        where = f"stage {stage!r}, " if stage is not None else ""
+        when = f"t={time:.6g}, " if time is not None else ""
+        super().__init__(f"{where}{when}method {method!r}: {reason}")
+
+    def in_stage(self, stage: str) -> SolverError:
+        """Return the same error, naming the model stage it happened in."""
+        return SolverError(self.reason, method=self.method, time=self.time, stage=stage)
+
+
+@dataclass
+class SolverStats:
+    """Counts of the work done by one or more solves.
+
+    Attributes:
+        method: the method of the last solve counted.
+        steps: accepted steps.
+        rejected: rejected steps (adaptive ODE methods only).
+        nfe: drift evaluations.
+        nfe_diffusion: diffusion evaluations (SDE only).
+        times: if a list, the end time of every accepted step of an adaptive ODE
+            method is appended to it (the grid the method chose).
+    """
+
+    method: str = ""
+    steps: int = 0
+    rejected: int = 0
+    nfe: int = 0
+    nfe_diffusion: int = 0
+    times: list[float] | None = None
+
+    def reset(self) -> None:
+        """Set every count back to zero."""
+        self.steps = self.rejected = self.nfe = self.nfe_diffusion = 0
+
+    def add(self, other: SolverStats) -> None:
+        """Add another record's counts (and recorded times) to this one."""
+        self.method = other.method
+        self.steps += other.steps
+        self.rejected += other.rejected
+        self.nfe += other.nfe
+        self.nfe_diffusion += other.nfe_diffusion
+        if self.times is not None and other.times is not None:
+            self.times.extend(other.times)
+
+
+def is_adaptive(method: str) -> bool:
+    """Whether ``method`` chooses its own steps (adaptive ODE methods)."""
+    return method in ADAPTIVE_ODE_METHODS
+
+
+def check_method(method: str, sde: bool) -> None:
+    """Raise ValueError unless ``method`` is a valid ODE (or SDE) method name."""
+    valid = SDE_METHODS if sde else ODE_METHODS
+    if method not in valid:
+        kind = "SDE" if sde else "ODE"
+        raise ValueError(f"unknown {kind} method {method!r}; valid {kind} methods: {', '.join(valid)}")
+
+
+def step_grid(ts: Sequence[float], dt: float | None) -> list[float]:
+    """The fixed-step grid: every time of ``ts``, each interval cut into equal steps.
+
+    Args:
+        ts: increasing times.
+        dt: the largest allowed step; None for one step per interval.
+
+    Returns:
+        Increasing times starting at ``ts[0]`` and ending at ``ts[-1]`` that contain every
+        element of ``ts``.
+    """
+    grid = [float(ts[0])]
+    for a, b in zip(ts[:-1], ts[1:]):
+        a, b = float(a), float(b)
+        n = 1 if dt is None else max(1, math.ceil((b - a) / dt - 1e-9))
+        grid.extend(a + (b - a) * k / n for k in range(1, n))
+        grid.append(b)
+    return grid
+
+
+def _as_times(ts: Tensor | Sequence[float]) -> list[float]:
+    values = ts.detach().cpu().tolist() if torch.is_tensor(ts) else [float(t) for t in ts]
+    if len(values) < 2:
+        raise ValueError(f"ts needs at least two times, got {len(values)}")
+    if any(not math.isfinite(t) for t in values):
+        raise ValueError(f"ts must be finite, got {values}")
+    if any(b <= a for a, b in zip(values[:-1], values[1:])):
+        raise ValueError(f"ts must be strictly increasing, got {values}")
+    return values
+
+
+def _time_dtype(y0: Tensor) -> torch.dtype:
+    return torch.float64 if y0.dtype == torch.float64 else torch.float32
+
+
+class Stepper(Protocol):
+    """What the fixed-grid loop drives: one solver's step, with its own carried state.
+
+    Attributes:
+        time_device: the device the loop puts the step times on.
+    """
+
+    time_device: torch.device
+
+    def init(self, t0: Tensor, y0: Tensor) -> Any:
+        """The carried state at the first grid time."""
+
+    def step(self, t0: Tensor, t1: Tensor, dt: float, carry: Any) -> Any:
+        """The carried state after the step from ``t0`` to ``t1`` (``dt = t1 - t0``)."""
+
+    def state(self, carry: Any) -> Tensor:
+        """The solution ``y``, shaped like ``y0``, held in a carried state."""
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
+class _EulerStep:
+    """Euler (ODE) or Euler–Maruyama (Itô SDE, diagonal noise) on the fixed step grid.
+
+    The library's own step rather than torchdiffeq's/torchsde's because it is one line,
+    and owning it removes every pass over the state that the generic steppers add: the
+    separate ``dt * f`` and ``g * dW`` products, torchsde's flattening of the state and of
+    ``sigma``, and, through ``drift.euler_step``, the ``(block(x) - x) / h`` velocity of a
+    residual block, whose Euler step of length ``h`` is the block itself. Each step is
+    ``y + dt f(t, y) + sigma(t, y) dW`` with ``dW = W(t + dt) - W(t)``, exactly
+    torchdiffeq's Euler and torchsde's Itô Euler–Maruyama step.
+    """
+
+    # Step times stay on the CPU: the Brownian look-ups only do scalar arithmetic with
+    # them, and CPU scalars keep them free of device synchronisation.
+    time_device = torch.device("cpu")
+
+    def __init__(self, drift, diffusion, bm, shape: torch.Size, stats: SolverStats):
+        self.drift, self.diffusion, self.bm, self.shape, self.stats = drift, diffusion, bm, shape, stats
+        self.own_step = getattr(drift, "euler_step", None)
+
+    def init(self, t0: Tensor, y0: Tensor) -> Tensor:
+        return y0
+
+    def state(self, y: Tensor) -> Tensor:
+        return y
+
+    def _drift_step(self, t: Tensor, y: Tensor, dt: float) -> Tensor:
+        """``y + dt * drift(t, y)``, or ``drift.euler_step(t, y, dt)`` where the drift has one."""
+        if self.own_step is not None:
+            out, what = self.own_step(t, y, dt), "drift.euler_step(t, y, dt)"
+        else:
+            out, what = self.drift(t, y), "drift(t, y)"
+        if out.shape != y.shape:
+            raise ValueError(f"{what} must return y's shape {tuple(y.shape)}, got {tuple(out.shape)}")
+        return out if self.own_step is not None else torch.add(y, out, alpha=dt)
+
+    def step(self, t0: Tensor, t1: Tensor, dt: float, y: Tensor) -> Tensor:
+        self.stats.nfe += 1
+        if self.diffusion is None:
+            return self._drift_step(t0, y, dt)
+        self.stats.nfe_diffusion += 1
+        sigma = self.diffusion(t0, y)
+        if sigma.shape != self.shape and not _broadcasts_to(sigma.shape, self.shape):
+            raise ValueError(f"diffusion(t, y) must return y's shape {tuple(self.shape)}, got {tuple(sigma.shape)}")
+        dW = self.bm(t0, t1).reshape(self.shape)
+        return torch.addcmul(self._drift_step(t0, y, dt), sigma, dW)
+
+
+def _fixed_grid(stepper: Stepper, y0: Tensor, grid: list[float], saved: set[float], stats: SolverStats):
+    """The one fixed-grid loop: step along ``grid``, keep the states at the ``saved`` times.
+
+    Returns:
+        The states at ``grid[0]`` (if saved) and at every later saved grid time, in order.
+    """
+    t = torch.tensor(grid, dtype=_time_dtype(y0), device=stepper.time_device)
+    ys = [y0] if grid[0] in saved else []
+    carry = stepper.init(t[0], y0)
+    for k in range(len(grid) - 1):
+        stats.steps += 1
+        carry = stepper.step(t[k], t[k + 1], grid[k + 1] - grid[k], carry)
+        if grid[k + 1] in saved:
+            ys.append(stepper.state(carry))
+    return ys
+
+
+def _diffusion_is_elementwise(diffusion) -> bool:
+    return bool(getattr(diffusion, "elementwise", True))
+
+
+def _check_finite(ys: list[Tensor], times: Sequence[float], method: str) -> None:
+    # One reduction: a NaN or an infinity anywhere makes the sum non-finite (so does a
+    # sum past the dtype's range, itself a blow-up).
+    if bool(torch.isfinite(ys[-1].sum())):
+        return
+    finite = [bool(torch.isfinite(y.sum())) for y in ys]
+    bad = finite.index(False) if False in finite else len(finite) - 1
+    since = f" (finite at t={times[bad - 1]:.6g})" if bad > 0 else ""
+    raise SolverError(f"the state stopped being finite{since}", method=method, time=times[bad])
+
+
+def _brownian(bm, grid: list[float], y0: Tensor, method: str) -> torchsde.BaseBrownian:
+    flat = (y0.shape[0], y0[0].numel())
+    if bm is None:
+        levy = "space-time" if method == "srk" else "none"
+        return GridBrownian(grid, flat, dtype=y0.dtype, device=y0.device, levy_area=levy, keep=False)
+    if tuple(bm.shape) != flat:
+        raise ValueError(f"bm must have shape (batch, prod(state)) = {flat}, got {tuple(bm.shape)}")
+    return bm
+
+
+def integrate(
+    drift: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    ts: Tensor | Sequence[float],
+    *,
+    diffusion: Callable[[Tensor, Tensor], Tensor] | None = None,
+    method: str = "euler",
+    dt: float | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+    adjoint: bool = False,
+    bm: torchsde.BaseBrownian | None = None,
+    adjoint_params: Sequence[Tensor] | None = None,
+    stats: SolverStats | None = None,
+    check_finite: bool = True,
+    options: dict | None = None,
+    adaptive: bool = True,
+    saveat: Literal["ts", "t1"] = "ts",
+) -> Tensor:
+    """Integrate an ODE (torchdiffeq) or an Itô SDE with diagonal noise (torchsde).
+
+    Args:
+        drift: ``drift(t, y) -> dy/dt``; takes and returns tensors of ``y0``'s shape.
+            A drift may also have a method ``euler_step(t, y, dt)`` returning
+            ``y + dt * drift(t, y)`` computed its own way (fewer passes over the
+            state); the Euler and Euler–Maruyama steps then call it instead.
+        y0: initial state, shape ``(B, *S)`` with the batch first, e.g. ``(B, C, H, W)``.
+        ts: increasing times; the solution is returned at each of them.
+        diffusion: ``diffusion(t, y) -> sigma``, the diagonal noise coefficient, of
+            ``y0``'s shape (or broadcastable to it). None solves the ODE. A plain
+            callable is taken to be element-wise (``sigma_i`` depends on ``y_i`` only);
+            a module can say otherwise with an ``elementwise`` attribute, and the
+            Milstein and SRK methods refuse a diffusion that is not element-wise.
+        method: an ODE method (``ODE_METHODS``: euler, midpoint, heun2, heun3, rk4,
+            explicit_adams, implicit_adams, dopri5, dopri8, bosh3, fehlberg2,
+            adaptive_heun) or, with a diffusion, an Itô SDE method (``SDE_METHODS``:
+            euler = Euler–Maruyama, milstein, srk).
+        dt: for fixed-step methods the largest step: each interval of ``ts`` is cut into
+            ``ceil(length / dt)`` equal steps; None takes one step per interval. For
+            adaptive methods, the first step tried.
+        rtol: relative tolerance of adaptive ODE methods.
+        atol: absolute tolerance of adaptive ODE methods.
+        adjoint: back-propagate with torchdiffeq's adjoint method (ODE only). The
+            parameters are ``adjoint_params`` if given, else those of ``drift`` when it
+            is a module or a bound method of one.
+        bm: a torchsde Brownian object of shape ``(B, prod(S))`` to drive the SDE, e.g.
+            from [brownian_interval][neuralsde.brownian.brownian_interval]. None draws
+            the path on the step grid from torch's generator.
+        adjoint_params: the parameters the adjoint pass differentiates (ODE only).
+        stats: if given, the solve's steps and evaluation counts are added to it.
+        check_finite: raise SolverError if the final state is not finite.
+        options: extra options passed to the torchdiffeq solver. The Adams methods
+            default to ``max_order=5`` (fourth order): torchdiffeq's own default of 12
+            is unstable even on mild problems.
+        adaptive: with False, an adaptive method takes exactly the steps of the fixed
+            grid (``ts`` cut by ``dt``) with its own Runge–Kutta tableau and no error
+            control: how a step grid found once is replayed on other inputs.
+        saveat: ``"ts"`` returns the state at every time of ``ts``; ``"t1"`` only the
+            final one, without keeping the others.
+
+    Returns:
+        The states at ``ts``, shape ``(len(ts), *y0.shape)``; with ``saveat="t1"`` the
+        final state, shape ``y0.shape``.
+
+    Raises:
+        ValueError: for an unknown method, a bad ``ts``, or a diffusion that the method
+            cannot handle.
+        SolverError: if the state stops being finite or an adaptive step size underflows.
+    """
+    if not torch.is_tensor(y0) or y0.dim() < 1:
+        raise ValueError(f"y0 must be a tensor with the batch first, got {type(y0).__name__}")
+    if not y0.is_floating_point():
+        raise ValueError(f"y0 must be floating point, got dtype {y0.dtype}")
+    if dt is not None and not dt > 0:
+        raise ValueError(f"dt must be positive, got {dt}")
+    if saveat not in ("ts", "t1"):
+        raise ValueError(f"saveat must be 'ts' or 't1', got {saveat!r}")
+    times = _as_times(ts)
+    saved = times if saveat == "ts" else times[-1:]
+    grid = step_grid(times, dt)
+    local = SolverStats(method=method, times=[] if stats is not None and stats.times is not None else None)
+    check_method(method, sde=diffusion is not None)
+    if diffusion is None:
+        if adjoint and not adaptive:
+            raise ValueError("adaptive=False replays a fixed grid and back-propagates directly; no adjoint")
+        if adjoint or (adaptive and is_adaptive(method)):
+            ys = _odeint(drift, y0, times, grid, method, dt, rtol, atol, adjoint, adjoint_params, local, options)
+            ys = ys[len(ys) - len(saved) :]
+        elif method == "euler":
+            ys = _fixed_grid(_EulerStep(drift, None, None, y0.shape, local), y0, grid, set(saved), local)
+        else:
+            stepper = _backends.ODEStepper(drift, y0, method, rtol, atol, options, local, replay=is_adaptive(method))
+            ys = _fixed_grid(stepper, y0, grid, set(saved), local)
+    else:
+        if adjoint:
+            raise ValueError("adjoint=True is available for ODE solves only; SDE solves back-propagate directly")
+        if method in ELEMENTWISE_ONLY_SDE_METHODS and not _diffusion_is_elementwise(diffusion):
+            raise ValueError(
+                f"method {method!r} is only right for an element-wise diffusion (sigma_i depending on y_i "
+                f"only), and {type(diffusion).__name__} is not element-wise; use method='euler' "
+                "(Euler–Maruyama)"
+            )
+        bm = _brownian(bm, grid, y0, method)
+        if method == "euler":
+            stepper = _EulerStep(drift, diffusion, bm, y0.shape, local)
+        else:
+            stepper = _backends.SDEStepper(drift, diffusion, y0, method, bm, grid[1] - grid[0], local)
+        ys = _fixed_grid(stepper, y0, grid, set(saved), local)
+    if stats is not None:
+        stats.add(local)
+    if check_finite:
+        _check_finite(ys, saved, method)
+    return torch.stack(ys) if saveat == "ts" else ys[-1]
+
+
+def _odeint(drift, y0, times, grid, method, dt, rtol, atol, adjoint, adjoint_params, stats, options) -> list[Tensor]:
+    adaptive = is_adaptive(method)
+    try:
+        return _backends.odeint(
+            drift, y0, times, None if adaptive else grid, method=method, dt=dt, rtol=rtol, atol=atol,
+            adjoint=adjoint, adjoint_params=adjoint_params, stats=stats, options=options, adaptive=adaptive,
+        )  # fmt: skip
+    except _backends.StepSizeUnderflow as err:
+        raise SolverError(f"adaptive step size underflow ({err})", method=method) from err
