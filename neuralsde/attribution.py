@@ -28,6 +28,7 @@ directly (``DeepLift(model).attribute(x, target=3)``), because the models provid
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -48,27 +49,11 @@ from captum.attr import (
 )
 from torch import Tensor, nn
 
-from .models import ODEResNet, SDEResNet
+from .models import ODEResNet
+from .sde_models import SDEResNet
 
 __all__ = ["ATTRIBUTION_METHODS", "NOISE_MODES", "Attribution", "attribute", "noise_path"]
 
-#: Method names accepted by :func:`attribute`.
-ATTRIBUTION_METHODS: tuple[str, ...] = (
-    "saliency",
-    "input_x_gradient",
-    "integrated_gradients",
-    "smoothgrad",
-    "smoothgrad_ig",
-    "guided_backprop",
-    "deeplift",
-    "deeplift_shap",
-    "gradient_shap",
-    "occlusion",
-    "layer_gradcam",
-    "layer_integrated_gradients",
-)
-_ALIASES = {"ig": "integrated_gradients", "deepshap": "deeplift_shap", "gradcam": "layer_gradcam"}
-_WITH_DELTA = {"integrated_gradients", "deeplift", "deeplift_shap", "gradient_shap", "layer_integrated_gradients"}
 #: Noise modes of :func:`attribute` for SDE models.
 NOISE_MODES: tuple[str, ...] = ("off", "fixed", "mc")
 
@@ -132,51 +117,76 @@ def _shap_baselines(x: Tensor, n: int, seed: int) -> Tensor:
     return mean + std * noise
 
 
+def _smoothgrad_defaults(x: Tensor) -> dict:
+    # 10 noisy samples at 15% of the input range.
+    return {"nt_type": "smoothgrad", "nt_samples": 10, "stdevs": 0.15 * float(x.detach().max() - x.detach().min())}
+
+
+def _occlusion_defaults(x: Tensor) -> dict:
+    side = max(1, min(x.shape[-2:]) // 8)
+    return {"sliding_window_shapes": (x.shape[1], side, side), "strides": (x.shape[1], side, side)}
+
+
+@dataclass(frozen=True)
+class _Method:
+    """One row of the method table: how :func:`attribute` calls a Captum method.
+
+    Attributes:
+        make: ``make(model, layer)``, the Captum attribution object.
+        baselines: ``"input"`` passes ``baselines`` on (None: Captum's default, zeros);
+            ``"distribution"`` passes a distribution of baselines, by default 8 Gaussian
+            images (see ``_shap_baselines``); ``None`` passes none.
+        delta: the method returns Captum's completeness delta.
+        layer: the method attributes at a layer (``layer=``, default the last stage).
+        defaults: keyword defaults computed from the input, each overridable.
+    """
+
+    make: Callable[[nn.Module, nn.Module | None], Any]
+    baselines: str | None = None
+    delta: bool = False
+    layer: bool = False
+    defaults: Callable[[Tensor], dict] | None = None
+
+
+#: The methods of :func:`attribute`, one row each.
+_METHODS: dict[str, _Method] = {
+    "saliency": _Method(lambda m, _: Saliency(m)),
+    "input_x_gradient": _Method(lambda m, _: InputXGradient(m)),
+    "integrated_gradients": _Method(lambda m, _: IntegratedGradients(m), "input", delta=True),
+    "smoothgrad": _Method(lambda m, _: NoiseTunnel(Saliency(m)), defaults=_smoothgrad_defaults),
+    "smoothgrad_ig": _Method(lambda m, _: NoiseTunnel(IntegratedGradients(m)), "input", defaults=_smoothgrad_defaults),
+    "guided_backprop": _Method(lambda m, _: GuidedBackprop(m)),
+    "deeplift": _Method(lambda m, _: DeepLift(m), "input", delta=True),
+    "deeplift_shap": _Method(lambda m, _: DeepLiftShap(m), "distribution", delta=True),
+    "gradient_shap": _Method(lambda m, _: GradientShap(m), "distribution", delta=True),
+    "occlusion": _Method(lambda m, _: Occlusion(m), "input", defaults=_occlusion_defaults),
+    "layer_gradcam": _Method(lambda m, layer: LayerGradCam(m, layer), layer=True),
+    "layer_integrated_gradients": _Method(
+        lambda m, layer: LayerIntegratedGradients(m, layer), "input", delta=True, layer=True
+    ),
+}
+#: Method names accepted by :func:`attribute`.
+ATTRIBUTION_METHODS: tuple[str, ...] = tuple(_METHODS)
+_ALIASES = {"ig": "integrated_gradients", "deepshap": "deeplift_shap", "gradcam": "layer_gradcam"}
+
+
 def _one(
     model: nn.Module, x: Tensor, method: str, target, baselines, layer, seed: int, kwargs: dict
 ) -> tuple[Tensor, Tensor | None]:
+    row = _METHODS[method]
     kwargs = dict(kwargs)
-    wants_delta = method in _WITH_DELTA and kwargs.pop("return_convergence_delta", True)
-    extra = {"return_convergence_delta": True} if wants_delta else {}
-    if method == "saliency":
-        out = Saliency(model).attribute(x, target=target, **kwargs)
-    elif method == "input_x_gradient":
-        out = InputXGradient(model).attribute(x, target=target, **kwargs)
-    elif method == "integrated_gradients":
-        out = IntegratedGradients(model).attribute(x, baselines=baselines, target=target, **extra, **kwargs)
-    elif method in ("smoothgrad", "smoothgrad_ig"):
-        base = Saliency(model) if method == "smoothgrad" else IntegratedGradients(model)
-        kwargs.setdefault("nt_samples", 10)
-        kwargs.setdefault("stdevs", 0.15 * float(x.detach().max() - x.detach().min()))
-        if method == "smoothgrad_ig" and baselines is not None:
-            kwargs["baselines"] = baselines
-        out = NoiseTunnel(base).attribute(x, nt_type="smoothgrad", target=target, **kwargs)
-    elif method == "guided_backprop":
-        out = GuidedBackprop(model).attribute(x, target=target, **kwargs)
-    elif method == "deeplift":
-        out = DeepLift(model).attribute(x, baselines=baselines, target=target, **extra, **kwargs)
-    elif method in ("deeplift_shap", "gradient_shap"):
-        if baselines is None:
-            baselines = _shap_baselines(x, 8, seed)
-        if method == "deeplift_shap":
-            out = DeepLiftShap(model).attribute(x, baselines=baselines, target=target, **extra, **kwargs)
-        else:
-            out = GradientShap(model).attribute(x, baselines=baselines, target=target, **extra, **kwargs)
-    elif method == "occlusion":
-        side = max(1, min(x.shape[-2:]) // 8)
-        kwargs.setdefault("sliding_window_shapes", (x.shape[1], side, side))
-        kwargs.setdefault("strides", (x.shape[1], side, side))
-        out = Occlusion(model).attribute(x, baselines=baselines, target=target, **kwargs)
-    elif method == "layer_gradcam":
-        out = LayerGradCam(model, layer or _default_layer(model)).attribute(x, target=target, **kwargs)
-    elif method == "layer_integrated_gradients":
-        lig = LayerIntegratedGradients(model, layer or _default_layer(model))
-        out = lig.attribute(x, baselines=baselines, target=target, **extra, **kwargs)
-    else:  # pragma: no cover - guarded by attribute()
-        raise AssertionError(method)
+    wants_delta = row.delta and kwargs.pop("return_convergence_delta", True)
+    for key, value in (row.defaults(x) if row.defaults is not None else {}).items():
+        kwargs.setdefault(key, value)
+    if row.baselines == "distribution" and baselines is None:
+        baselines = _shap_baselines(x, 8, seed)
+    if row.baselines is not None:
+        kwargs["baselines"] = baselines
     if wants_delta:
-        return out[0], out[1]
-    return out, None
+        kwargs["return_convergence_delta"] = True
+    explainer = row.make(model, (layer or _default_layer(model)) if row.layer else None)
+    out = explainer.attribute(x, target=target, **kwargs)
+    return (out[0], out[1]) if wants_delta else (out, None)
 
 
 def attribute(
