@@ -1,7 +1,9 @@
 """neuralsde: continuous-time neural ODE/SDE ResNets and robust attributions.
 
-The public face: :func:`integrate`, :class:`ODEResNet`, :class:`SDEResNet`,
-:class:`ContinuousStage`, the diffusion classes and :class:`SolverError`. Everything
+The public face: [`integrate`][neuralsde.solvers.integrate], [`ODEResNet`][neuralsde.models.ODEResNet],
+[`SDEResNet`][neuralsde.sde_models.SDEResNet],
+[`ContinuousStage`][neuralsde.stage.ContinuousStage], the diffusion classes and
+[`SolverError`][neuralsde.solvers.SolverError]. Everything
 else is reachable by module path.
 """
 

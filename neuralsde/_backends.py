@@ -22,14 +22,14 @@ below their next minor versions). The names are imported on first use, not when
 ``neuralsde`` is imported: if a release moves one, the library still imports, the
 library's own Euler and Euler–Maruyama steps still run, and the methods that need the
 name raise an ``ImportError`` that names the symbol and the tested versions.
-[missing_private_names][neuralsde._backends.missing_private_names] lists what is missing
+``missing_private_names()`` lists what is missing
 (the test suite asserts it is empty).
 
 Adaptive and adjoint solves go through the public ``torchdiffeq.odeint`` /
 ``odeint_adjoint``; their adapters live here too, beside the other couplings.
 
 Every stepper follows one protocol, driven by the single fixed-grid loop of
-:mod:`neuralsde.solvers`: ``init(t0, y0) -> carry``, ``step(t0, t1, dt, carry) -> carry`` and
+``neuralsde.solvers``: ``init(t0, y0) -> carry``, ``step(t0, t1, dt, carry) -> carry`` and
 ``state(carry) -> y``, with ``time_device`` the device the loop puts the step times on.
 """
 

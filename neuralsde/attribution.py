@@ -1,12 +1,12 @@
 """Attributions on ODE/SDE ResNets: what Captum needs, and a one-call ``attribute``.
 
-Captum's methods run on :class:`~neuralsde.ODEResNet` and :class:`~neuralsde.SDEResNet`
+Captum's methods run on [`ODEResNet`][neuralsde.models.ODEResNet] and [`SDEResNet`][neuralsde.sde_models.SDEResNet]
 directly (``DeepLift(model).attribute(x, target=3)``), because the models provide:
 
 * **A distinct activation module per drift evaluation.** DeepLift and GuidedBackprop
   hook every ``nn.ReLU`` and need each to be called once per forward pass; a solver calls
   each block's drift many times. Every evaluation takes its own modules from a pool sized
-  for the solver (see :class:`neuralsde.blocks.ActivationPool`), so the rescale rule is
+  for the solver (see [`ActivationPool`][neuralsde.blocks.ActivationPool]), so the rescale rule is
   applied at every evaluation and DeepLift's completeness holds through any fixed-step
   solver.
 * **Frozen grids for adaptive methods.** An adaptive method chooses its steps per input
@@ -21,7 +21,7 @@ directly (``DeepLift(model).attribute(x, target=3)``), because the models provid
 * **Noise modes for SDEs.** By default the noise is off in eval mode (the paper's
   protocol). ``model.set_noise(path_seed=s)`` fixes one Brownian path shared by the
   input, the baselines and every expanded copy (common random numbers), and
-  :func:`attribute` with ``noise="mc"`` averages attributions over K such paths and
+  [`attribute`][neuralsde.attribution.attribute] with ``noise="mc"`` averages attributions over K such paths and
   reports their standard error.
 """
 
@@ -54,13 +54,13 @@ from .sde_models import SDEResNet
 
 __all__ = ["ATTRIBUTION_METHODS", "NOISE_MODES", "Attribution", "attribute", "noise_path"]
 
-#: Noise modes of :func:`attribute` for SDE models.
+#: Noise modes of [`attribute`][neuralsde.attribution.attribute] for SDE models.
 NOISE_MODES: tuple[str, ...] = ("off", "fixed", "mc")
 
 
 @dataclass
 class Attribution:
-    """The result of :func:`attribute`.
+    """The result of [`attribute`][neuralsde.attribution.attribute].
 
     Attributes:
         attribution: the attribution, shaped like the input (layer methods: like the
@@ -129,7 +129,7 @@ def _occlusion_defaults(x: Tensor) -> dict:
 
 @dataclass(frozen=True)
 class _Method:
-    """One row of the method table: how :func:`attribute` calls a Captum method.
+    """One row of the method table: how [`attribute`][neuralsde.attribution.attribute] calls a Captum method.
 
     Attributes:
         make: ``make(model, layer)``, the Captum attribution object.
@@ -148,7 +148,7 @@ class _Method:
     defaults: Callable[[Tensor], dict] | None = None
 
 
-#: The methods of :func:`attribute`, one row each.
+#: The methods of [`attribute`][neuralsde.attribution.attribute], one row each.
 _METHODS: dict[str, _Method] = {
     "saliency": _Method(lambda m, _: Saliency(m)),
     "input_x_gradient": _Method(lambda m, _: InputXGradient(m)),
@@ -165,7 +165,7 @@ _METHODS: dict[str, _Method] = {
         lambda m, layer: LayerIntegratedGradients(m, layer), "input", delta=True, layer=True
     ),
 }
-#: Method names accepted by :func:`attribute`.
+#: Method names accepted by [`attribute`][neuralsde.attribution.attribute].
 ATTRIBUTION_METHODS: tuple[str, ...] = tuple(_METHODS)
 _ALIASES = {"ig": "integrated_gradients", "deepshap": "deeplift_shap", "gradcam": "layer_gradcam"}
 
@@ -227,7 +227,7 @@ def attribute(
             15% of the input range).
 
     Returns:
-        An :class:`Attribution` with the attribution and, where the method has one, its
+        An [`Attribution`][neuralsde.attribution.Attribution] with the attribution and, where the method has one, its
         completeness delta.
 
     Raises:

@@ -7,7 +7,7 @@ several times per block, and an ODE solver calls a block many times per forward 
 Captum's DeepLift hooks each activation module and needs every module to be called once
 per forward pass (a module called twice makes it fail; a functional ``F.relu`` silently
 gets a plain gradient). So each evaluation takes a fresh set of ``nn.ReLU`` modules from
-an :class:`ActivationPool`; the modules hold no weights, so nothing is duplicated.
+an [`ActivationPool`][neuralsde.blocks.ActivationPool]; the modules hold no weights, so nothing is duplicated.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ class ResBlock(nn.Module):
         return v if h == 1.0 else v.div_(h)
 
     def step(self, x: Tensor, fraction: float = 1.0) -> Tensor:
-        """An Euler step of length ``fraction * h`` of :meth:`velocity` ``(x, h)``.
+        """An Euler step of length ``fraction * h`` of [`velocity`][neuralsde.blocks.ResBlock.velocity] ``(x, h)``.
 
         ``x + fraction * (block(x) - x)``, computed as one ``lerp``; a whole step
         (``fraction == 1``) is the block itself, with no pass over the state beyond it.

@@ -1,7 +1,8 @@
 """Brownian paths for the fixed-grid SDE solvers.
 
-:class:`GridBrownian` is the default path of :func:`neuralsde.integrate`: one Gaussian
-per step, drawn from torch's generator. :func:`brownian_interval` gives torchsde's
+[`GridBrownian`][neuralsde.brownian.GridBrownian] is the default path of [`integrate`][neuralsde.solvers.integrate]:
+one Gaussian
+per step, drawn from torch's generator. [`brownian_interval`][neuralsde.brownian.brownian_interval] gives torchsde's
 ``BrownianInterval``, queryable at any time, seeded from torch's generator too.
 """
 
@@ -39,7 +40,7 @@ class GridBrownian(torchsde.BaseBrownian):
         levy_area: ``"none"`` or ``"space-time"``.
         generator: a torch.Generator; None for torch's default one.
         keep: keep every increment drawn, so any later query is consistent with earlier
-            ones. With ``keep=False`` (used by :func:`integrate`, whose steps move
+            ones. With ``keep=False`` (used by [`integrate`][neuralsde.solvers.integrate], whose steps move
             forward) only the latest interval is kept, which bounds memory by one state,
             and querying an earlier interval again raises.
         shared: draw one path of shape ``(1, noise_dims)`` and give it to every batch

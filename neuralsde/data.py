@@ -1,12 +1,12 @@
 """Data sets: embedded handwritten digits, procedural shapes with masks, ImageFolder.
 
-* :func:`digits`: scikit-learn's ``load_digits`` (1797 real 8x8 handwritten digits,
+* [`digits`][neuralsde.data.digits]: scikit-learn's ``load_digits`` (1797 real 8x8 handwritten digits,
   shipped inside scikit-learn: no download), scaled to ``[0, 1]``, split into train and
   test by a seeded, class-stratified permutation.
-* :func:`shapes`: procedurally generated grayscale images of one object (disc, square,
+* [`shapes`][neuralsde.data.shapes]: procedurally generated grayscale images of one object (disc, square,
   triangle or cross) on a textured background, with the object's pixel mask, so that
-  "the attribution is on the object" becomes a number (:func:`neuralsde.metrics.localisation`).
-* :func:`image_folder`: any ImageFolder tree (e.g. ImageNet validation) with
+  "the attribution is on the object" becomes a number ([`localisation`][neuralsde.metrics.localisation]).
+* [`image_folder`][neuralsde.data.image_folder]: any ImageFolder tree (e.g. ImageNet validation) with
   torchvision's standard ImageNet preprocessing.
 """
 
@@ -117,7 +117,7 @@ def shapes(n: int = 2000, *, size: int = 16, seed: int = 0) -> ShapesDataset:
         seed: seed of the generator; the same seed gives the same data set.
 
     Returns:
-        A :class:`ShapesDataset`.
+        A [`ShapesDataset`][neuralsde.data.ShapesDataset].
     """
     if n < 1 or size < 8:
         raise ValueError(f"need n >= 1 and size >= 8, got n={n}, size={size}")

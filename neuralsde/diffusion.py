@@ -8,14 +8,16 @@ are the Milstein and SRK corrections for diagonal noise right (for a diffusion t
 elements the noise is not commutative and those schemes would need Lévy areas), so
 ``integrate`` refuses them otherwise. Euler–Maruyama is right for every kind.
 
-The paper's "normalized injected noise" of magnitude ``s`` is :class:`NormalizedDiffusion`::
+The paper's "normalized injected noise" of magnitude ``s`` is
+[`NormalizedDiffusion`][neuralsde.diffusion.NormalizedDiffusion]::
 
     sigma(X, t) = s * rms(X),    rms(X) = sqrt(mean over C, H, W of X**2)   (per sample)
 
 Over one block of unit length, one Euler–Maruyama step adds noise ``s * rms(X) * N(0, 1)``
 to every element: the noise-to-signal ratio (RMS of the noise over RMS of the activation)
 is ``s``, whatever the scale of the layer. That is what "normalized noise of magnitude
-0.5" says, and unlike ``s * |X_i|`` (:class:`MultiplicativeDiffusion`) it also perturbs
+0.5" says, and unlike ``s * |X_i|`` ([`MultiplicativeDiffusion`][neuralsde.diffusion.MultiplicativeDiffusion]) it
+also perturbs
 the elements a ReLU has set to zero. Over a block of length ``h`` the noise has standard
 deviation ``s * sqrt(h) * rms(X)``, so the per-block magnitude stays ``s`` however finely
 the block is stepped.
@@ -51,7 +53,7 @@ class Diffusion(nn.Module):
     """Base class of the diffusion coefficients.
 
     Attributes:
-        kind: the name used by :func:`make_diffusion`.
+        kind: the name used by [`make_diffusion`][neuralsde.diffusion.make_diffusion].
         elementwise: whether ``sigma_i`` depends on ``X_i`` only.
     """
 

@@ -1,16 +1,17 @@
 """Robustness metrics of attributions, and the statistics to compare them.
 
-* :func:`sensitivity`: Captum's max-sensitivity (Yeh et al., NeurIPS 2019), the metric of
+* [`sensitivity`][neuralsde.metrics.sensitivity]: Captum's max-sensitivity (Yeh et al., NeurIPS 2019), the metric of
   the paper's Tables 1-3: ``max over ||d||_inf <= r of ||A(x + d) - A(x)|| / ||A(x)||``,
   estimated from random perturbations.
-* :func:`kendall_tau` and :func:`topk_intersection` between the attribution maps of ``x``
+* [`kendall_tau`][neuralsde.metrics.kendall_tau] and [`topk_intersection`][neuralsde.metrics.topk_intersection]
+between the attribution maps of ``x``
   and of a perturbed ``x``: rank correlation and overlap of the k most important pixels
   (Chen et al., NeurIPS 2019).
-* :func:`topk_attack`: Ghorbani et al.'s (AAAI 2019) top-k attack, a projected search
+* [`topk_attack`][neuralsde.metrics.topk_attack]: Ghorbani et al.'s (AAAI 2019) top-k attack, a projected search
   for the perturbation that moves the most attribution mass out of the original top-k
   pixels while the predicted label stays.
-* :func:`localisation`: the fraction of attribution mass inside a ground-truth mask.
-* :func:`mean_ci` and :func:`paired_test` for the tables.
+* [`localisation`][neuralsde.metrics.localisation]: the fraction of attribution mass inside a ground-truth mask.
+* [`mean_ci`][neuralsde.metrics.mean_ci] and [`paired_test`][neuralsde.metrics.paired_test] for the tables.
 
 An *importance map* is ``sum over channels of |A|``, one number per pixel.
 """
@@ -183,7 +184,7 @@ def topk_attack(
     Maximises the attribution mass that leaves the original top-k pixels,
     ``-sum_{i in topk(x)} importance_i(x + d) / sum importance(x + d)``, over
     ``||d||_inf <= epsilon`` by signed-gradient steps; the gradient is taken through a
-    softplus surrogate of the ReLUs (:class:`smooth_relu`), and a step is kept only if
+    softplus surrogate of the ReLUs ([`smooth_relu`][neuralsde.metrics.smooth_relu]), and a step is kept only if
     the predicted label of every example it changes stays the same.
 
     Args:

@@ -39,8 +39,9 @@ class ODEResNet(nn.Module):
     """A ResNet whose stages are neural ODEs, a drop-in for torchvision's ResNet.
 
     Build by torchvision name (``ODEResNet("resnet50", num_classes=10)``), convert a
-    (pretrained) torchvision model with :meth:`from_torchvision`, or build a small
-    CIFAR-style network for 8x8 to 32x32 images with :meth:`small`.
+    (pretrained) torchvision model with [`from_torchvision`][neuralsde.models.ODEResNet.from_torchvision], or build a
+    small
+    CIFAR-style network for 8x8 to 32x32 images with [`small`][neuralsde.models.ODEResNet.small].
 
     Args:
         arch: a name in ``TORCHVISION_ARCHS``.
@@ -230,7 +231,7 @@ class ODEResNet(nn.Module):
 
     @property
     def frozen(self) -> bool:
-        """Whether the step grid is frozen (see :meth:`freeze_grid`)."""
+        """Whether the step grid is frozen (see [`freeze_grid`][neuralsde.models.ODEResNet.freeze_grid])."""
         return self.layer1.frozen is not None
 
     # -- forward ----------------------------------------------------------------------
@@ -329,7 +330,7 @@ class DiscreteResNet(nn.Module):
     are checked against, and a DeepLift-ready plain ResNet in its own right.
 
     Args:
-        model: an :class:`ODEResNet` or :class:`SDEResNet`.
+        model: an [`ODEResNet`][neuralsde.models.ODEResNet] or [`SDEResNet`][neuralsde.sde_models.SDEResNet].
     """
 
     def __init__(self, model: ODEResNet):

@@ -18,7 +18,7 @@ class SDEResNet(ODEResNet):
 
     In ``train()`` the noise is on, with fresh Brownian paths from torch's generator. In
     ``eval()`` it is off by default (the paper computes attributions without noise), and
-    :meth:`set_noise` offers two other modes:
+    [`set_noise`][neuralsde.sde_models.SDEResNet.set_noise] offers two other modes:
 
     * ``eval_samples=K``: the logits are the average over K Brownian paths (Monte-Carlo
       prediction).
@@ -38,7 +38,7 @@ class SDEResNet(ODEResNet):
         path_seed: seed of the fixed, shared Brownian path used in eval mode, or None.
         method: SDE method: ``"euler"`` (Euler–Maruyama), ``"milstein"`` or ``"srk"``
             (the last two need an element-wise diffusion).
-        **kwargs: as for :class:`ODEResNet`.
+        **kwargs: as for [`ODEResNet`][neuralsde.models.ODEResNet].
     """
 
     def __init__(

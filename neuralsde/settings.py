@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from .solvers import ELEMENTWISE_ONLY_SDE_METHODS, check_method
 
@@ -15,7 +16,7 @@ class SolverSettings:
     """A stage's solver settings, validated once, when made.
 
     Change them with ``ContinuousStage.set_solver``
-    or the model's ``set_solver``; :meth:`updated` makes a validated copy.
+    or the model's ``set_solver``; [`updated`][neuralsde.settings.SolverSettings.updated] makes a validated copy.
 
     Attributes:
         method: ODE method, or SDE method when ``sde``.
@@ -61,6 +62,6 @@ class SolverSettings:
             object.__setattr__(self, name, kind(getattr(self, name)))
         object.__setattr__(self, "T", None if self.T is None else float(self.T))
 
-    def updated(self, **changes) -> SolverSettings:
+    def updated(self, **changes: Any) -> SolverSettings:
         """A validated copy with the given changes; a change of None keeps the value."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

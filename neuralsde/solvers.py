@@ -11,17 +11,17 @@ interval when ``dt`` is None). There is no accumulated round-off in the step tim
 drift that is piecewise constant in time between the ``ts`` is integrated exactly piece
 by piece.
 
-How a solve runs (every fixed-grid solve, ODE or SDE, goes through :func:`_fixed_grid`):
+How a solve runs (every fixed-grid solve, ODE or SDE, goes through ``_fixed_grid``):
 
 * ``euler`` (ODE) and ``euler`` (Itô SDE, Euler–Maruyama): the library's own step
-  ``y + dt f + sigma dW`` (:class:`_EulerStep`). A drift can supply its own Euler step
+  ``y + dt f + sigma dW`` (``_EulerStep``). A drift can supply its own Euler step
   (``drift.euler_step``): a residual block's Euler step is the block itself.
 * the other fixed-step methods, and an adaptive method replaying a given grid
   (``adaptive=False``): torchdiffeq's / torchsde's step functions, through the steppers
-  of :mod:`neuralsde._backends`, the only module touching those libraries' internals.
+  of ``neuralsde._backends``, the only module touching those libraries' internals.
 * adaptive and adjoint ODE solves: ``torchdiffeq.odeint`` / ``odeint_adjoint``.
 
-The Brownian path of an SDE is a :class:`~neuralsde.brownian.GridBrownian` drawn from
+The Brownian path of an SDE is a [`GridBrownian`][neuralsde.brownian.GridBrownian] drawn from
 torch's generator unless ``bm`` is given.
 """
 

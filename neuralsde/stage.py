@@ -8,7 +8,7 @@ weights W(t): of the stage's ``n`` continuous blocks, block ``k`` owns the inter
 
 One Euler step per block is therefore exactly the discrete stage, and finer or adaptive
 solvers integrate the same dynamics. Each interval is solved by its own call of
-:func:`neuralsde.integrate`, so no solver ever steps across a jump of W(t) (adaptive
+[`integrate`][neuralsde.solvers.integrate], so no solver ever steps across a jump of W(t) (adaptive
 methods would otherwise shrink their steps to resolve the discontinuity).
 
 Shape-changing blocks (stride, channel change, a ``downsample`` branch) cannot be time
@@ -25,7 +25,8 @@ every drift evaluation must use modules of its own, prepared before the hooks ar
 registered: after every change of solver the stage counts the evaluations each block
 interval needs (a dry run on a scalar problem, through the same solver code) and reserves
 that many activation sets. Adaptive methods choose their evaluations per input; a step
-grid found once (:meth:`freeze` with the grids recorded by a forward pass) is replayed
+grid found once ([`freeze`][neuralsde.stage.ContinuousStage.freeze] with the grids recorded by a forward pass) is
+replayed
 with the same Runge–Kutta tableau, which makes their count fixed too.
 """
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -199,7 +201,7 @@ class ContinuousStage(nn.Module):
         diffusion = self.diffusion if diffusion is None else diffusion
         return diffusion is None or bool(diffusion.elementwise)
 
-    def set_solver(self, settings: SolverSettings | None = None, **changes) -> None:
+    def set_solver(self, settings: SolverSettings | None = None, **changes: Any) -> None:
         """Change the solver settings; a frozen step grid is dropped.
 
         Args:
@@ -319,7 +321,10 @@ class ContinuousStage(nn.Module):
 
     @property
     def recorded(self) -> list[list[float]] | None:
-        """The step grids recorded since :meth:`record_grids`, one per continuous block."""
+        """The step grids recorded since [`record_grids`][neuralsde.stage.ContinuousStage.record_grids].
+
+        One per continuous block.
+        """
         return self._recording
 
     def drift(self, t: float, x: Tensor) -> Tensor:

@@ -51,7 +51,7 @@ def save_checkpoint(path: str | os.PathLike, **content) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    """Load a checkpoint written by [`save_checkpoint`][neuralsde.train.save_checkpoint] (``weights_only=True``)."""
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
@@ -59,7 +59,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load weights from a file into ``model``.
 
     The file may hold a plain state dict (e.g. torchvision's ``resnet50-*.pth``, which
-    an ODE/SDE twin loads unchanged) or a checkpoint of :func:`train` (its ``"model"``).
+    an ODE/SDE twin loads unchanged) or a checkpoint of [`train`][neuralsde.train.train] (its ``"model"``).
 
     Raises:
         ValueError: if the file does not exist or holds no state dict.
