@@ -102,6 +102,8 @@ class ContinuousStage(nn.Module):
             stages independent).
 
     Attributes:
+        solver: the [SolverSettings][neuralsde.settings.SolverSettings] (change them with
+            [set_solver][neuralsde.stage.ContinuousStage.set_solver]).
         noise: whether an SDE stage draws noise (set by the model per forward pass).
         path_seed: None, or the seed of the fixed Brownian path shared by every sample.
         frozen: None, or per continuous block the step grid an adaptive method replays.
