@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_write_text", "environment", "paired_ratios", "quartiles", "write_json"]
+__all__ = ["atomic_write_text", "environment", "paired_ratios", "quartiles", "save_png", "write_json"]
 
 
 def environment(device: str | torch.device = "cpu") -> dict:
@@ -66,6 +66,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, data) -> None:
     """Atomically write ``data`` as indented JSON."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_png(fig, path: str | os.PathLike) -> None:
+    """Save a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = f"{path}.{os.getpid()}.tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def _sync(device: torch.device) -> None:

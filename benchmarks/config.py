@@ -13,6 +13,13 @@ from neuralsde.models import TORCHVISION_ARCHS
 __all__ = ["Config", "parse_args"]
 
 METHODS = ("saliency", "integrated_gradients", "smoothgrad_ig", "deeplift", "deeplift_shap")
+METHOD_TITLES = {
+    "saliency": "Saliency",
+    "integrated_gradients": "Integrated Gradients",
+    "smoothgrad_ig": "IG + SmoothGrad",
+    "deeplift": "DeepLIFT",
+    "deeplift_shap": "DeepLIFT-SHAP",
+}
 
 
 @dataclass

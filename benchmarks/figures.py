@@ -5,7 +5,6 @@ python -m benchmarks.figures [run options]
 
 from __future__ import annotations
 
-import os
 import sys
 
 import matplotlib
@@ -18,28 +17,15 @@ from tqdm import tqdm  # noqa: E402
 
 from neuralsde.metrics import importance  # noqa: E402
 
-from .config import Config  # noqa: E402
+from .common import save_png  # noqa: E402
+from .config import METHOD_TITLES, Config  # noqa: E402
+from .pipeline import Context, Part, run  # noqa: E402
+from .report import REPORT  # noqa: E402
 from .sensitivity import explainer  # noqa: E402
 from .store import Store  # noqa: E402
-from .train import Data, _stack  # noqa: E402
+from .train import Data, _stack, correct_pool  # noqa: E402
 
-__all__ = ["save_png", "run_figures"]
-
-METHOD_TITLES = {
-    "saliency": "Saliency",
-    "integrated_gradients": "Integrated Gradients",
-    "smoothgrad_ig": "IG + SmoothGrad",
-    "deeplift": "DeepLIFT",
-    "deeplift_shap": "DeepLIFT-SHAP",
-}
-
-
-def save_png(fig, path) -> None:
-    """Save a matplotlib figure atomically (temporary file, then rename)."""
-    tmp = f"{path}.{os.getpid()}.tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+__all__ = ["FIGURES", "run_figures"]
 
 
 def _show_input(ax, img: torch.Tensor, value_range) -> None:
@@ -95,10 +81,34 @@ def run_figures(
             bar.update(1)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from .__main__ import run
+def _labels(cfg: Config) -> tuple[str, str]:
+    return "ODE", f"SDE σ={cfg.table_sigma:g}"
 
-    run(argv, parts=("train", "figures", "report"), description=__doc__.split("\n\n")[0])
+
+def _figures(ctx: Context) -> None:
+    cfg, pair = ctx.cfg, ctx.pair
+    named = dict(zip(_labels(cfg), (pair["ode"], pair[cfg.table_sde])))
+    run_figures(cfg, ctx.store, ctx.data.name, named, ctx.data, ctx.pool, ctx.bar)
+
+
+def _shape_figures(ctx: Context) -> None:
+    cfg = ctx.cfg
+    pool = correct_pool(ctx.shape_models, ctx.shape_data.test, cfg.device)
+    named = dict(zip(_labels(cfg), ctx.shape_models.values()))
+    run_figures(cfg, ctx.store, "shapes", named, ctx.shape_data, pool, ctx.bar)
+
+
+# One figure per method of the run's data set, and one of the shapes when the run has them.
+FIGURES = Part(
+    "figures",
+    cells=lambda ctx: len(ctx.cfg.methods) * (1 + ctx.cfg.shapes),
+    on_main=_figures,
+    on_shapes=_shape_figures,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(argv, (FIGURES, REPORT), description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

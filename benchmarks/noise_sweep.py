@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import sys
 
+from .pipeline import run
+from .report import REPORT
+from .sensitivity import SENSITIVITY
+from .theorem1 import THEOREM1
+
 
 def main(argv: list[str] | None = None) -> None:
-    from .__main__ import run
-
-    results = run(argv, parts=("train", "sensitivity", "theorem1", "report"), description=__doc__.split("\n\n")[0])
+    results = run(argv, (SENSITIVITY, THEOREM1, REPORT), description=__doc__.split("\n\n")[0])
     if results:
         for row in results["noise_sweep"]:
             sens = ", ".join(f"{m} {v:.4f}" for m, v in row["sensitivity"].items())

@@ -20,13 +20,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from neuralsde.metrics import mean_ci, paired_test  # noqa: E402
 
-from .common import atomic_write_text, environment, write_json  # noqa: E402
-from .config import Config  # noqa: E402
-from .figures import METHOD_TITLES, save_png  # noqa: E402
+from .common import atomic_write_text, environment, save_png, write_json  # noqa: E402
+from .config import METHOD_TITLES, Config  # noqa: E402
 from .paper import PAPER_SENSITIVITY  # noqa: E402
+from .pipeline import Part  # noqa: E402
 from .store import Store  # noqa: E402
 
-__all__ = ["ACCURACY_GAP", "build", "write"]
+__all__ = ["ACCURACY_GAP", "REPORT", "build", "write"]
 
 #: Networks whose test accuracies differ by more than this are flagged as not comparable.
 ACCURACY_GAP = 0.02
@@ -638,6 +638,10 @@ def write(store: Store) -> dict:
     write_json(store.root / "results.json", results)
     atomic_write_text(store.root / "tables.md", tables(results))
     return results
+
+
+# Last in a run: results.json, tables.md and the summary plots, from every cell on disk.
+REPORT = Part("report", finish=lambda ctx: write(ctx.store))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,11 +27,23 @@ from tqdm import tqdm
 from neuralsde import attribute
 from neuralsde.metrics import kendall_tau, localisation, sensitivity, topk_attack, topk_intersection
 
+from .common import GpuMonitor
 from .config import Config
+from .pipeline import Context, Part, run
+from .report import REPORT
 from .store import Store
-from .train import Data, _stack
+from .train import Data, _stack, correct_pool
 
-__all__ = ["correct_pool", "explainer", "run_localisation", "run_robustness", "run_sensitivity"]
+__all__ = [
+    "LOCALISATION",
+    "ROBUSTNESS",
+    "SENSITIVITY",
+    "correct_pool",
+    "explainer",
+    "run_localisation",
+    "run_robustness",
+    "run_sensitivity",
+]
 
 
 def explainer(model: nn.Module, method: str, cfg: Config, data: Data) -> Callable[[Tensor, Tensor], Tensor]:
@@ -71,28 +83,6 @@ def differentiable_explainer(model: nn.Module, method: str, cfg: Config) -> Call
         return x * total / cfg.ig_steps
 
     return explain
-
-
-@torch.no_grad()
-def predictions(model: nn.Module, dataset, device: str, batch: int = 256) -> tuple[Tensor, Tensor]:
-    """Predicted and true labels over a data set."""
-    from torch.utils.data import DataLoader
-
-    model.eval()
-    preds, labels = [], []
-    for items in DataLoader(dataset, batch_size=batch):
-        preds.append(model(items[0].to(device)).argmax(1).cpu())
-        labels.append(items[1])
-    return torch.cat(preds), torch.cat(labels)
-
-
-def correct_pool(models: dict[str, nn.Module], dataset, device: str) -> list[int]:
-    """Indices of the test images every network classifies correctly."""
-    ok = None
-    for model in models.values():
-        pred, label = predictions(model, dataset, device)
-        ok = (pred == label) if ok is None else ok & (pred == label)
-    return torch.nonzero(ok).flatten().tolist()
 
 
 def _chunks(n: int, size: int):
@@ -223,14 +213,36 @@ def run_localisation(
                 bar.update(1)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from .__main__ import run
+def _sensitivity(ctx: Context) -> None:
+    before = len(ctx.store.computed)
+    with GpuMonitor(ctx.cfg.device) as monitor:
+        run_sensitivity(ctx.cfg, ctx.store, ctx.models, ctx.data, ctx.pool, ctx.bar)
+    if len(ctx.store.computed) > before:
+        ctx.store.cell("profile", f"sensitivity-{len(ctx.store.computed)}", monitor.record)
 
-    run(
-        argv,
-        parts=("train", "sensitivity", "robustness", "localisation", "report"),
-        description=__doc__.split("\n\n")[0],
-    )
+
+def _robustness(ctx: Context) -> None:
+    run_robustness(ctx.cfg, ctx.store, ctx.models, ctx.data, ctx.pool, attack_models=list(ctx.pair), bar=ctx.bar)
+
+
+def _localisation(ctx: Context) -> None:
+    run_localisation(ctx.cfg, ctx.store, ctx.shape_models, ctx.shape_data, ctx.bar)
+
+
+SENSITIVITY = Part(
+    "sensitivity",
+    cells=lambda ctx: len(ctx.models) * len(ctx.cfg.methods) * ctx.cfg.repetitions,
+    on_main=_sensitivity,
+)
+ROBUSTNESS = Part("robustness", cells=lambda ctx: len(ctx.models) * len(ctx.cfg.robust_methods), on_main=_robustness)
+# Two shapes networks (ODE and SDE), when the run has the shapes.
+LOCALISATION = Part(
+    "localisation", cells=lambda ctx: ctx.cfg.shapes * 2 * len(ctx.cfg.methods), on_shapes=_localisation
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(argv, (SENSITIVITY, ROBUSTNESS, LOCALISATION, REPORT), description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -29,11 +29,13 @@ from neuralsde.attribution import noise_path
 from neuralsde.theory import amplification, completeness_residual, stage_bound, stage_inputs
 
 from .config import Config
+from .pipeline import Part, run
+from .report import REPORT
 from .sensitivity import explainer
 from .store import Store
 from .train import Data, _stack
 
-__all__ = ["SOLVERS", "run_completeness", "run_theorem1"]
+__all__ = ["COMPLETENESS", "SOLVERS", "THEOREM1", "run_completeness", "run_theorem1"]
 
 # (name, how to set it up) for the completeness table.
 SOLVERS = {
@@ -146,10 +148,21 @@ def run_completeness(
             bar.update(len(solvers))
 
 
-def main(argv: list[str] | None = None) -> None:
-    from .__main__ import run
+THEOREM1 = Part(
+    "theorem1",
+    cells=lambda ctx: len(ctx.models),
+    on_main=lambda ctx: run_theorem1(ctx.cfg, ctx.store, ctx.models, ctx.data, ctx.pool, ctx.bar),
+)
+# The ODE network under each of SOLVERS and the table's SDE network under each of SDE_SOLVERS.
+COMPLETENESS = Part(
+    "completeness",
+    cells=lambda ctx: len(SOLVERS) + len(SDE_SOLVERS),
+    on_main=lambda ctx: run_completeness(ctx.cfg, ctx.store, ctx.pair, ctx.data, ctx.pool, ctx.bar),
+)
 
-    run(argv, parts=("train", "theorem1", "completeness", "report"), description=__doc__.split("\n\n")[0])
+
+def main(argv: list[str] | None = None) -> None:
+    run(argv, (THEOREM1, COMPLETENESS, REPORT), description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

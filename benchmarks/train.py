@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from neuralsde import ODEResNet, SDEResNet
 from neuralsde.data import digits, image_folder, shapes
@@ -26,7 +26,7 @@ from neuralsde.train import evaluate, load_checkpoint, load_weights, train
 from .config import Config, parse_args
 from .store import Store
 
-__all__ = ["Data", "build_model", "load_data", "trained_model"]
+__all__ = ["Data", "build_model", "correct_pool", "load_data", "trained_model"]
 
 
 @dataclass
@@ -79,6 +79,26 @@ def load_data(cfg: Config, which: str = "main") -> Data:
     num_classes = _weights_classes(cfg.weights) if cfg.weights else len(image_folder_classes(cfg.data))
     # Normalised ImageNet inputs span about [-2.12, 2.64].
     return Data("imagefolder", train_set, test_set, 3, num_classes, (-2.1179, 2.6400), _stack(source, pick))
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, dataset, device: str, batch: int = 256) -> tuple[Tensor, Tensor]:
+    """Predicted and true labels over a data set."""
+    model.eval()
+    preds, labels = [], []
+    for items in DataLoader(dataset, batch_size=batch):
+        preds.append(model(items[0].to(device)).argmax(1).cpu())
+        labels.append(items[1])
+    return torch.cat(preds), torch.cat(labels)
+
+
+def correct_pool(models: dict[str, nn.Module], dataset, device: str) -> list[int]:
+    """Indices of the test images every network classifies correctly."""
+    ok = None
+    for model in models.values():
+        pred, label = predictions(model, dataset, device)
+        ok = (pred == label) if ok is None else ok & (pred == label)
+    return torch.nonzero(ok).flatten().tolist()
 
 
 def image_folder_classes(root: str) -> list[str]:

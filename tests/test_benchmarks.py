@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from benchmarks.__main__ import run
+from benchmarks.__main__ import main
 from benchmarks.common import quartiles
 from benchmarks.config import parse_args
 from benchmarks.paper import PAPER_SENSITIVITY
@@ -26,7 +26,7 @@ QUICK = ["--preset", "quick"]
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "results"
-    results = run([*QUICK, "--out", str(out)])
+    results = main([*QUICK, "--out", str(out)])
     return out, results
 
 
@@ -79,7 +79,7 @@ def test_a_restarted_run_recomputes_only_what_is_missing(quick_run, tmp_path):
     for path in lost:
         path.unlink()
     kept = {p: p.stat().st_mtime_ns for p in (copy / "cells").rglob("*.json")}
-    run([*QUICK, "--out", str(copy)])
+    main([*QUICK, "--out", str(copy)])
     computed = json.loads((copy / "runs.json").read_text())[-1]["computed"]
     assert sorted(c for c in computed if not c.startswith("profile/")) == sorted(
         ["sensitivity/ode--deeplift--rep1", "theorem1/sde-0.5", "figures/digits--saliency"]
@@ -97,7 +97,7 @@ def test_another_configuration_is_refused_and_restart_discards(quick_run, tmp_pa
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     with pytest.raises(SystemExit) as info:
-        run([*QUICK, "--out", str(copy), "--radius", "0.05"])
+        main([*QUICK, "--out", str(copy), "--radius", "0.05"])
     assert info.value.code == 2
     assert "differs in: radius" in capsys.readouterr().err
     assert json.loads((copy / "config.json").read_text())["config"]["radius"] == 0.02
@@ -181,7 +181,7 @@ def test_imagefolder_protocol_runs_end_to_end(tmp_path):
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), weights)
     out = tmp_path / "out"
-    results = run(
+    results = main(
         [
             *QUICK,
             "--arch",
@@ -218,7 +218,7 @@ def test_imagefolder_protocol_runs_end_to_end(tmp_path):
 
 def test_imagefolder_run_needs_the_sde_network(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        run(["--arch", "resnet50", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+        main(["--arch", "resnet50", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert "--sde-weights FILE" in capsys.readouterr().err
 
 
@@ -252,7 +252,7 @@ def test_torchrun_trains_with_two_gloo_processes(tmp_path):
     cell = json.loads((out / "cells" / "train" / "sde-0.5.json").read_text())
     assert len(cell["history"]) == 2 and cell["source"] == "trained"
     # The main job then uses that network instead of training it again.
-    run([*QUICK, "--out", str(out)])
+    main([*QUICK, "--out", str(out)])
     computed = json.loads((out / "runs.json").read_text())[-1]["computed"]
     assert "train/sde-0.5" not in computed and "train/ode" in computed
 
