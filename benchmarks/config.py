@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from neuralsde.models import TORCHVISION_ARCHS
 
-__all__ = ["Config", "parse_args"]
+__all__ = ["Config", "parse_args", "sigma_of"]
 
 METHODS = ("saliency", "integrated_gradients", "smoothgrad_ig", "deeplift", "deeplift_shap")
 METHOD_TITLES = {
@@ -20,6 +20,11 @@ METHOD_TITLES = {
     "deeplift": "DeepLIFT",
     "deeplift_shap": "DeepLIFT-SHAP",
 }
+
+
+def sigma_of(name: str) -> float:
+    """The noise σ of the network ``name`` (``"ode"``, ``"sde-0.5"``, ``"shapes-sde-0.5"``...); 0 for an ODE."""
+    return 0.0 if name.endswith("ode") else float(name.rsplit("-", 1)[1])
 
 
 @dataclass

@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 from .common import atomic_write_text
-from .figures import METHOD_TITLES
+from .config import METHOD_TITLES
 from .paper import PAPER_SENSITIVITY
-from .report import (
+from .tables import (
     section_completeness,
     section_localisation,
     section_networks,

@@ -16,7 +16,7 @@ from benchmarks.__main__ import main
 from benchmarks.common import quartiles
 from benchmarks.config import parse_args
 from benchmarks.paper import PAPER_SENSITIVITY
-from benchmarks.report import tables
+from benchmarks.tables import tables
 from benchmarks.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
