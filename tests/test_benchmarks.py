@@ -16,8 +16,8 @@ from benchmarks.__main__ import main
 from benchmarks.common import quartiles
 from benchmarks.config import parse_args
 from benchmarks.paper import PAPER_SENSITIVITY
-from benchmarks.tables import tables
 from benchmarks.store import Store
+from benchmarks.tables import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "quick"]
