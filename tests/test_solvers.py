@@ -126,8 +126,9 @@ def test_euler_steps_match_torchdiffeq_and_torchsde_on_the_same_path():
     y0 = torch.randn(3, 2, 4, dtype=torch.float64)
     ts = [0.0, 0.5, 1.0]
     ours = integrate(linear_drift, y0, ts, method="euler", dt=0.125)
-    theirs = torchdiffeq.odeint(linear_drift, y0, torch.tensor(ts, dtype=torch.float64), method="euler",
-                                options={"step_size": 0.125})
+    theirs = torchdiffeq.odeint(
+        linear_drift, y0, torch.tensor(ts, dtype=torch.float64), method="euler", options={"step_size": 0.125}
+    )
     # Same arithmetic up to association (y + dt f vs. y + (dt f)): a few ulps in float64.
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
