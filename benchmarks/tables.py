@@ -184,12 +184,12 @@ def section_theorem1(results: dict) -> list[str]:
         lines += [
             "## Theorem 1: bound against measured amplification",
             "",
-            "C_k = (1 + L_k)/h bounds the Lipschitz constant of block k's drift (L_k: product of the "
-            "conv/BN operator norms); e^{∫C} = ∏ e^{1+L_k} is Theorem 1's bound, e^{∑L_k} its one-sided "
-            "refinement, and 'measured' the largest ‖F(x+δ)−F(x)‖/‖δ‖ found (random, worst-direction "
-            "and PGD search).",
+            r"$C_k = (1 + L_k)/h$ bounds the Lipschitz constant of block $k$'s drift ($L_k$: product of the "
+            r"conv/BN operator norms); $e^{\int C} = \prod_k e^{1+L_k}$ is Theorem 1's bound, $e^{\sum_k L_k}$ "
+            r"its one-sided refinement, and 'measured' the largest $\lVert F(x+\delta)-F(x)\rVert/\lVert\delta\rVert$ "
+            "found (random, worst-direction and PGD search).",
             "",
-            "| network | stage | L per block | max C | e^{CT} | e^{∫C} | one-sided | measured | "
+            r"| network | stage | $L$ per block | max $C$ | $e^{CT}$ | $e^{\int C}$ | one-sided | measured | "
             "bound / measured | holds |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -204,7 +204,9 @@ def section_theorem1(results: dict) -> list[str]:
         lines.append("")
         for sde, stages in th["claim"].items():
             lines += [
-                f"The paper's claim ε_F/ε_x(ODE) ≥ ε_F/ε_x(SDE), ODE vs {sde}, per stage (paired over images):",
+                r"The paper's claim $\varepsilon_F/\varepsilon_x(\text{ODE}) \ge "
+                r"\varepsilon_F/\varepsilon_x(\text{SDE})$, "
+                f"ODE vs {sde}, per stage (paired over images):",
                 "",
                 "| stage | ODE mean | SDE mean | ODE − SDE [95% CI] | p (Wilcoxon) | verdict |",
                 "|---|---|---|---|---|---|",
@@ -227,15 +229,17 @@ def section_completeness(results: dict) -> list[str]:
     if comp:
         ig = cfg["ig_steps"]
         lines += [
-            "## Completeness residual |Σ(A(x') − A(x)) − (F(x') − F(x))| (eq. 9)",
+            "## Completeness residual (eq. 9)",
             "",
-            f"x' = x + uniform noise of radius {cfg['radius']}; mean residual over images, and beside it "
-            "the mean |F(x') − F(x)| it is to be compared with. IG's residual is the error of its "
+            r"The residual is $\lvert\sum_k (A_k(x') - A_k(x)) - (F(x') - F(x))\rvert$.",
+            "",
+            f"$x' = x$ + uniform noise of radius {cfg['radius']}; mean residual over images, and beside it "
+            r"the mean $\lvert F(x') - F(x)\rvert$ it is to be compared with. IG's residual is the error of its "
             "quadrature (it shrinks with the steps); DeepLIFT's is round-off unless the network has a "
             "non-linearity without a DeepLIFT rule (the normalized noise on a fixed path).",
             "",
             f"| network | solver | IG ({ig} steps) | IG ({10 * ig} steps) | DeepLIFT | DeepLIFT-SHAP | "
-            "mean |F(x') − F(x)| |",
+            r"mean $\lvert F(x') - F(x)\rvert$ |",
             "|---|---|---|---|---|---|---|",
         ]
         for model, solvers in comp.items():
