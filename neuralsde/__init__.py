@@ -1,10 +1,10 @@
 """neuralsde: continuous-time neural ODE/SDE ResNets and robust attributions.
 
-The public face: [`integrate`][neuralsde.solvers.integrate], [`ODEResNet`][neuralsde.models.ODEResNet],
-[`SDEResNet`][neuralsde.sde_models.SDEResNet],
+The public face: [`integrate`][neuralsde.solvers.integrate],
+[`ODEResNet`][neuralsde.models.ODEResNet], [`SDEResNet`][neuralsde.sde_models.SDEResNet],
 [`ContinuousStage`][neuralsde.stage.ContinuousStage], the diffusion classes and
-[`SolverError`][neuralsde.solvers.SolverError]. Everything
-else is reachable by module path.
+[`SolverError`][neuralsde.solvers.SolverError]. Everything else is reachable by module
+path.
 """
 
 from .attribution import Attribution, attribute

@@ -1,8 +1,8 @@
 """Brownian paths for the fixed-grid SDE solvers.
 
-[`GridBrownian`][neuralsde.brownian.GridBrownian] is the default path of [`integrate`][neuralsde.solvers.integrate]:
-one Gaussian
-per step, drawn from torch's generator. [`brownian_interval`][neuralsde.brownian.brownian_interval] gives torchsde's
+[`GridBrownian`][neuralsde.brownian.GridBrownian] is the default path of
+[`integrate`][neuralsde.solvers.integrate]: one Gaussian per step, drawn from torch's
+generator. [`brownian_interval`][neuralsde.brownian.brownian_interval] gives torchsde's
 ``BrownianInterval``, queryable at any time, seeded from torch's generator too.
 """
 

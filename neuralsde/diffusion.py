@@ -16,9 +16,9 @@ The paper's "normalized injected noise" of magnitude ``s`` is
 Over one block of unit length, one Euler–Maruyama step adds noise ``s * rms(X) * N(0, 1)``
 to every element: the noise-to-signal ratio (RMS of the noise over RMS of the activation)
 is ``s``, whatever the scale of the layer. That is what "normalized noise of magnitude
-0.5" says, and unlike ``s * |X_i|`` ([`MultiplicativeDiffusion`][neuralsde.diffusion.MultiplicativeDiffusion]) it
-also perturbs
-the elements a ReLU has set to zero. Over a block of length ``h`` the noise has standard
+0.5" says, and unlike ``s * |X_i|``
+([`MultiplicativeDiffusion`][neuralsde.diffusion.MultiplicativeDiffusion]) it also
+perturbs the elements a ReLU has set to zero. Over a block of length ``h`` the noise has standard
 deviation ``s * sqrt(h) * rms(X)``, so the per-block magnitude stays ``s`` however finely
 the block is stepped.
 """

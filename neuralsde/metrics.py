@@ -3,9 +3,9 @@
 * [`sensitivity`][neuralsde.metrics.sensitivity]: Captum's max-sensitivity (Yeh et al., NeurIPS 2019), the metric of
   the paper's Tables 1-3: ``max over ||d||_inf <= r of ||A(x + d) - A(x)|| / ||A(x)||``,
   estimated from random perturbations.
-* [`kendall_tau`][neuralsde.metrics.kendall_tau] and [`topk_intersection`][neuralsde.metrics.topk_intersection]
-between the attribution maps of ``x``
-  and of a perturbed ``x``: rank correlation and overlap of the k most important pixels
+* [`kendall_tau`][neuralsde.metrics.kendall_tau] and
+  [`topk_intersection`][neuralsde.metrics.topk_intersection] between the attribution
+  maps of ``x`` and of a perturbed ``x``: rank correlation and overlap of the k most important pixels
   (Chen et al., NeurIPS 2019).
 * [`topk_attack`][neuralsde.metrics.topk_attack]: Ghorbani et al.'s (AAAI 2019) top-k attack, a projected search
   for the perturbation that moves the most attribution mass out of the original top-k

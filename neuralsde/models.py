@@ -39,8 +39,8 @@ class ODEResNet(nn.Module):
     """A ResNet whose stages are neural ODEs, a drop-in for torchvision's ResNet.
 
     Build by torchvision name (``ODEResNet("resnet50", num_classes=10)``), convert a
-    (pretrained) torchvision model with [`from_torchvision`][neuralsde.models.ODEResNet.from_torchvision], or build a
-    small
+    (pretrained) torchvision model with
+    [`from_torchvision`][neuralsde.models.ODEResNet.from_torchvision], or build a small
     CIFAR-style network for 8x8 to 32x32 images with [`small`][neuralsde.models.ODEResNet.small].
 
     Args:

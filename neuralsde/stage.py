@@ -25,9 +25,9 @@ every drift evaluation must use modules of its own, prepared before the hooks ar
 registered: after every change of solver the stage counts the evaluations each block
 interval needs (a dry run on a scalar problem, through the same solver code) and reserves
 that many activation sets. Adaptive methods choose their evaluations per input; a step
-grid found once ([`freeze`][neuralsde.stage.ContinuousStage.freeze] with the grids recorded by a forward pass) is
-replayed
-with the same Runge–Kutta tableau, which makes their count fixed too.
+grid found once ([`freeze`][neuralsde.stage.ContinuousStage.freeze] with the grids
+recorded by a forward pass) is replayed with the same Runge–Kutta tableau, which makes
+their count fixed too.
 """
 
 from __future__ import annotations
