@@ -1,6 +1,6 @@
 """How a benchmark run goes: the networks, then the parts it is given, then its record.
 
-A part is a :class:`Part`: a name and what it does at each stage of the run. The run
+A part is a ``Part``: a name and what it does at each stage of the run. The run
 trains (or reuses) the networks on its data set and finds the test images every one of
 them classifies correctly; each part then measures them (``on_main``); if a part works
 on the shapes with masks, the shapes networks are trained and each such part measures
@@ -8,7 +8,7 @@ them (``on_shapes``); last, a part may summarise the store (``finish``, the repo
 
 This module knows no part: the part modules define theirs and the entry points
 (``python -m benchmarks``, ``python -m benchmarks.sensitivity``, ...) hand them to
-:func:`run`.
+``run``.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") ->
     """Run the given parts of the benchmark; returns what the last ``finish`` returns.
 
     Args:
-        argv: the command line (default ``sys.argv[1:]``), see :func:`benchmarks.config.parse_args`.
+        argv: the command line (default ``sys.argv[1:]``), see ``benchmarks.config.parse_args``.
         parts: the parts to run (in :data:`ALL_PARTS` order, whatever their order here).
         description: the command's help text.
     """
