@@ -63,7 +63,7 @@ class Part:
     """One part of a benchmark run.
 
     Attributes:
-        name: one of :data:`ALL_PARTS`.
+        name: one of ``ALL_PARTS``.
         cells: the number of measurements it adds to the progress bar.
         on_main: measures ``ctx.models`` on ``ctx.data``.
         on_shapes: measures ``ctx.shape_models`` on ``ctx.shape_data``.
@@ -127,7 +127,7 @@ def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") ->
 
     Args:
         argv: the command line (default ``sys.argv[1:]``), see ``benchmarks.config.parse_args``.
-        parts: the parts to run (in :data:`ALL_PARTS` order, whatever their order here).
+        parts: the parts to run (in ``ALL_PARTS`` order, whatever their order here).
         description: the command's help text.
     """
     argv = sys.argv[1:] if argv is None else argv
