@@ -33,6 +33,11 @@ def _ci(c: dict, digits=4) -> str:
     return f"{_f(c['mean'], digits)} [{_f(c['low'], digits)}, {_f(c['high'], digits)}]"
 
 
+def _diff(c: dict, digits=4) -> str:
+    """A paired difference with its 95% CI (``mean_diff``, ``ci_low``, ``ci_high``)."""
+    return f"{_f(c['mean_diff'], digits)} [{_f(c['ci_low'], digits)}, {_f(c['ci_high'], digits)}]"
+
+
 def _p(p) -> str:
     return "–" if p is None or (isinstance(p, float) and math.isnan(p)) else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
@@ -102,7 +107,7 @@ def section_sensitivity(results: dict) -> list[str]:
             verdict = "yes" if r["sde_lower"] else ("no (higher)" if r["sde_higher"] else "no difference")
             row = (
                 f"| {METHOD_TITLES.get(method, method)} | {_ci(r['ode'])} | {_ci(r['sde'])} | "
-                f"{_f(t['mean_diff'])} [{_f(t['ci_low'])}, {_f(t['ci_high'])}] | {_p(t['t_p'])} | "
+                f"{_diff(t)} | {_p(t['t_p'])} | "
                 f"{_p(t['wilcoxon_p'])} | {verdict} |"
             )
             if sens["paper"]:
@@ -142,10 +147,8 @@ def section_robustness(results: dict) -> list[str]:
                 for setting, c in settings.items():
                     k, t = c["kendall"], c["topk"]
                     lines.append(
-                        f"| {METHOD_TITLES.get(method, method)} | {setting} | {_f(k['mean_diff'], 3)} "
-                        f"[{_f(k['ci_low'], 3)}, {_f(k['ci_high'], 3)}] | {_p(k['wilcoxon_p'])} | "
-                        f"{_f(t['mean_diff'], 3)} [{_f(t['ci_low'], 3)}, {_f(t['ci_high'], 3)}] | "
-                        f"{_p(t['wilcoxon_p'])} |"
+                        f"| {METHOD_TITLES.get(method, method)} | {setting} | {_diff(k, 3)} | "
+                        f"{_p(k['wilcoxon_p'])} | {_diff(t, 3)} | {_p(t['wilcoxon_p'])} |"
                     )
             lines.append("")
     return lines
@@ -169,8 +172,7 @@ def section_localisation(results: dict) -> list[str]:
         for method, c in loc["comparisons"].items():
             lines.append(
                 f"| {METHOD_TITLES.get(method, method)} | {_ci(loc['per_model']['shapes-ode'][method], 3)} | "
-                f"{_ci(loc['per_model'][sde][method], 3)} | {_f(c['mean_diff'], 3)} "
-                f"[{_f(c['ci_low'], 3)}, {_f(c['ci_high'], 3)}] | {_p(c['wilcoxon_p'])} |"
+                f"{_ci(loc['per_model'][sde][method], 3)} | {_diff(c, 3)} | {_p(c['wilcoxon_p'])} |"
             )
         lines.append("")
     return lines
@@ -214,8 +216,8 @@ def section_theorem1(results: dict) -> list[str]:
             for stage, c in stages.items():
                 verdict = "holds" if c["holds"] else ("contradicted" if c["contradicted"] else "not resolved")
                 lines.append(
-                    f"| {stage} | {_f(c['ode_mean'], 3)} | {_f(c['sde_mean'], 3)} | {_f(c['mean_diff'], 3)} "
-                    f"[{_f(c['ci_low'], 3)}, {_f(c['ci_high'], 3)}] | {_p(c['wilcoxon_p'])} | {verdict} |"
+                    f"| {stage} | {_f(c['ode_mean'], 3)} | {_f(c['sde_mean'], 3)} | {_diff(c, 3)} | "
+                    f"{_p(c['wilcoxon_p'])} | {verdict} |"
                 )
             lines.append("")
     return lines
