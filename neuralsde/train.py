@@ -15,6 +15,7 @@ wrapped in DistributedDataParallel, each process reads its shard of every epoch
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from collections.abc import Callable
@@ -42,8 +43,12 @@ def save_checkpoint(path: str | os.PathLike, **content) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Serialise to memory first: torch.save names the archive after the file it writes,
+    # which would make the bytes depend on the temporary name.
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
     try:
-        torch.save(content, tmp)
+        tmp.write_bytes(buffer.getvalue())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -102,6 +107,7 @@ def train(
     eval_set: Dataset | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, dict], None] | None = None,
+    meta: dict | None = None,
 ) -> list[dict]:
     """Train with Adam and cross-entropy; resume from ``checkpoint`` if it exists.
 
@@ -122,6 +128,8 @@ def train(
         eval_set: if given, the accuracy on it is recorded after every epoch.
         progress: show a progress bar (rank 0).
         on_epoch: called with ``(epoch, record)`` after every epoch (rank 0).
+        meta: saved in every checkpoint as ``"meta"`` (e.g. what the training depends on),
+            for the caller to check before resuming from it; not checked here.
 
     Returns:
         The history: one record per epoch (``epoch``, ``loss``, ``train_accuracy``,
@@ -185,6 +193,7 @@ def train(
                     optimizer=optimizer.state_dict(),
                     epoch=epoch + 1,
                     history=history,
+                    **({} if meta is None else {"meta": meta}),
                 )
             if on_epoch is not None:
                 on_epoch(epoch + 1, record)
