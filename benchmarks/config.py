@@ -1,4 +1,13 @@
-"""The configuration of a benchmark run, its presets and its command line."""
+"""The configuration of a benchmark run, its presets and its command line.
+
+Every option has a role, which decides what a change of it invalidates:
+
+* ``train``: the networks (data, architecture, solver, training). Changing one retrains.
+* ``measure``: a measurement. Changing one recomputes the measurements that depend on it
+  (``MEASURE_OPTIONS``), never the networks.
+* ``run``: how and where the run executes, or which networks and parts it has; such
+  options change no stored result (each network's seed and σ are part of its name).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +15,12 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 
 from neuralsde.models import TORCHVISION_ARCHS
 
-__all__ = ["Config", "parse_args", "sigma_of"]
+__all__ = ["Config", "digest", "parse_args", "sigma_of"]
 
 METHODS = ("saliency", "integrated_gradients", "smoothgrad_ig", "deeplift", "deeplift_shap")
 METHOD_TITLES = {
@@ -20,6 +30,44 @@ METHOD_TITLES = {
     "deeplift": "DeepLIFT",
     "deeplift_shap": "DeepLIFT-SHAP",
 }
+#: The options each attribution method reads (besides the network and the images).
+METHOD_OPTIONS = {
+    "saliency": (),
+    "integrated_gradients": ("ig_steps",),
+    "smoothgrad_ig": ("sg_samples", "sg_ig_steps", "sg_noise"),
+    "deeplift": (),
+    "deeplift_shap": ("shap_baselines",),
+}
+#: The measurement options each kind of result depends on (the attribution method's
+#: own options are added per method).
+MEASURE_OPTIONS = {
+    "accuracy": ("eval_images", "amp"),
+    "sensitivity": ("n_images", "radius", "n_perturb", "chunk", "amp"),
+    "robustness": ("robust_images", "topk", "attack_eps", "attack_steps", "amp"),
+    "localisation": ("n_images", "chunk", "amp"),
+    "theorem1": ("theorem_images", "amp"),
+    "completeness": ("completeness_images", "radius", "ig_steps", "shap_baselines", "amp"),
+    "figures": ("figure_images", "amp"),
+}
+#: The training options of the shapes networks (localisation); the rest of ``train``
+#: options describe the main data set's networks.
+SHAPES_TRAIN_OPTIONS = (
+    "data_seed",
+    "shapes_n",
+    "shapes_size",
+    "shapes_epochs",
+    "diffusion",
+    "method",
+    "widths",
+    "blocks",
+    "lr",
+    "batch_size",
+)
+
+
+def digest(value) -> str:
+    """A short hash of a JSON-serialisable value (results of different inputs never mix)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def sigma_of(name: str) -> float:
@@ -27,58 +75,71 @@ def sigma_of(name: str) -> float:
     return 0.0 if name.endswith("ode") else float(name.rsplit("-", 1)[1])
 
 
+def _opt(default, role: str, help: str):
+    meta = {"role": role, "help": help}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class Config:
     """Everything that decides a run's numbers (recorded with every result)."""
 
-    data: str = "digits"  # "digits", or the path of an ImageFolder tree (evaluation images)
-    arch: str = "small"  # "small" (CIFAR-style) or a torchvision ResNet name
-    weights: str | None = None  # torchvision weights file for the ODE network (ImageNet)
-    sde_weights: str | None = None  # a trained SDE checkpoint (ImageNet), instead of fine-tuning
-    train_data: str | None = None  # ImageFolder to fine-tune ODE and SDE on (ImageNet)
-    device: str = "cpu"
-    seed: int = 0
+    data: str = _opt("digits", "train", "'digits' (embedded), or an ImageFolder of evaluation images (ImageNet val)")
+    arch: str = _opt("small", "train", "'small' (a CIFAR-style ResNet) or a torchvision ResNet name, e.g. resnet50")
+    weights: str | None = _opt(None, "train", "torchvision state dict the ODE network starts from (ImageNet)")
+    sde_weights: str | None = _opt(None, "train", "a trained SDEResNet checkpoint, instead of fine-tuning (ImageNet)")
+    train_data: str | None = _opt(None, "train", "ImageFolder to fine-tune the ODE and SDE networks on (ImageNet)")
+    data_seed: int = _opt(0, "train", "seed of the train/test split, the shapes data set and the SHAP baselines")
+    device: str = _opt("cpu", "run", "where to compute: cpu, cuda or cuda:N")
+    amp: bool = _opt(False, "measure", "measure under torch.autocast (bfloat16 on CPU, float16 on CUDA)")
+    seeds: list[int] = _opt(
+        [0, 1, 2, 3, 4], "run", "training seeds: every network is trained once per seed (the unit of replication)"
+    )
     # models
-    sigmas: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75])
-    table_sigma: float = 0.5  # the SDE in the main tables and figures
-    diffusion: str = "normalized"
-    method: str = "euler"
-    widths: list[int] = field(default_factory=lambda: [8, 16, 32])
-    blocks: int = 2
-    image_size: int = 224
+    sigmas: list[float] = _opt([0.1, 0.25, 0.5, 0.75], "run", "noise magnitudes σ: one SDE network per value")
+    table_sigma: float = _opt(0.5, "run", "the σ of the SDE network in the pairwise tables and figures")
+    diffusion: str = _opt("normalized", "train", "the SDE networks' diffusion (normalized is the paper's)")
+    method: str = _opt("euler", "train", "solver of the networks (training and measurement)")
+    widths: list[int] = _opt([8, 16, 32], "train", "channels per stage of the 'small' architecture")
+    blocks: int = _opt(2, "train", "residual blocks per stage of the 'small' architecture")
+    image_size: int = _opt(224, "train", "side of the ImageFolder images after resizing")
     # training (identical for ODE and SDE)
-    epochs: int = 12
-    lr: float = 1e-3
-    batch_size: int = 32
-    eval_images: int = 0  # test images for the accuracy (0: all)
-    chunk: int = 0  # images per attribution call (0: all at once)
-    ig_batch: int = 0  # Captum's internal_batch_size for IG (0: no limit)
+    epochs: int = _opt(8, "train", "training epochs (the same for every network)")
+    lr: float = _opt(3e-3, "train", "Adam's learning rate")
+    batch_size: int = _opt(64, "train", "training batch size")
+    eval_images: int = _opt(0, "measure", "test images for the accuracy (0: all)")
+    chunk: int = _opt(0, "measure", "images per attribution call (0: all at once); lower it when memory runs out")
+    ig_batch: int = _opt(0, "run", "Captum's internal_batch_size for IG (0: no limit); lower it when memory runs out")
     # sensitivity (Tables 1-3 protocol)
-    n_images: int = 50
-    repetitions: int = 3
-    radius: float = 0.02
-    n_perturb: int = 10
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    ig_steps: int = 20
-    sg_samples: int = 5
-    sg_ig_steps: int = 10
-    sg_noise: float = 0.15  # SmoothGrad noise, as a fraction of the input range
-    shap_baselines: int = 4
+    n_images: int = _opt(16, "measure", "correctly classified test images per seed and repetition")
+    repetitions: int = _opt(1, "measure", "draws of images per seed")
+    radius: float = _opt(0.02, "measure", "L∞ radius of the sensitivity perturbations, in input units")
+    n_perturb: int = _opt(10, "measure", "perturbations per image (max-sensitivity is the maximum over them)")
+    methods: list[str] = _opt(list(METHODS), "run", f"attribution methods, of: {', '.join(METHODS)}")
+    ig_steps: int = _opt(20, "measure", "Integrated Gradients' steps")
+    sg_samples: int = _opt(5, "measure", "SmoothGrad's noisy samples")
+    sg_ig_steps: int = _opt(10, "measure", "IG steps inside SmoothGrad")
+    sg_noise: float = _opt(0.15, "measure", "SmoothGrad's noise, as a fraction of the input range")
+    shap_baselines: int = _opt(4, "measure", "DeepLIFT-SHAP baselines (at least 2)")
     # robustness of rankings (Chen et al.; Ghorbani et al.)
-    robust_images: int = 30
-    robust_methods: list[str] = field(default_factory=lambda: ["saliency", "integrated_gradients"])
-    topk: int = 8
-    attack_eps: float = 0.05
-    attack_steps: int = 10
+    robust_images: int = _opt(12, "measure", "images per seed for Kendall's τ and top-k intersection")
+    robust_methods: list[str] = _opt(
+        ["saliency", "integrated_gradients"], "run", "methods for the ranking robustness (saliency, IG)"
+    )
+    topk: int = _opt(8, "measure", "k of the top-k intersection and attack")
+    attack_eps: float = _opt(0.05, "measure", "L∞ budget of the random perturbation and the top-k attack")
+    attack_steps: int = _opt(10, "measure", "steps of the top-k attack")
     # Theorem 1 and completeness
-    theorem_images: int = 20
-    completeness_images: int = 10
+    theorem_images: int = _opt(8, "measure", "images per seed for Theorem 1's amplification")
+    completeness_images: int = _opt(4, "measure", "images per seed for the completeness residuals")
     # shapes with masks (localisation)
-    shapes: bool = True
-    shapes_n: int = 2000
-    shapes_size: int = 16
-    shapes_epochs: int = 8
-    figure_images: int = 4
+    shapes: bool = _opt(True, "run", "measure localisation on generated shapes with masks")
+    shapes_n: int = _opt(2000, "train", "size of the shapes data set")
+    shapes_size: int = _opt(16, "train", "side of the shapes images")
+    shapes_epochs: int = _opt(8, "train", "training epochs of the shapes networks")
+    figure_images: int = _opt(4, "measure", "images per attribution figure (first seed only)")
 
     @property
     def imagenet(self) -> bool:
@@ -89,6 +150,10 @@ class Config:
         """``"ode"`` and one ``"sde-<sigma>"`` per noise magnitude."""
         return ["ode"] + [f"sde-{s:g}" for s in self.sigmas]
 
+    def shape_names(self) -> list[str]:
+        """The two shapes networks (localisation)."""
+        return ["shapes-ode", f"shapes-{self.table_sde}"]
+
     @property
     def table_sde(self) -> str:
         return f"sde-{self.table_sigma:g}"
@@ -96,11 +161,29 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def options(self, names) -> dict:
+        """The values of the named options."""
+        return {n: getattr(self, n) for n in names}
+
+    def network(self, name: str, seed: int) -> dict:
+        """What the network ``name`` trained with ``seed`` depends on (its checkpoint's identity)."""
+        if name.startswith("shapes-"):
+            names = SHAPES_TRAIN_OPTIONS
+        else:
+            names = [f.name for f in dataclasses.fields(self) if f.metadata["role"] == "train"]
+        return {"network": name, "seed": seed, "sigma": sigma_of(name), **self.options(names)}
+
+    def measurement(self, kind: str, method: str | None = None) -> dict:
+        """The measurement options a result of ``kind`` (with attribution ``method``) depends on."""
+        names = MEASURE_OPTIONS[kind] + (METHOD_OPTIONS[method] if method else ())
+        return self.options(names)
+
     def digest(self) -> str:
-        """A short hash of the configuration (results of different ones never mix)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        """A short hash of the whole configuration."""
+        return digest(self.to_dict())
 
     def validate(self) -> None:
+        """Check every option; raises ValueError naming the option, what it must be and what it is."""
         if self.arch != "small" and self.arch not in TORCHVISION_ARCHS:
             raise ValueError(f"unknown --arch {self.arch!r}; valid: small, {', '.join(TORCHVISION_ARCHS)}")
         if self.imagenet and self.arch == "small":
@@ -110,23 +193,105 @@ class Config:
                 "an ImageFolder run needs the SDE network: --sde-weights FILE (a trained SDEResNet checkpoint) "
                 "or --train-data DIR (an ImageFolder to fine-tune the ODE and SDE networks on, identically)"
             )
+        for opt in ("data", "weights", "sde_weights", "train_data"):
+            value = getattr(self, opt)
+            if opt == "data" and value == "digits":
+                continue
+            if value is not None and not _exists(value):
+                raise ValueError(f"--{opt.replace('_', '-')} {value}: no such file or folder")
+        if not self.seeds:
+            raise ValueError("--seeds needs at least one seed")
+        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"--seeds must be distinct non-negative integers, got {self.seeds}")
+        if not self.sigmas or min(self.sigmas) <= 0 or len(set(self.sigmas)) != len(self.sigmas):
+            raise ValueError(f"--sigmas must be distinct positive numbers, got {self.sigmas}")
         if self.table_sigma not in self.sigmas:
-            raise ValueError(f"--table-sigma {self.table_sigma} must be one of --sigmas {self.sigmas}")
+            raise ValueError(f"--table-sigma {self.table_sigma:g} must be one of --sigmas {self.sigmas}")
+        from neuralsde.diffusion import DIFFUSIONS
+        from neuralsde.solvers import ODE_METHODS, SDE_METHODS
+
+        if self.diffusion not in DIFFUSIONS:
+            raise ValueError(f"unknown --diffusion {self.diffusion!r}; valid: {', '.join(DIFFUSIONS)}")
+        shared = [m for m in SDE_METHODS if m in ODE_METHODS]  # ODE and SDE networks are trained alike
+        if self.method not in shared:
+            raise ValueError(
+                f"--method must be a solver of both ODE and SDE networks ({', '.join(shared)}), got {self.method!r}"
+            )
         unknown = set(self.methods) - set(METHODS)
-        if unknown:
-            raise ValueError(f"unknown methods {sorted(unknown)}; valid: {', '.join(METHODS)}")
+        if unknown or not self.methods:
+            raise ValueError(f"--methods must name some of {', '.join(METHODS)}; got {self.methods}")
         unknown = set(self.robust_methods) - {"saliency", "integrated_gradients"}
         if unknown:
             raise ValueError(f"--robust-methods supports saliency and integrated_gradients, got {sorted(unknown)}")
+        for opt, low in _LOWER_BOUNDS.items():
+            value = getattr(self, opt)
+            bad = any(v < low for v in value) if isinstance(value, list) else value < low
+            if bad:
+                raise ValueError(f"--{opt.replace('_', '-')} must be at least {low:g}, got {value}")
+        for opt in ("radius", "attack_eps", "lr", "sg_noise"):
+            if getattr(self, opt) <= 0:
+                raise ValueError(f"--{opt.replace('_', '-')} must be positive, got {getattr(self, opt)}")
+        _check_device(self.device)
+
+
+# Options with a smallest allowed value.
+_LOWER_BOUNDS = {
+    "blocks": 1,
+    "widths": 1,
+    "image_size": 8,
+    "epochs": 1,
+    "batch_size": 1,
+    "eval_images": 0,
+    "chunk": 0,
+    "ig_batch": 0,
+    "n_images": 1,
+    "repetitions": 1,
+    "n_perturb": 1,
+    "ig_steps": 1,
+    "sg_samples": 1,
+    "sg_ig_steps": 1,
+    "shap_baselines": 2,  # DeepLIFT-SHAP needs a distribution of baselines
+    "robust_images": 1,
+    "topk": 1,
+    "attack_steps": 1,
+    "theorem_images": 1,
+    "completeness_images": 1,
+    "shapes_n": 20,
+    "shapes_size": 8,
+    "shapes_epochs": 1,
+    "figure_images": 1,
+}
+
+
+def _exists(path: str) -> bool:
+    from pathlib import Path
+
+    return Path(path).exists()
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {device}: only cpu and cuda are supported")
 
 
 PRESETS = {
     # A complete run in seconds, for the test suite.
     "quick": dict(
+        seeds=[0, 1],
         sigmas=[0.5],
         widths=[4, 8],
         epochs=2,
-        lr=3e-3,
         n_images=4,
         repetitions=2,
         n_perturb=3,
@@ -144,6 +309,7 @@ PRESETS = {
     ),
     # The paper's protocol at ImageNet scale: 100 images x 5 repetitions, Adam 1e-4.
     "imagenet": dict(
+        seeds=[0],
         sigmas=[0.5],
         epochs=1,
         lr=1e-4,
@@ -168,24 +334,44 @@ PRESETS = {
 }
 
 
-def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Config, argparse.Namespace]:
-    """Build a Config from the command line (preset first, then explicit options)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--out", default="results", help="output folder (default: results/)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="a named set of sizes")
-    parser.add_argument("--restart", action="store_true", help="discard earlier results in --out")
+def build_parser(description: str = "") -> argparse.ArgumentParser:
+    """The command line shared by every benchmark entry point (one flag per Config field)."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    run = parser.add_argument_group("the run")
+    run.add_argument("--out", default="results", help="output folder")
+    run.add_argument("--preset", choices=sorted(PRESETS), help="a named set of sizes (options given after it win)")
+    run.add_argument(
+        "--restart", action="store_true", help="discard the stored measurements in --out (the networks are kept)"
+    )
+    run.add_argument("--retrain", action="store_true", help="discard the stored networks in --out too")
+    groups = {
+        "train": parser.add_argument_group("networks (changing one retrains)"),
+        "measure": parser.add_argument_group("measurements (changing one recomputes what depends on it)"),
+        "run": run,
+    }
     defaults = Config()
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         value = getattr(defaults, f.name)
+        group, help_text = groups[f.metadata["role"]], f.metadata["help"]
         if isinstance(value, bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif isinstance(value, list):
             kind = type(value[0]) if value else str
-            parser.add_argument(flag, nargs="+", type=kind, default=None)
+            group.add_argument(flag, nargs="+", type=kind, default=None, metavar=kind.__name__.upper(), help=help_text)
         else:
             kind = int if isinstance(value, int) else float if isinstance(value, float) else str
-            parser.add_argument(flag, type=kind, default=None)
+            group.add_argument(flag, type=kind, default=None, help=help_text)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Config, argparse.Namespace]:
+    """Build a Config from the command line (preset first, then explicit options), validated."""
+    parser = build_parser(description)
     args = parser.parse_args(argv)
     values = {}
     explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
@@ -196,6 +382,7 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Co
     cfg = Config(**values)
     try:
         cfg.validate()
-    except ValueError as err:
-        parser.error(str(err))
+    except ValueError as err:  # one line, no usage dump: the message names the option
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     return cfg, args
