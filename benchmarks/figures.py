@@ -6,6 +6,7 @@ python -m benchmarks.figures [run options]
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 import matplotlib
 
@@ -13,7 +14,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from neuralsde.metrics import importance  # noqa: E402
 
@@ -23,7 +23,7 @@ from .pipeline import Context, Part, run  # noqa: E402
 from .report import REPORT  # noqa: E402
 from .sensitivity import explainer  # noqa: E402
 from .store import Store  # noqa: E402
-from .train import Data, _stack, correct_pool  # noqa: E402
+from .train import Data, _stack  # noqa: E402
 
 __all__ = ["FIGURES", "run_figures"]
 
@@ -38,67 +38,82 @@ def _show_input(ax, img: torch.Tensor, value_range) -> None:
         ax.imshow((img * std + mean).clamp(0, 1).permute(1, 2, 0))
 
 
+def _figure_cell(cfg: Config, store: Store, dataset: str, models, data: Data, method: str, x, target, chosen):
+    (name_a, model_a), (name_b, model_b) = list(models.items())[:2]
+    maps = [
+        importance(explainer(m, method, cfg, data)(x, target)).float().view(len(chosen), *x.shape[-2:])
+        for m in (model_a, model_b)
+    ]
+    fig, axes = plt.subplots(len(chosen), 3, figsize=(6, 2 * len(chosen)), squeeze=False)
+    for r in range(len(chosen)):
+        _show_input(axes[r, 0], x[r], data.value_range)
+        for c, (label, m) in enumerate(((name_a, maps[0]), (name_b, maps[1])), start=1):
+            axes[r, c].imshow(m[r].cpu(), cmap="inferno", vmin=0, vmax=float(m[r].max()) or 1.0)
+            if r == 0:
+                axes[r, c].set_title(label, fontsize=9)
+        if r == 0:
+            axes[r, 0].set_title("input", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(f"{METHOD_TITLES.get(method, method)} ({dataset}, training seed {cfg.seeds[0]})", fontsize=10)
+    path = store.figure(f"{dataset}-{method}.png")
+    save_png(fig, path)
+    return {"path": str(path.relative_to(store.root)), "images": chosen, "method": method}
+
+
 def run_figures(
     cfg: Config,
     store: Store,
     dataset: str,
     models: dict[str, nn.Module],
+    prints: dict[str, str],
     data: Data,
-    pool: list[int],
-    bar: tqdm | None = None,
+    pool,
+    tick,
 ) -> None:
     """One PNG per method: a row per image, columns input | first model | second model."""
     chosen = pool[: cfg.figure_images]
     x = _stack(data.test, chosen).to(cfg.device)
-    (name_a, model_a), (name_b, model_b) = list(models.items())[:2]
+    model_a = next(iter(models.values()))
     with torch.no_grad():
         target = model_a(x).argmax(1)
     for method in cfg.methods:
-
-        def compute(method=method):
-            maps = [
-                importance(explainer(m, method, cfg, data)(x, target)).view(len(chosen), *x.shape[-2:])
-                for m in (model_a, model_b)
-            ]
-            fig, axes = plt.subplots(len(chosen), 3, figsize=(6, 2 * len(chosen)), squeeze=False)
-            for r in range(len(chosen)):
-                _show_input(axes[r, 0], x[r], data.value_range)
-                for c, (label, m) in enumerate(((name_a, maps[0]), (name_b, maps[1])), start=1):
-                    axes[r, c].imshow(m[r].cpu(), cmap="inferno", vmin=0, vmax=float(m[r].max()) or 1.0)
-                    if r == 0:
-                        axes[r, c].set_title(label, fontsize=9)
-                if r == 0:
-                    axes[r, 0].set_title("input", fontsize=9)
-            for ax in axes.flat:
-                ax.axis("off")
-            fig.suptitle(f"{METHOD_TITLES.get(method, method)} ({dataset})", fontsize=10)
-            path = store.figure(f"{dataset}-{method}.png")
-            save_png(fig, path)
-            return {"path": str(path.relative_to(store.root)), "images": chosen, "method": method}
-
-        store.cell("figures", f"{dataset}--{method}", compute)
-        if bar is not None:
-            bar.update(1)
+        depends = {
+            "networks": prints,
+            "labels": list(models),
+            "options": cfg.measurement("figures", method),
+            "images": chosen,
+        }
+        compute = partial(_figure_cell, cfg, store, dataset, models, data, method, x, target, chosen)
+        if not store.figure(f"{dataset}-{method}.png").exists():
+            store.path("figures", f"{dataset}--{method}").unlink(missing_ok=True)  # the image is gone: draw it again
+        store.cell("figures", f"{dataset}--{method}", compute, depends=depends, rng=f"figures/{dataset}")
+        tick()
 
 
 def _labels(cfg: Config) -> tuple[str, str]:
     return "ODE", f"SDE σ={cfg.table_sigma:g}"
 
 
+def _named(cfg: Config, nets: dict, prints: dict, names) -> tuple[dict, dict]:
+    labels = _labels(cfg)
+    return dict(zip(labels, (nets[n] for n in names))), dict(zip(labels, (prints[n] for n in names)))
+
+
 def _figures(ctx: Context) -> None:
-    cfg, pair = ctx.cfg, ctx.pair
-    named = dict(zip(_labels(cfg), (pair["ode"], pair[cfg.table_sde])))
-    run_figures(cfg, ctx.store, ctx.data.name, named, ctx.data, ctx.pool, ctx.bar)
+    cfg, seed = ctx.cfg, ctx.cfg.seeds[0]
+    named, prints = _named(cfg, ctx.nets[seed], ctx.prints[seed], ("ode", cfg.table_sde))
+    run_figures(cfg, ctx.store, ctx.data.name, named, prints, ctx.data, ctx.pools[seed], ctx.tick)
 
 
 def _shape_figures(ctx: Context) -> None:
-    cfg = ctx.cfg
-    pool = correct_pool(ctx.shape_models, ctx.shape_data.test, cfg.device)
-    named = dict(zip(_labels(cfg), ctx.shape_models.values()))
-    run_figures(cfg, ctx.store, "shapes", named, ctx.shape_data, pool, ctx.bar)
+    cfg, seed = ctx.cfg, ctx.cfg.seeds[0]
+    named, prints = _named(cfg, ctx.shape_nets[seed], ctx.shape_prints[seed], cfg.shape_names())
+    run_figures(cfg, ctx.store, "shapes", named, prints, ctx.shape_data, ctx.shape_pools[seed], ctx.tick)
 
 
-# One figure per method of the run's data set, and one of the shapes when the run has them.
+# One figure per method of the run's data set, and one of the shapes when the run has them
+# (the networks of the first training seed: the figures illustrate, the tables decide).
 FIGURES = Part(
     "figures",
     cells=lambda ctx: len(ctx.cfg.methods) * (1 + ctx.cfg.shapes),

@@ -1,14 +1,16 @@
 """How a benchmark run goes: the networks, then the parts it is given, then its record.
 
-A part is a ``Part``: a name and what it does at each stage of the run. The run
-trains (or reuses) the networks on its data set and finds the test images every one of
-them classifies correctly; each part then measures them (``on_main``); if a part works
-on the shapes with masks, the shapes networks are trained and each such part measures
-them (``on_shapes``); last, a part may summarise the store (``finish``, the report).
+A part is a ``Part``: a name and what it does at each stage of the run. The run trains
+(or reuses) every network once per training seed on its data set and finds, per seed,
+the test images every network of that seed classifies correctly; each part then measures
+them (``on_main``); if a part works on the shapes with masks, the shapes networks are
+trained per seed and each such part measures them (``on_shapes``); last, a part may
+summarise the store (``finish``, the report).
 
 This module knows no part: the part modules define theirs and the entry points
 (``python -m benchmarks``, ``python -m benchmarks.sensitivity``, ...) hand them to
-``run``.
+``run``. Each measurement seeds its own random draws (see ``benchmarks.store``), so the
+parts' order does not change their numbers.
 """
 
 from __future__ import annotations
@@ -17,41 +19,52 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 from tqdm import tqdm
 
 from .common import write_json
 from .config import Config, parse_args
-from .store import ConfigMismatch, Store
-from .train import Data, correct_pool, load_data, trained_model
+from .store import Store
+from .train import Data, accuracy, correct_pool, fingerprint, load_data, open_store, trained_model
 
 __all__ = ["ALL_PARTS", "Context", "Part", "run"]
 
-#: Every part of the main job, in the order they run. The order is fixed whatever order
-#: the parts are handed over in, since some measurements draw from torch's global
-#: generator, whose state the parts before them leave.
+#: Every part of the main job, in the order they run.
 ALL_PARTS = ("sensitivity", "robustness", "localisation", "theorem1", "completeness", "figures", "report")
 
 
 @dataclass
 class Context:
-    """What the parts of a run measure: its configuration, store, data and networks."""
+    """What the parts of a run measure: its configuration, store, data and networks.
+
+    ``nets[seed][name]`` is the network ``name`` trained with ``seed``; ``prints`` holds
+    the fingerprints of their weights (what the measurements depend on) and ``pools[seed]``
+    the test images every network of that seed classifies correctly. ``shape_*`` are the
+    same for the shapes networks, once a part asks for them.
+    """
 
     cfg: Config
     store: Store
     data: Data
-    models: dict[str, nn.Module]
-    pool: list[int]  # test images every network classifies correctly
+    nets: dict[int, dict[str, nn.Module]]
+    prints: dict[int, dict[str, str]]
+    pools: dict[int, list[int]]
     bar: tqdm | None = None
-    shape_data: Data | None = None  # the shapes with masks, once a part asks for them
-    shape_models: dict[str, nn.Module] | None = None
+    shape_data: Data | None = None
+    shape_nets: dict[int, dict[str, nn.Module]] = field(default_factory=dict)
+    shape_prints: dict[int, dict[str, str]] = field(default_factory=dict)
+    shape_pools: dict[int, list[int]] = field(default_factory=dict)
 
-    @property
-    def pair(self) -> dict[str, nn.Module]:
-        """The ODE network and the SDE network of the main tables."""
-        return {"ode": self.models["ode"], self.cfg.table_sde: self.models[self.cfg.table_sde]}
+    def pair(self, seed: int) -> dict[str, nn.Module]:
+        """The ODE network and the SDE network of the pairwise tables, for one seed."""
+        nets = self.nets[seed]
+        return {"ode": nets["ode"], self.cfg.table_sde: nets[self.cfg.table_sde]}
+
+    def tick(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
 
 
 def _no_cells(ctx: Context) -> int:
@@ -65,8 +78,8 @@ class Part:
     Attributes:
         name: one of ``ALL_PARTS``.
         cells: the number of measurements it adds to the progress bar.
-        on_main: measures ``ctx.models`` on ``ctx.data``.
-        on_shapes: measures ``ctx.shape_models`` on ``ctx.shape_data``.
+        on_main: measures ``ctx.nets`` on ``ctx.data``.
+        on_shapes: measures ``ctx.shape_nets`` on ``ctx.shape_data``.
         finish: runs after every measurement; what it returns, the run returns.
     """
 
@@ -79,7 +92,10 @@ class Part:
 
 def _log_run(store: Store, argv, seconds: float, status: str) -> None:
     path = store.root / "runs.json"
-    runs = json.loads(path.read_text()) if path.exists() else []
+    try:
+        runs = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        runs = []
     runs.append(
         {
             "argv": list(argv),
@@ -99,6 +115,24 @@ def _in_order(parts: Sequence[Part]) -> list[Part]:
     return sorted(parts, key=lambda p: ALL_PARTS.index(p.name))
 
 
+def _networks(cfg: Config, store: Store, data: Data, names: list[str], desc: str):
+    """Train or reuse ``names`` for every seed; returns (nets, fingerprints, pools)."""
+    nets: dict[int, dict[str, nn.Module]] = {}
+    prints: dict[int, dict[str, str]] = {}
+    pools: dict[int, list[int]] = {}
+    with tqdm(total=len(cfg.seeds) * len(names), desc=desc, file=sys.stderr) as bar:
+        for seed in cfg.seeds:
+            nets[seed], prints[seed] = {}, {}
+            for name in names:
+                model = trained_model(cfg, store, name, seed, data)
+                nets[seed][name] = model
+                prints[seed][name] = fingerprint(model)
+                accuracy(cfg, store, name, seed, model, data)
+                bar.update(1)
+            pools[seed] = correct_pool(nets[seed], data.test, cfg.device)
+    return nets, prints, pools
+
+
 def _measure(ctx: Context, parts: list[Part]) -> dict | None:
     cfg, store = ctx.cfg, ctx.store
     ctx.bar = tqdm(total=sum(p.cells(ctx) for p in parts), desc="measurements", file=sys.stderr)
@@ -108,10 +142,9 @@ def _measure(ctx: Context, parts: list[Part]) -> dict | None:
     on_shapes = [p for p in parts if p.on_shapes is not None]
     if cfg.shapes and on_shapes:
         ctx.shape_data = load_data(cfg, "shapes")
-        ctx.shape_models = {
-            n: trained_model(cfg, store, n, ctx.shape_data, epochs=cfg.shapes_epochs)
-            for n in ("shapes-ode", f"shapes-sde-{cfg.table_sigma:g}")
-        }
+        ctx.shape_nets, ctx.shape_prints, ctx.shape_pools = _networks(
+            cfg, store, ctx.shape_data, cfg.shape_names(), "shapes networks"
+        )
         for part in on_shapes:
             part.on_shapes(ctx)
     ctx.bar.close()
@@ -133,26 +166,21 @@ def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") ->
     argv = sys.argv[1:] if argv is None else argv
     parts = _in_order(parts)
     cfg, args = parse_args(argv, description)
-    try:
-        store = Store(args.out, cfg, restart=args.restart)
-    except ConfigMismatch as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    store = open_store(args, cfg)
     start = time.perf_counter()
     status = "interrupted"
     try:
         data = load_data(cfg)
-        models = {}
-        for name in tqdm(cfg.model_names(), desc="networks", file=sys.stderr):
-            models[name] = trained_model(cfg, store, name, data)
-        pool = correct_pool(models, data.test, cfg.device)
-        if len(pool) < cfg.n_images:
-            print(
-                f"warning: only {len(pool)} test images are classified correctly by every network "
-                f"(asked for {cfg.n_images})",
-                file=sys.stderr,
-            )
-        results = _measure(Context(cfg, store, data, models, pool), parts)
+        nets, prints, pools = _networks(cfg, store, data, cfg.model_names(), "networks")
+        for seed, pool in pools.items():
+            if len(pool) < cfg.n_images:
+                print(
+                    f"warning: only {len(pool)} test images are classified correctly by every network of seed "
+                    f"{seed} (asked for {cfg.n_images})",
+                    file=sys.stderr,
+                )
+        results = _measure(Context(cfg, store, data, nets, prints, pools), parts)
+        store.write_manifest()
         status = "finished"
     except KeyboardInterrupt:
         print(
@@ -161,7 +189,9 @@ def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") ->
         )
         raise SystemExit(130) from None
     finally:
+        store.log.close()
         _log_run(store, argv, time.perf_counter() - start, status)
+        store.close()
     took = time.perf_counter() - start
     print(f"{len(store.computed)} results computed, the rest reused; {took:.0f} s")
     if results is not None:

@@ -22,7 +22,6 @@ from functools import partial
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from neuralsde import attribute
 from neuralsde.metrics import kendall_tau, localisation, sensitivity, topk_attack, topk_intersection
@@ -31,14 +30,13 @@ from .common import GpuMonitor
 from .config import Config
 from .pipeline import Context, Part, run
 from .report import REPORT
-from .store import Store
-from .train import Data, _stack, correct_pool
+from .train import Data, _stack
 
 __all__ = [
     "LOCALISATION",
     "ROBUSTNESS",
     "SENSITIVITY",
-    "correct_pool",
+    "chosen_images",
     "explainer",
     "run_localisation",
     "run_robustness",
@@ -90,11 +88,15 @@ def _chunks(n: int, size: int):
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def _depends(ctx: Context, kind: str, prints: dict[str, str], method: str | None, images: list[int], **more) -> dict:
+    """What a cell depends on: its networks' weights, its options and its images."""
+    return {"networks": prints, "options": ctx.cfg.measurement(kind, method), "images": images, **more}
+
+
 def _sensitivity_cell(
-    cfg: Config, data: Data, name: str, model: nn.Module, method: str, rep: int, chosen: list[int], x_all: Tensor
+    cfg: Config, data: Data, name: str, seed: int, model: nn.Module, method: str, rep: int, chosen, x_all: Tensor
 ) -> dict:
     explain = explainer(model, method, cfg, data)
-    torch.manual_seed(cfg.seed * 1000 + rep)  # the same perturbations for every network
     values = []
     with torch.no_grad():
         target_all = model(x_all).argmax(1)
@@ -108,136 +110,153 @@ def _sensitivity_cell(
             n_perturb=cfg.n_perturb,
             max_examples_per_batch=(cfg.chunk * cfg.n_perturb) or None,
         )
-        values.extend(s.detach().cpu().tolist())
-    return {"model": name, "method": method, "rep": rep, "images": chosen, "values": values}
+        values.extend(s.detach().float().cpu().tolist())
+    return {"model": name, "seed": seed, "method": method, "rep": rep, "images": chosen, "values": values}
 
 
-def run_sensitivity(
-    cfg: Config, store: Store, models: dict[str, nn.Module], data: Data, pool: list[int], bar: tqdm | None = None
-) -> None:
-    """One cell per (network, method, repetition): the max-sensitivity of each image."""
-    for rep in range(cfg.repetitions):
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + rep)
-        chosen = [pool[i] for i in torch.randperm(len(pool), generator=gen)[: cfg.n_images].tolist()]
-        x_all = _stack(data.test, chosen).to(cfg.device)
-        for name, model in models.items():
-            for method in cfg.methods:
-                compute = partial(_sensitivity_cell, cfg, data, name, model, method, rep, chosen, x_all)
-                store.cell("sensitivity", f"{name}--{method}--rep{rep}", compute)
-                if bar is not None:
-                    bar.update(1)
+def chosen_images(pool: list[int], n: int, seed: int, rep: int) -> list[int]:
+    """The images of one repetition: ``n`` drawn from the seed's pool, the same for every network."""
+    gen = torch.Generator().manual_seed(seed * 1000 + rep)
+    return [pool[i] for i in torch.randperm(len(pool), generator=gen)[:n].tolist()]
 
 
-def run_robustness(
-    cfg: Config,
-    store: Store,
-    models: dict[str, nn.Module],
-    data: Data,
-    pool: list[int],
-    attack_models: list[str],
-    bar: tqdm | None = None,
-) -> None:
-    """Kendall's tau and top-k intersection under random perturbation and the top-k attack."""
-    chosen = pool[: cfg.robust_images]
-    x = _stack(data.test, chosen).to(cfg.device)
+def run_sensitivity(ctx: Context) -> None:
+    """One cell per (seed, network, method, repetition): the max-sensitivity of each image.
+
+    Every network and method of one seed and repetition sees the same images and the
+    same perturbations (the cells share their random draws).
+    """
+    cfg, store = ctx.cfg, ctx.store
+    for seed in cfg.seeds:
+        for rep in range(cfg.repetitions):
+            chosen = chosen_images(ctx.pools[seed], cfg.n_images, seed, rep)
+            x_all = _stack(ctx.data.test, chosen).to(cfg.device)
+            for name, model in ctx.nets[seed].items():
+                for method in cfg.methods:
+                    compute = partial(_sensitivity_cell, cfg, ctx.data, name, seed, model, method, rep, chosen, x_all)
+                    store.cell(
+                        "sensitivity",
+                        f"s{seed}/{name}--{method}--rep{rep}",
+                        compute,
+                        depends=_depends(ctx, "sensitivity", {name: ctx.prints[seed][name]}, method, chosen),
+                        rng=f"sensitivity/s{seed}/rep{rep}",
+                    )
+                    ctx.tick()
+
+
+def _robustness_cell(cfg: Config, data: Data, name, seed, model, method, x, chosen, attack: bool) -> dict:
     lo, hi = data.value_range
     k = min(cfg.topk, x[0, 0].numel())
-    for name, model in models.items():
-        for method in cfg.robust_methods:
-
-            def compute(name=name, model=model, method=method):
-                explain = explainer(model, method, cfg, data)
-                with torch.no_grad():
-                    target = model(x).argmax(1)
-                base = explain(x, target)
-                gen = torch.Generator().manual_seed(cfg.seed + 17)
-                noise = (2 * torch.rand(x.shape, generator=gen) - 1).to(x) * cfg.attack_eps
-                x_rand = (x + noise).clamp(lo, hi)
-                a_rand = explain(x_rand, target)
-                out = {
-                    "model": name,
-                    "method": method,
-                    "images": chosen,
-                    "k": k,
-                    "epsilon": cfg.attack_eps,
-                    "random": {
-                        "kendall": kendall_tau(base, a_rand).tolist(),
-                        "topk": topk_intersection(base, a_rand, k).tolist(),
-                    },
-                }
-                if name in attack_models:
-                    diff = differentiable_explainer(model, method, cfg)
-                    x_adv = topk_attack(
-                        model,
-                        lambda inp, graph: diff(inp, graph, target),
-                        x,
-                        k=k,
-                        epsilon=cfg.attack_eps,
-                        steps=cfg.attack_steps,
-                        clamp=(lo, hi),
-                    )
-                    a_adv = explain(x_adv, target)
-                    out["attack"] = {
-                        "kendall": kendall_tau(base, a_adv).tolist(),
-                        "topk": topk_intersection(base, a_adv, k).tolist(),
-                    }
-                return out
-
-            store.cell("robustness", f"{name}--{method}", compute)
-            if bar is not None:
-                bar.update(1)
+    explain = explainer(model, method, cfg, data)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    base = explain(x, target)
+    gen = torch.Generator().manual_seed(seed * 1000 + 17)
+    noise = (2 * torch.rand(x.shape, generator=gen) - 1).to(x) * cfg.attack_eps
+    x_rand = (x + noise).clamp(lo, hi)
+    a_rand = explain(x_rand, target)
+    out = {
+        "model": name,
+        "seed": seed,
+        "method": method,
+        "images": chosen,
+        "k": k,
+        "epsilon": cfg.attack_eps,
+        "random": {"kendall": kendall_tau(base, a_rand).tolist(), "topk": topk_intersection(base, a_rand, k).tolist()},
+    }
+    if attack:
+        diff = differentiable_explainer(model, method, cfg)
+        x_adv = topk_attack(
+            model,
+            lambda inp, graph: diff(inp, graph, target),
+            x,
+            k=k,
+            epsilon=cfg.attack_eps,
+            steps=cfg.attack_steps,
+            clamp=(lo, hi),
+        )
+        a_adv = explain(x_adv, target)
+        out["attack"] = {
+            "kendall": kendall_tau(base, a_adv).tolist(),
+            "topk": topk_intersection(base, a_adv, k).tolist(),
+        }
+    return out
 
 
-def run_localisation(
-    cfg: Config, store: Store, models: dict[str, nn.Module], data: Data, bar: tqdm | None = None
-) -> None:
-    """Fraction of the attribution mass on the object, per shapes network and method."""
-    pool = correct_pool(models, data.test, cfg.device)[: 2 * cfg.n_images]
-    x = _stack(data.test, pool).to(cfg.device)
-    masks = data.masks[pool].to(cfg.device)
-    for name, model in models.items():
-        for method in cfg.methods:
+def run_robustness(ctx: Context) -> None:
+    """Kendall's tau and top-k intersection under random perturbation and (for the pair) the top-k attack."""
+    cfg, store = ctx.cfg, ctx.store
+    for seed in cfg.seeds:
+        chosen = ctx.pools[seed][: cfg.robust_images]
+        x = _stack(ctx.data.test, chosen).to(cfg.device)
+        attack_models = set(ctx.pair(seed))
+        for name, model in ctx.nets[seed].items():
+            for method in cfg.robust_methods:
+                attack = name in attack_models
+                compute = partial(_robustness_cell, cfg, ctx.data, name, seed, model, method, x, chosen, attack)
+                depends = _depends(ctx, "robustness", {name: ctx.prints[seed][name]}, method, chosen, attack=attack)
+                store.cell("robustness", f"s{seed}/{name}--{method}", compute, depends=depends)
+                ctx.tick()
 
-            def compute(name=name, model=model, method=method):
-                explain = explainer(model, method, cfg, data)
-                with torch.no_grad():
-                    target = model(x).argmax(1)
-                values = []
-                for idx in _chunks(len(pool), cfg.chunk):
-                    values.extend(localisation(explain(x[list(idx)], target[list(idx)]), masks[list(idx)]).tolist())
-                object_share = masks.flatten(1).float().mean(1).tolist()
-                return {"model": name, "method": method, "images": pool, "values": values, "object_share": object_share}
 
-            store.cell("localisation", f"{name}--{method}", compute)
-            if bar is not None:
-                bar.update(1)
+def _localisation_cell(cfg: Config, data: Data, name, seed, model, method, x, masks, chosen) -> dict:
+    explain = explainer(model, method, cfg, data)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    values = []
+    for idx in _chunks(len(chosen), cfg.chunk):
+        values.extend(localisation(explain(x[list(idx)], target[list(idx)]), masks[list(idx)]).float().tolist())
+    object_share = masks.flatten(1).float().mean(1).tolist()
+    return {
+        "model": name,
+        "seed": seed,
+        "method": method,
+        "images": chosen,
+        "values": values,
+        "object_share": object_share,
+    }
+
+
+def run_localisation(ctx: Context) -> None:
+    """Fraction of the attribution mass on the object, per seed, shapes network and method."""
+    cfg, store, data = ctx.cfg, ctx.store, ctx.shape_data
+    for seed in cfg.seeds:
+        chosen = ctx.shape_pools[seed][: 2 * cfg.n_images]
+        x = _stack(data.test, chosen).to(cfg.device)
+        masks = data.masks[chosen].to(cfg.device)
+        for name, model in ctx.shape_nets[seed].items():
+            for method in cfg.methods:
+                compute = partial(_localisation_cell, cfg, data, name, seed, model, method, x, masks, chosen)
+                depends = _depends(ctx, "localisation", {name: ctx.shape_prints[seed][name]}, method, chosen)
+                store.cell(
+                    "localisation", f"s{seed}/{name}--{method}", compute, depends=depends, rng=f"localisation/s{seed}"
+                )
+                ctx.tick()
 
 
 def _sensitivity(ctx: Context) -> None:
     before = len(ctx.store.computed)
     with GpuMonitor(ctx.cfg.device) as monitor:
-        run_sensitivity(ctx.cfg, ctx.store, ctx.models, ctx.data, ctx.pool, ctx.bar)
-    if len(ctx.store.computed) > before:
-        ctx.store.cell("profile", f"sensitivity-{len(ctx.store.computed)}", monitor.record)
-
-
-def _robustness(ctx: Context) -> None:
-    run_robustness(ctx.cfg, ctx.store, ctx.models, ctx.data, ctx.pool, attack_models=list(ctx.pair), bar=ctx.bar)
-
-
-def _localisation(ctx: Context) -> None:
-    run_localisation(ctx.cfg, ctx.store, ctx.shape_models, ctx.shape_data, ctx.bar)
+        run_sensitivity(ctx)
+    if len(ctx.store.computed) > before and ctx.cfg.device != "cpu":
+        ctx.store.put("profile", f"sensitivity-{len(ctx.store.computed)}", monitor.record(), depends={})
 
 
 SENSITIVITY = Part(
     "sensitivity",
-    cells=lambda ctx: len(ctx.models) * len(ctx.cfg.methods) * ctx.cfg.repetitions,
+    cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.model_names()) * len(ctx.cfg.methods) * ctx.cfg.repetitions,
     on_main=_sensitivity,
 )
-ROBUSTNESS = Part("robustness", cells=lambda ctx: len(ctx.models) * len(ctx.cfg.robust_methods), on_main=_robustness)
-# Two shapes networks (ODE and SDE), when the run has the shapes.
+ROBUSTNESS = Part(
+    "robustness",
+    cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.model_names()) * len(ctx.cfg.robust_methods),
+    on_main=run_robustness,
+)
+# Two shapes networks (ODE and SDE) per seed, when the run has the shapes.
 LOCALISATION = Part(
-    "localisation", cells=lambda ctx: ctx.cfg.shapes * 2 * len(ctx.cfg.methods), on_shapes=_localisation
+    "localisation",
+    cells=lambda ctx: ctx.cfg.shapes * len(ctx.cfg.seeds) * 2 * len(ctx.cfg.methods),
+    on_shapes=run_localisation,
 )
 
 

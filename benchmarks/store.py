@@ -1,90 +1,360 @@
-"""Results on disk: one JSON file per finished cell, written atomically; resumable."""
+"""Results on disk that verify what they reuse.
+
+``DIR/cells/<kind>/s<seed>/<name>.json`` holds one finished measurement each, and
+``DIR/checkpoints/s<seed>/<network>.pt`` one network. A cell records its key, the
+digest of everything it depends on (the training options of its networks, the
+measurement options of its kind, the images it measured) and the versions of torch,
+torchvision, captum, torchdiffeq and torchsde it was computed under. It is reused only if
+all of them match; otherwise, and when it is truncated or unreadable, it is recomputed,
+with one line naming the file and the reason. A checkpoint carries the digest of the
+training options it depends on, and is retrained when it is missing, damaged, foreign or
+does not fit the network.
+
+Cells measured under other library versions are recomputed; checkpoints trained under
+other versions are reused, with a warning (the weights are a valid training run; the
+measurements are then all made under the current versions).
+
+Every cell is computed with torch's and NumPy's generators seeded from its key, so its
+numbers do not depend on what ran before it: a run that is interrupted and started again
+gives the same results as one that was not. One run at a time may use a folder: a second
+one is refused while the first holds its lock.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from .common import environment, write_json
-from .config import Config
+from .config import Config, digest
 
-__all__ = ["ConfigMismatch", "Store"]
+__all__ = ["FolderBusy", "Store", "seeded", "versions"]
+
+#: The libraries whose versions decide whether a stored measurement is reused.
+LIBRARIES = ("torch", "torchvision", "captum", "torchdiffeq", "torchsde")
 
 
-class ConfigMismatch(ValueError):
-    """The output folder holds results of another configuration."""
+class FolderBusy(RuntimeError):
+    """Another run holds the output folder's lock."""
+
+
+def versions() -> dict[str, str]:
+    """The versions of the libraries a measurement depends on."""
+    env = environment()["versions"]
+    return {k: str(env[k]) for k in LIBRARIES}  # plain strings: torch.__version__ is a str subclass
+
+
+def _seed_of(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") % (2**63)
+
+
+@contextlib.contextmanager
+def seeded(key: str, device: str | torch.device = "cpu"):
+    """Run a block with torch's and NumPy's global generators seeded from ``key``.
+
+    The generators' states are restored afterwards, so the caller's draws are unchanged.
+    """
+    device = torch.device(device)
+    devices = [device] if device.type == "cuda" else []
+    seed = _seed_of(key)
+    state = np.random.get_state()
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.manual_seed(seed)
+        np.random.seed(seed % (2**32))
+        try:
+            yield
+        finally:
+            np.random.set_state(state)
+
+
+class _Log:
+    """One line per rejected file; repeats of a reason within a kind are counted, not printed."""
+
+    def __init__(self):
+        self.seen: dict[tuple[str, str], int] = {}
+
+    def __call__(self, path: Path, reason: str, *, group: str | None = None) -> None:
+        key = (group or str(path), reason.split(":")[0])
+        self.seen[key] = self.seen.get(key, 0) + 1
+        if self.seen[key] == 1:
+            _say(f"{path}: {reason}")
+
+    def close(self) -> None:
+        for (group, reason), n in self.seen.items():
+            if n > 1:
+                _say(f"... and {n - 1} more in {group} ({reason})")
+        self.seen.clear()
+
+
+def _say(line: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+def _changes(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new), key=str)
+    diff = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return ", ".join(diff[:4]) + (" ..." if len(diff) > 4 else "")
 
 
 class Store:
     """The output folder of a run.
 
-    ``DIR/config.json`` records the configuration; ``DIR/cells/<kind>/<name>.json`` holds
-    one finished piece of work each. A run started again with the same configuration
-    skips every cell already on disk; a different configuration is refused (or, with
-    ``restart=True``, the old results are removed).
+    Args:
+        root: the folder.
+        cfg: the run's configuration (recorded in ``config.json``).
+        restart: discard every stored measurement (cells, figures); networks are kept.
+        retrain: discard the stored networks too.
+        lock: hold the folder's lock (refuse a second concurrent run). Processes of one
+            distributed run other than rank 0 pass ``False``.
+
+    Raises:
+        FolderBusy: another run holds the folder.
     """
 
-    def __init__(self, root: str | Path, cfg: Config, *, restart: bool = False):
+    def __init__(
+        self, root: str | Path, cfg: Config, *, restart: bool = False, retrain: bool = False, lock: bool = True
+    ):
         self.root = Path(root)
         self.cfg = cfg
-        record = self.root / "config.json"
-        if restart and self.root.exists():
-            for sub in ("cells", "checkpoints", "figures"):
+        self._lock = None
+        self.root.mkdir(parents=True, exist_ok=True)
+        if lock:
+            self._acquire()
+        for sub, wanted in (("cells", restart or retrain), ("figures", restart or retrain), ("checkpoints", retrain)):
+            if wanted:
                 shutil.rmtree(self.root / sub, ignore_errors=True)
-            record.unlink(missing_ok=True)
-        if record.exists():
-            old = json.loads(record.read_text())
-            if old.get("digest") != cfg.digest():
-                changed = sorted(k for k, v in cfg.to_dict().items() if old.get("config", {}).get(k) != v)
-                raise ConfigMismatch(
-                    f"{self.root} holds results of another configuration (differs in: {', '.join(changed)}); "
-                    "use another --out, or --restart to discard them"
-                )
-        else:
-            env = environment(cfg.device)
-            write_json(record, {"digest": cfg.digest(), "config": cfg.to_dict(), "environment": env})
+        if restart or retrain:
+            (self.root / "manifest.json").unlink(missing_ok=True)
+        self.previous = self._manifest()
+        self.versions = versions()
+        write_json(
+            self.root / "config.json",
+            {"digest": cfg.digest(), "config": cfg.to_dict(), "environment": environment(cfg.device)},
+        )
         self.computed: list[str] = []
+        self.used: dict[str, dict[str, dict]] = {}  # kind -> name -> result, for this run's report
+        self.digests: dict[str, str] = {}  # key -> digest of every cell this run used
+        self.log = _Log()
+        self._warned_versions = False
 
+    # -- the folder's lock -------------------------------------------------------------
+    def _acquire(self) -> None:
+        path = self.root / ".lock"
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise FolderBusy(
+                f"{self.root} is in use by another run ({holder}); wait for it to finish or use another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        self._lock = fh
+
+    def close(self) -> None:
+        """Release the folder (also done when the process ends)."""
+        self.log.close()
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    # -- paths -------------------------------------------------------------------------
     def path(self, kind: str, name: str) -> Path:
         return self.root / "cells" / kind / f"{name}.json"
 
-    def checkpoint(self, name: str) -> Path:
-        return self.root / "checkpoints" / f"{name}.pt"
+    def checkpoint(self, name: str, seed: int) -> Path:
+        return self.root / "checkpoints" / f"s{seed}" / f"{name}.pt"
 
     def figure(self, name: str) -> Path:
         p = self.root / "figures" / name
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
-    def has(self, kind: str, name: str) -> bool:
-        return self.path(kind, name).exists()
+    def relative(self, path: Path) -> str:
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
 
-    def get(self, kind: str, name: str) -> dict:
-        return json.loads(self.path(kind, name).read_text())
+    # -- cells -------------------------------------------------------------------------
+    def _valid(self, kind: str, name: str, depends: dict) -> tuple[dict | None, str | None]:
+        """The stored result if it may be reused, else (None, why not); (None, None) if absent."""
+        path = self.path(kind, name)
+        if not path.exists():
+            return None, None
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            return None, f"unreadable (truncated or damaged: {type(err).__name__})"
+        if not isinstance(content, dict) or not isinstance(content.get("result"), dict) or "digest" not in content:
+            return None, "not a result of this benchmark"
+        if content.get("key") != f"{kind}/{name}":
+            return None, f"written for another result ({content.get('key')})"
+        if content["digest"] != digest(depends):
+            old = content.get("depends", {})
+            what = _changes(old.get("options", {}), depends.get("options", {}))
+            if not what and old.get("networks") != depends.get("networks"):
+                what = "its networks were trained again with other options"
+            return None, f"made with other options ({what or 'other images'})"
+        if content.get("versions") != self.versions:
+            return (
+                None,
+                f"measured under other library versions ({_changes(content.get('versions') or {}, self.versions)})",
+            )
+        problem = _shape_problem(content["result"])
+        if problem:
+            return None, f"wrongly shaped ({problem})"
+        return {**content["result"], "seconds": content.get("seconds")}, None
 
-    def cell(self, kind: str, name: str, compute: Callable[[], dict]) -> dict:
-        """The cell's result: from disk if finished before, else computed and saved."""
-        if self.has(kind, name):
-            return self.get(kind, name)
-        start = time.perf_counter()
-        result = compute()
-        result = {
-            **result,
-            "seconds": time.perf_counter() - start,
-            "seed": self.cfg.seed,
-            "device": self.cfg.device,
-            "config_digest": self.cfg.digest(),
-        }
-        write_json(self.path(kind, name), result)
-        self.computed.append(f"{kind}/{name}")
+    def reusable(self, kind: str, name: str, depends: dict) -> bool:
+        """Whether the stored cell verifies (``cell`` would reuse it)."""
+        return self._valid(kind, name, depends)[0] is not None
+
+    def cell(self, kind: str, name: str, compute: Callable[[], dict], *, depends: dict, rng: str | None = None) -> dict:
+        """The cell's result: reused from disk if it verifies, else computed and saved.
+
+        Args:
+            kind: the kind of measurement (a folder of ``cells/``).
+            name: the cell's name within its kind (``s<seed>/...``).
+            compute: makes the result (a JSON-serialisable dict).
+            depends: everything the result depends on (``options``, ``networks``, ``images``...).
+            rng: the key the generators are seeded from (default ``kind/name``); cells
+                that must draw the same random numbers share one.
+        """
+        key = f"{kind}/{name}"
+        result, reason = self._valid(kind, name, depends)
+        if result is None and reason is None and key in self.previous:
+            reason = "missing"
+        if result is None:
+            if reason is not None:
+                self.log(self.relative(self.path(kind, name)), f"{reason}; recomputing", group=f"cells/{kind}")
+            start = time.perf_counter()
+            with seeded(rng or key, self.cfg.device), self._autocast():
+                result = compute()
+            seconds = time.perf_counter() - start
+            self.put(kind, name, result, depends=depends, seconds=seconds)
+            result = {**result, "seconds": seconds}
+        self.used.setdefault(kind, {})[name] = result
+        self.digests[key] = digest(depends)
         return result
 
-    def cells(self, kind: str) -> dict[str, dict]:
-        """Every finished cell of a kind, by name."""
-        folder = self.root / "cells" / kind
-        if not folder.exists():
+    def _autocast(self):
+        """``--amp``: measurements under torch.autocast (bfloat16 on CPU, float16 on CUDA)."""
+        if not self.cfg.amp:
+            return contextlib.nullcontext()
+        device = torch.device(self.cfg.device).type
+        return torch.autocast(device, dtype=torch.bfloat16 if device == "cpu" else torch.float16)
+
+    def put(self, kind: str, name: str, result: dict, *, depends: dict, seconds: float | None = None) -> None:
+        """Save a result unconditionally (it counts as computed by this run)."""
+        self.computed.append(f"{kind}/{name}")
+        write_json(
+            self.path(kind, name),
+            {
+                "key": f"{kind}/{name}",
+                "digest": digest(depends),
+                "depends": depends,
+                "versions": self.versions,
+                "device": self.cfg.device,
+                "seconds": seconds,
+                "result": result,
+            },
+        )
+
+    def results(self, kind: str) -> dict[str, dict]:
+        """The results of a kind that this run used (or, for a report alone, the last run)."""
+        return self.used.get(kind, {})
+
+    def write_manifest(self) -> None:
+        """Record which cells the run used, for ``python -m benchmarks.report``."""
+        write_json(self.root / "manifest.json", self.digests)
+
+    def _manifest(self) -> dict[str, str]:
+        try:
+            content = json.loads((self.root / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError):
             return {}
-        return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+        return content if isinstance(content, dict) else {}
+
+    def load_manifest(self) -> None:
+        """Reuse the cells the last finished run used (for a report without a run)."""
+        path = self.root / "manifest.json"
+        if not path.exists():
+            raise ValueError(f"{path} does not exist: no run has finished in {self.root}")
+        for key, want in json.loads(path.read_text()).items():
+            kind, name = key.split("/", 1)
+            try:
+                content = json.loads(self.path(kind, name).read_text())
+            except (OSError, json.JSONDecodeError):
+                _say(f"{self.relative(self.path(kind, name))}: missing or unreadable; left out of the report")
+                continue
+            if content.get("digest") != want or content.get("key") != key:
+                _say(f"{self.relative(self.path(kind, name))}: changed since the run; left out of the report")
+                continue
+            self.used.setdefault(kind, {})[name] = {**content["result"], "seconds": content.get("seconds")}
+
+    # -- checkpoints -------------------------------------------------------------------
+    def verified_checkpoint(self, name: str, seed: int, identity: dict) -> dict | None:
+        """The checkpoint of network ``name`` with ``seed`` if it is this benchmark's for ``identity``.
+
+        A damaged or foreign checkpoint is removed, with one line saying why; None means
+        train (again).
+        """
+        path = self.checkpoint(name, seed)
+        if not path.exists():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated zip, pickle error, not a torch file...
+            return self.reject(path, f"unreadable (truncated or damaged: {type(err).__name__})")
+        if not isinstance(state, dict) or not isinstance(state.get("meta"), dict) or "model" not in state:
+            return self.reject(path, "not a checkpoint of this benchmark")
+        meta = state["meta"]
+        if meta.get("digest") != digest(identity):
+            return self.reject(path, f"trained with other options ({_changes(meta.get('network', {}), identity)})")
+        if meta.get("versions") != self.versions and not self._warned_versions:
+            self._warned_versions = True
+            _say(
+                f"warning: {self.relative(path)} and maybe other networks were trained under other library versions "
+                f"({_changes(meta.get('versions') or {}, self.versions)}); they are reused"
+            )
+        return state
+
+    def reject(self, path: Path, reason: str) -> None:
+        """Remove a checkpoint that cannot be used, with one line saying why."""
+        self.log(self.relative(path), f"{reason}; training again")
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _shape_problem(result: dict) -> str | None:
+    """A cell's per-image lists must have one entry per image."""
+    images = result.get("images")
+    if images is None:
+        return None
+    if "values" in result and len(result["values"]) != len(images):
+        return f"{len(result['values'])} values for {len(images)} images"
+    return None

@@ -22,17 +22,15 @@ from functools import partial
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from neuralsde import SDEResNet
 from neuralsde.attribution import noise_path
 from neuralsde.theory import amplification, completeness_residual, stage_bound, stage_inputs
 
 from .config import Config
-from .pipeline import Part, run
+from .pipeline import Context, Part, run
 from .report import REPORT
 from .sensitivity import explainer
-from .store import Store
 from .train import Data, _stack
 
 __all__ = ["COMPLETENESS", "SOLVERS", "THEOREM1", "run_completeness", "run_theorem1"]
@@ -52,28 +50,33 @@ SDE_SOLVERS = {
 COMPLETE_METHODS = ("integrated_gradients", "integrated_gradients_x10", "deeplift", "deeplift_shap")
 
 
-def run_theorem1(
-    cfg: Config, store: Store, models: dict[str, nn.Module], data: Data, pool: list[int], bar: tqdm | None = None
-) -> None:
-    """One cell per network: bounds and measured amplification of every stage."""
-    chosen = pool[: cfg.theorem_images]
-    x = _stack(data.test, chosen).to(cfg.device)
-    for name, model in models.items():
+def _theorem1_cell(cfg: Config, name: str, seed: int, model: nn.Module, x: torch.Tensor, chosen) -> dict:
+    model.eval()
+    stages = []
+    for stage, state in zip(model.stages, stage_inputs(model, x)):
+        if stage.num_continuous == 0:
+            continue
+        bound = stage_bound(stage, tuple(state.shape[1:]))
+        amp = amplification(stage.flow, state, seed=seed)
+        stages.append({**bound, **{k: v.tolist() for k, v in amp.items()}})
+    return {"model": name, "seed": seed, "images": chosen, "stages": stages}
 
-        def compute(name=name, model=model):
-            model.eval()
-            stages = []
-            for stage, state in zip(model.stages, stage_inputs(model, x)):
-                if stage.num_continuous == 0:
-                    continue
-                bound = stage_bound(stage, tuple(state.shape[1:]))
-                amp = amplification(stage.flow, state, seed=cfg.seed)
-                stages.append({**bound, **{k: v.tolist() for k, v in amp.items()}})
-            return {"model": name, "images": chosen, "stages": stages}
 
-        store.cell("theorem1", name, compute)
-        if bar is not None:
-            bar.update(1)
+def run_theorem1(ctx: Context) -> None:
+    """One cell per seed and network: bounds and measured amplification of every stage."""
+    cfg = ctx.cfg
+    for seed in cfg.seeds:
+        chosen = ctx.pools[seed][: cfg.theorem_images]
+        x = _stack(ctx.data.test, chosen).to(cfg.device)
+        for name, model in ctx.nets[seed].items():
+            depends = {
+                "networks": {name: ctx.prints[seed][name]},
+                "options": cfg.measurement("theorem1"),
+                "images": chosen,
+            }
+            compute = partial(_theorem1_cell, cfg, name, seed, model, x, chosen)
+            ctx.store.cell("theorem1", f"s{seed}/{name}", compute, depends=depends)
+            ctx.tick()
 
 
 def _with_target(explain, target, inputs):
@@ -101,16 +104,17 @@ def _completeness_cell(
     cfg: Config,
     data: Data,
     name: str,
+    seed: int,
     solver: str,
     net: nn.Module,
-    seed: int | None,
+    path_seed: int | None,
     target: torch.Tensor,
     x: torch.Tensor,
     x_hat: torch.Tensor,
     chosen: list[int],
 ) -> dict:
-    out = {"model": name, "solver": solver, "images": chosen, "methods": {}}
-    with noise_path(net, seed):
+    out = {"model": name, "seed": seed, "solver": solver, "images": chosen, "methods": {}}
+    with noise_path(net, path_seed):
         for method in COMPLETE_METHODS:
             if method == "integrated_gradients_x10":
                 explain = explainer(
@@ -125,39 +129,42 @@ def _completeness_cell(
     return out
 
 
-def run_completeness(
-    cfg: Config, store: Store, models: dict[str, nn.Module], data: Data, pool: list[int], bar: tqdm | None = None
-) -> None:
-    """One cell per (network, solver): the completeness residual of each method."""
-    chosen = pool[: cfg.completeness_images]
-    x = _stack(data.test, chosen).to(cfg.device)
-    lo, hi = data.value_range
-    gen = torch.Generator().manual_seed(cfg.seed + 23)
-    x_hat = (x + cfg.radius * (2 * torch.rand(x.shape, generator=gen) - 1).to(x)).clamp(lo, hi)
-    for name, model in models.items():
-        solvers = list(SDE_SOLVERS) if isinstance(model, SDEResNet) else list(SOLVERS)
-        missing = [s for s in solvers if not store.has("completeness", f"{name}--{s}")]
-        if missing:
+def run_completeness(ctx: Context) -> None:
+    """One cell per seed and (network of the pair, solver): the completeness residual of each method."""
+    cfg, store = ctx.cfg, ctx.store
+    lo, hi = ctx.data.value_range
+    for seed in cfg.seeds:
+        chosen = ctx.pools[seed][: cfg.completeness_images]
+        x = _stack(ctx.data.test, chosen).to(cfg.device)
+        gen = torch.Generator().manual_seed(seed * 1000 + 23)
+        x_hat = (x + cfg.radius * (2 * torch.rand(x.shape, generator=gen) - 1).to(x)).clamp(lo, hi)
+        for name, model in ctx.pair(seed).items():
+            depends = {
+                "networks": {name: ctx.prints[seed][name]},
+                "options": cfg.measurement("completeness"),
+                "images": chosen,
+            }
+            solvers = list(SDE_SOLVERS) if isinstance(model, SDEResNet) else list(SOLVERS)
+            missing = [s for s in solvers if not store.reusable("completeness", f"s{seed}/{name}--{s}", depends)]
             with torch.no_grad():
                 target = model.eval()(x).argmax(1)
-            for solver, net, seed in _solver_variants(model, torch.cat([x, x_hat])):
-                if solver in missing:
-                    compute = partial(_completeness_cell, cfg, data, name, solver, net, seed, target, x, x_hat, chosen)
-                    store.cell("completeness", f"{name}--{solver}", compute)
-        if bar is not None:
-            bar.update(len(solvers))
+            variants = _solver_variants(model, torch.cat([x, x_hat])) if missing else ()
+            built = {solver: (net, path_seed) for solver, net, path_seed in variants if solver in missing}
+            for solver in solvers:
+                net, path_seed = built.get(solver, (None, None))
+                compute = partial(
+                    _completeness_cell, cfg, ctx.data, name, seed, solver, net, path_seed, target, x, x_hat, chosen
+                )
+                store.cell("completeness", f"s{seed}/{name}--{solver}", compute, depends=depends)
+                ctx.tick()
 
 
-THEOREM1 = Part(
-    "theorem1",
-    cells=lambda ctx: len(ctx.models),
-    on_main=lambda ctx: run_theorem1(ctx.cfg, ctx.store, ctx.models, ctx.data, ctx.pool, ctx.bar),
-)
-# The ODE network under each of SOLVERS and the table's SDE network under each of SDE_SOLVERS.
+THEOREM1 = Part("theorem1", cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.model_names()), on_main=run_theorem1)
+# The ODE network under each of SOLVERS and the table's SDE network under each of SDE_SOLVERS, per seed.
 COMPLETENESS = Part(
     "completeness",
-    cells=lambda ctx: len(SOLVERS) + len(SDE_SOLVERS),
-    on_main=lambda ctx: run_completeness(ctx.cfg, ctx.store, ctx.pair, ctx.data, ctx.pool, ctx.bar),
+    cells=lambda ctx: len(ctx.cfg.seeds) * (len(SOLVERS) + len(SDE_SOLVERS)),
+    on_main=run_completeness,
 )
 
 

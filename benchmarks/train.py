@@ -3,12 +3,14 @@
     python -m benchmarks.train --model sde-0.5 [run options]            # one process
     torchrun --nproc_per_node=2 -m benchmarks.train --model sde-0.5 ... # DDP (gloo on CPU)
 
-trains one model of the run into ``DIR/checkpoints`` and records it, so that the main job
-(``python -m benchmarks`` with the same options) uses it instead of training it again.
+trains one model of the run, for each of the run's ``--seeds``, into ``DIR/checkpoints``
+and records it, so that the main job (``python -m benchmarks`` with the same options) uses
+it instead of training it again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -23,10 +25,19 @@ from neuralsde import ODEResNet, SDEResNet
 from neuralsde.data import digits, image_folder, shapes
 from neuralsde.train import evaluate, load_checkpoint, load_weights, train
 
-from .config import Config, parse_args
-from .store import Store
+from .config import Config, digest, parse_args, sigma_of
+from .store import FolderBusy, Store
 
-__all__ = ["Data", "build_model", "correct_pool", "load_data", "trained_model"]
+__all__ = [
+    "Data",
+    "accuracy",
+    "build_model",
+    "correct_pool",
+    "fingerprint",
+    "load_data",
+    "open_store",
+    "trained_model",
+]
 
 
 @dataclass
@@ -49,9 +60,9 @@ def _stack(dataset: Dataset, indices) -> Tensor:
 
 def load_data(cfg: Config, which: str = "main") -> Data:
     """The run's data set (``which="shapes"`` for the shapes with masks)."""
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.data_seed)
     if which == "shapes":
-        full = shapes(cfg.shapes_n, size=cfg.shapes_size, seed=cfg.seed)
+        full = shapes(cfg.shapes_n, size=cfg.shapes_size, seed=cfg.data_seed)
         n_test = len(full) // 5
         test_idx, train_idx = range(n_test), range(n_test, len(full))
         train_set = Subset(full.classification(), train_idx)
@@ -67,7 +78,7 @@ def load_data(cfg: Config, which: str = "main") -> Data:
             full.masks[:n_test],
         )
     if not cfg.imagenet:
-        train_set, test_set = digits("train", seed=cfg.seed), digits("test", seed=cfg.seed)
+        train_set, test_set = digits("train", seed=cfg.data_seed), digits("test", seed=cfg.data_seed)
         pick = torch.randperm(len(train_set), generator=gen)[: cfg.shap_baselines]
         return Data("digits", train_set, test_set, 1, 10, (0.0, 1.0), _stack(train_set, pick))
     test_set = image_folder(cfg.data, size=cfg.image_size)
@@ -111,12 +122,12 @@ def _weights_classes(path: str) -> int:
     return int(state["fc.weight"].shape[0])
 
 
-def build_model(cfg: Config, name: str, data: Data) -> nn.Module:
-    """A fresh (or, for ImageNet, pretrained) ODE/SDE network of the run."""
-    sigma = None if name.endswith("ode") else float(name.rsplit("-", 1)[1])
+def build_model(cfg: Config, name: str, seed: int, data: Data) -> nn.Module:
+    """A fresh (or, for ImageNet, pretrained) ODE/SDE network of the run, initialised from ``seed``."""
+    sigma = None if name.endswith("ode") else sigma_of(name)
     kwargs = {} if sigma is None else dict(sigma=sigma, diffusion=cfg.diffusion)
     cls = ODEResNet if sigma is None else SDEResNet
-    torch.manual_seed(cfg.seed)  # ODE and SDE networks start from the same weights
+    torch.manual_seed(seed)  # ODE and SDE networks of one seed start from the same weights
     if cfg.arch == "small" or data.name == "shapes":
         model = cls.small(
             in_channels=data.in_channels,
@@ -133,25 +144,38 @@ def build_model(cfg: Config, name: str, data: Data) -> nn.Module:
     return model.to(cfg.device)
 
 
-def trained_model(
-    cfg: Config, store: Store, name: str, data: Data, *, epochs: int | None = None, progress: bool = True
-) -> nn.Module:
-    """The trained network ``name``: from its checkpoint, or trained now (resumably).
+def trained_model(cfg: Config, store: Store, name: str, seed: int, data: Data, *, progress: bool = True) -> nn.Module:
+    """The network ``name`` trained with ``seed``: from its checkpoint, or trained now (resumably).
 
-    ODE and SDE networks are trained by the same loop with the same data order, seed,
-    optimizer and epochs; they differ only in the noise.
+    ODE and SDE networks are trained by the same loop with the same initial weights, data
+    order, optimizer and epochs for one seed; they differ only in the noise. A checkpoint
+    is used only if it verifies (``Store.verified_checkpoint``); otherwise the network is
+    trained again, continuing a verified unfinished checkpoint.
     """
-    model = build_model(cfg, name, data)
-    ckpt = store.checkpoint(name)
-    epochs = cfg.epochs if epochs is None else epochs
-    pretrained_only = cfg.imagenet and not cfg.train_data
-    if pretrained_only and name != "ode":
-        load_weights(model, cfg.sde_weights)
-    if store.has("train", name) or pretrained_only:
-        if ckpt.exists():
-            model.load_state_dict(load_checkpoint(ckpt, map_location=cfg.device)["model"])
-        store.cell("train", name, lambda: _record(cfg, model, data, [], "weights file"))
+    model = build_model(cfg, name, seed, data)
+    identity = cfg.network(name, seed)
+    meta = {"digest": digest(identity), "network": identity, "versions": store.versions}
+    record = {"networks": {name: digest(identity)}}
+    ckpt = store.checkpoint(name, seed)
+    epochs = cfg.shapes_epochs if name.startswith("shapes-") else cfg.epochs
+    if cfg.imagenet and not cfg.train_data:  # the weights files are the networks
+        if name != "ode":
+            load_weights(model, cfg.sde_weights)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            store.cell("train", f"s{seed}/{name}", lambda: _record([], "weights file"), depends=record)
         return model.eval()
+    if not ckpt.exists() and store.path("train", f"s{seed}/{name}").exists():
+        store.log(store.relative(ckpt), "missing; training again")
+    state = store.verified_checkpoint(name, seed, identity)
+    if state is not None and int(state.get("epoch", 0)) >= epochs:
+        try:
+            model.load_state_dict(state["model"])
+        except (RuntimeError, KeyError) as err:
+            store.reject(ckpt, f"its weights do not fit the network ({str(err).splitlines()[0][:120]})")
+        else:
+            store.cell("train", f"s{seed}/{name}", lambda: _record(state["history"], "trained"), depends=record)
+            return model.eval()
+        model = build_model(cfg, name, seed, data)
     start = time.perf_counter()
     history = train(
         model,
@@ -159,39 +183,72 @@ def trained_model(
         epochs=epochs,
         lr=cfg.lr,
         batch_size=cfg.batch_size,
-        seed=cfg.seed,
+        seed=seed,
         device=cfg.device,
         checkpoint=ckpt,
         progress=progress,
+        meta=meta,
     )
     if dist.is_initialized() and dist.get_rank() != 0:
         return model.eval()
-    store.cell(
-        "train",
-        name,
-        lambda: {**_record(cfg, model, data, history, "trained"), "train_seconds": time.perf_counter() - start},
-    )
+    result = {**_record(history, "trained"), "train_seconds": time.perf_counter() - start}
+    store.put("train", f"s{seed}/{name}", result, depends=record)
+    store.cell("train", f"s{seed}/{name}", lambda: result, depends=record)
     return model.eval()
 
 
-def _record(cfg: Config, model: nn.Module, data: Data, history: list, source: str) -> dict:
-    return {
-        "source": source,
-        "history": history,
-        "test_accuracy": evaluate(model, data.test, device=cfg.device),
-        "sigma": getattr(model, "sigma", 0.0),
-        "diffusion": getattr(model, "diffusion", None),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+def fingerprint(model: nn.Module) -> str:
+    """A hash of a network's weights and buffers: measurements of other weights never mix."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def accuracy(cfg: Config, store: Store, name: str, seed: int, model: nn.Module, data: Data) -> float:
+    """The test accuracy of a network of the run (a measurement, stored like the others)."""
+    depends = {"networks": {name: fingerprint(model)}, "options": cfg.measurement("accuracy")}
+    cell = store.cell(
+        "accuracy",
+        f"s{seed}/{name}",
+        lambda: {
+            "model": name,
+            "seed": seed,
+            "test_accuracy": evaluate(model, data.test, device=cfg.device),
+            "sigma": sigma_of(name),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+        depends=depends,
+    )
+    return cell["test_accuracy"]
+
+
+def _record(history: list, source: str) -> dict:
+    return {"source": source, "history": history, "epochs": len(history)}
+
+
+def open_store(args, cfg: Config) -> Store:
+    """The run's store, or a one-line error and exit status 2 if another run holds the folder."""
+    try:
+        return Store(args.out, cfg, restart=args.restart, retrain=args.retrain)
+    except FolderBusy as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--model", required=True, help="ode, sde-<sigma>, shapes-ode or shapes-sde-<sigma>")
     known, rest = pre.parse_known_args(argv)
     cfg, args = parse_args(rest, description=__doc__.split("\n\n")[0])
+    if known.model not in cfg.model_names() + cfg.shape_names():
+        valid = ", ".join(cfg.model_names() + cfg.shape_names())
+        print(f"error: --model {known.model} is not a network of this run; valid: {valid}", file=sys.stderr)
+        raise SystemExit(2)
     if "WORLD_SIZE" in os.environ and not dist.is_initialized():
         backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
         dist.init_process_group(backend)
@@ -199,16 +256,18 @@ def main(argv: list[str] | None = None) -> None:
             cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
             torch.cuda.set_device(cfg.device)
     try:
-        store = Store(args.out, cfg) if not dist.is_initialized() or dist.get_rank() == 0 else None
+        rank0 = not dist.is_initialized() or dist.get_rank() == 0
+        store = open_store(args, cfg) if rank0 else None
         if dist.is_initialized():
             dist.barrier()
-            store = store or Store(args.out, cfg)
-        shapes_model = known.model.startswith("shapes-")
-        data = load_data(cfg, "shapes" if shapes_model else "main")
-        epochs = cfg.shapes_epochs if shapes_model else None
-        trained_model(cfg, store, known.model, data, epochs=epochs)
-        if not dist.is_initialized() or dist.get_rank() == 0:
-            print(f"{known.model}: test accuracy {store.get('train', known.model)['test_accuracy']:.4f}")
+            store = store or Store(args.out, cfg, lock=False)
+        data = load_data(cfg, "shapes" if known.model.startswith("shapes-") else "main")
+        for seed in cfg.seeds:
+            model = trained_model(cfg, store, known.model, seed, data)
+            if rank0:
+                acc = accuracy(cfg, store, known.model, seed, model, data)
+                print(f"{known.model} (seed {seed}): test accuracy {acc:.4f}")
+        store.close()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
