@@ -18,8 +18,8 @@ from .config import Config
 from .pipeline import Part
 from .plots import plots
 from .results import build
-from .store import Store
-from .tables import tables
+from .store import FolderBusy, Store
+from .tables import console_summary, tables
 
 __all__ = ["REPORT", "write"]
 
@@ -33,19 +33,34 @@ def write(store: Store) -> dict:
     return results
 
 
-# Last in a run: results.json, tables.md and the summary plots, from every cell on disk.
-REPORT = Part("report", finish=lambda ctx: write(ctx.store))
+def _finish(ctx) -> dict:
+    results = write(ctx.store)
+    print(console_summary(results))
+    return results
+
+
+# Last in a run: results.json, tables.md and the summary plots, from the cells the run used.
+REPORT = Part("report", finish=_finish)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="results")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--out", default="results", help="the folder of a finished run")
     args = parser.parse_args(argv)
     record = Path(args.out) / "config.json"
     if not record.exists():
         parser.error(f"{args.out} holds no run (no config.json); run python -m benchmarks first")
-    cfg = Config(**json.loads(record.read_text())["config"])
-    write(Store(args.out, cfg))
+    try:
+        cfg = Config(**json.loads(record.read_text())["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        parser.error(f"{record} is damaged ({type(err).__name__}); run python -m benchmarks --out {args.out} again")
+    try:
+        with Store(args.out, cfg) as store:
+            store.load_manifest()
+            results = write(store)
+    except (FolderBusy, ValueError) as err:
+        parser.error(str(err))
+    print(console_summary(results))
     print(f"wrote {args.out}/results.json and {args.out}/tables.md")
 
 
