@@ -24,3 +24,13 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
 @pytest.fixture
 def randomize_bn():
     return randomize_batchnorm
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """The benchmark main job with the quick preset (2 training seeds), run once: (folder, results)."""
+    from benchmarks.__main__ import main
+
+    out = tmp_path_factory.mktemp("bench") / "results"
+    results = main(["--preset", "quick", "--out", str(out)])
+    return out, results

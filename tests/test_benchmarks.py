@@ -14,29 +14,21 @@ import torchvision
 
 from benchmarks.__main__ import main
 from benchmarks.common import quartiles
-from benchmarks.config import parse_args
 from benchmarks.paper import PAPER_SENSITIVITY
-from benchmarks.store import Store
 from benchmarks.tables import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "quick"]
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "results"
-    results = main([*QUICK, "--out", str(out)])
-    return out, results
-
-
 def test_main_job_writes_tables_figures_and_records(quick_run):
     out, results = quick_run
     assert (out / "results.json").exists() and (out / "tables.md").exists()
     text = (out / "tables.md").read_text()
+    # The verdicts come first, and the number of training seeds is stated.
+    assert text.index("## Verdicts") < text.index("## Networks") < text.index("## Sensitivity")
+    assert "2 training seeds (0, 1)" in text.split("## Verdicts")[0]
     for heading in (
-        "## Networks",
-        "## Sensitivity",
         "## Rank robustness",
         "## Localisation on shapes",
         "## Theorem 1",
@@ -47,13 +39,26 @@ def test_main_job_writes_tables_figures_and_records(quick_run):
     figures = {p.name for p in (out / "figures").glob("*.png")}
     for method in ("saliency", "integrated_gradients", "smoothgrad_ig", "deeplift", "deeplift_shap"):
         assert f"digits-{method}.png" in figures and f"shapes-{method}.png" in figures
-    assert {"theorem1.png", "sensitivity.png"} <= figures
-    # Every result records its configuration, seed and device; the run its versions.
+    assert {"theorem1.png", "sensitivity.png", "noise_robustness.png"} <= figures
+    # Every result records its key, what it depends on and the library versions.
     record = json.loads((out / "config.json").read_text())
     assert record["environment"]["versions"]["torch"] == torch.__version__
     for cell in (out / "cells").rglob("*.json"):
         content = json.loads(cell.read_text())
-        assert content["seed"] == 0 and content["device"] == "cpu" and content["config_digest"] == record["digest"]
+        assert content["key"] == str(cell.relative_to(out / "cells").with_suffix(""))
+        assert content["versions"]["torch"] == torch.__version__ and content["device"] == "cpu"
+    # Every network of every seed has a checkpoint that names what it was trained with.
+    for seed in (0, 1):
+        for name in ("ode", "sde-0.5", "shapes-ode", "shapes-sde-0.5"):
+            meta = torch.load(out / "checkpoints" / f"s{seed}" / f"{name}.pt", weights_only=True)["meta"]
+            assert meta["network"]["seed"] == seed and meta["network"]["network"] == name
+    # Accuracy per seed, and per-seed effects behind every comparison.
+    assert set(results["models"]["ode"]["accuracy"]) == {"0", "1"}
+    sens = results["sensitivity"]["comparisons"]["sde-0.5"]["methods"]
+    assert set(sens) == {"saliency", "integrated_gradients", "smoothgrad_ig", "deeplift", "deeplift_shap"}
+    for r in sens.values():
+        assert [p["seed"] for p in r["per_seed"]] == [0, 1] and r["level"] == "seeds"
+        assert r["image"]["n"] == 2 * 4 * 2  # seeds x images x repetitions, paired
     # Theorem 1: the bound holds in every stage, as it must.
     assert results["theorem1"]["all_hold"]
     # DeepLIFT is complete with the noise off, whatever the solver: its residual is
@@ -61,104 +66,37 @@ def test_main_job_writes_tables_figures_and_records(quick_run):
     for solvers in results["completeness"].values():
         for solver, methods in solvers.items():
             if "fixed-path" not in solver:
-                assert methods["deeplift"]["residual"]["mean"] < 1e-4 * methods["output_change"]["mean"] + 1e-6
-    sens = results["sensitivity"]["comparisons"]["sde-0.5"]["methods"]
-    assert set(sens) == {"saliency", "integrated_gradients", "smoothgrad_ig", "deeplift", "deeplift_shap"}
-    assert all(0 <= m["ode"]["mean"] < 10 for m in sens.values())
+                assert methods["deeplift"]["mean"] < 1e-4 * methods["output_change"]["mean"] + 1e-6
+    claims = {r["claim"] for r in results["verdicts"]}
+    assert claims == {
+        "SDE attributions are less sensitive",
+        "Theorem 1's bound holds",
+        "the SDE amplifies perturbations less",
+        "completeness (eq. 9)",
+        "SDE attributions are sharper (localisation)",
+        "noise costs accuracy",
+    }
+    assert {r["verdict"] for r in results["verdicts"]} <= {"holds", "fails", "depends"}
 
 
-def test_a_restarted_run_recomputes_only_what_is_missing(quick_run, tmp_path):
-    out, _ = quick_run
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    lost = [
-        copy / "cells" / "sensitivity" / "ode--deeplift--rep1.json",
-        copy / "cells" / "theorem1" / "sde-0.5.json",
-        copy / "cells" / "figures" / "digits--saliency.json",
-    ]
-    for path in lost:
-        path.unlink()
-    kept = {p: p.stat().st_mtime_ns for p in (copy / "cells").rglob("*.json")}
-    main([*QUICK, "--out", str(copy)])
-    computed = json.loads((copy / "runs.json").read_text())[-1]["computed"]
-    assert sorted(c for c in computed if not c.startswith("profile/")) == sorted(
-        ["sensitivity/ode--deeplift--rep1", "theorem1/sde-0.5", "figures/digits--saliency"]
-    )
-    assert all(p.exists() for p in lost)
-    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
-    # The recomputed cells equal the lost ones: every random draw is seeded.
-    original = json.loads((out / "cells" / "sensitivity" / "ode--deeplift--rep1.json").read_text())
-    again = json.loads((copy / "cells" / "sensitivity" / "ode--deeplift--rep1.json").read_text())
-    assert again["values"] == pytest.approx(original["values"], rel=1e-5)
+def test_seed_level_verdicts():
+    from benchmarks.results import seed_effect, verdict
 
-
-def test_another_configuration_is_refused_and_restart_discards(quick_run, tmp_path, capsys):
-    out, _ = quick_run
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    with pytest.raises(SystemExit) as info:
-        main([*QUICK, "--out", str(copy), "--radius", "0.05"])
-    assert info.value.code == 2
-    assert "differs in: radius" in capsys.readouterr().err
-    assert json.loads((copy / "config.json").read_text())["config"]["radius"] == 0.02
-    cfg, _ = parse_args([*QUICK, "--radius", "0.05"])
-    Store(copy, cfg, restart=True)  # --restart
-    assert not (copy / "cells").exists() and not (copy / "checkpoints").exists()
-    assert json.loads((copy / "config.json").read_text())["config"]["radius"] == 0.05
-
-
-def _bench(args, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "benchmarks", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
-
-
-# The main job, sent a real SIGINT by its own process right after the ODE network's
-# second epoch is saved: the interrupt lands at the same point on a fast or a busy machine.
-INTERRUPTED_AFTER_TWO_EPOCHS = """
-import os, runpy, signal
-from pathlib import Path
-import neuralsde.train as training
-
-save = training.save_checkpoint
-
-def save_then_interrupt(path, **content):
-    save(path, **content)
-    if Path(path).name == "ode.pt" and content["epoch"] == 2:
-        os.kill(os.getpid(), signal.SIGINT)
-
-training.save_checkpoint = save_then_interrupt
-runpy.run_module("benchmarks", run_name="__main__", alter_sys=True)
-"""
-
-
-@pytest.mark.slow
-def test_an_interrupted_run_loses_nothing_and_resumes(tmp_path):
-    out = tmp_path / "r"
-    args = [*QUICK, "--out", str(out), "--epochs", "6"]
-    proc = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED_AFTER_TWO_EPOCHS, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 130 and "run the same command again to resume" in proc.stderr, proc.stderr[-3000:]
-    assert torch.load(out / "checkpoints" / "ode.pt", weights_only=True)["epoch"] == 2
-    again = _bench(args)
-    _, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err
-    runs = json.loads((out / "runs.json").read_text())
-    assert [r["status"] for r in runs] == ["interrupted", "finished"]
-    history = json.loads((out / "cells" / "train" / "ode.json").read_text())["history"]
-    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]  # the epochs before the interrupt were kept
+    assert verdict(-2.0, -1.0, -1) == "holds" and verdict(1.0, 2.0, -1) == "fails"
+    assert verdict(-1.0, 1.0, -1) == "depends" and verdict(float("nan"), 1.0, 1) == "depends"
+    # Every seed lower by 10%, images scattered: holds, with a zero-width interval over seeds.
+    ode = {s: [1.0 + 0.1 * i for i in range(5)] for s in range(4)}
+    sde = {s: [0.9 * v for v in vals] for s, vals in ode.items()}
+    r = seed_effect(sde, ode, sign=-1)
+    assert r["verdict"] == "holds" and r["agree"] == 4
+    assert r["effect"]["mean"] == pytest.approx(-0.1, abs=1e-12)
+    # Seeds that disagree decide it, however many images each has: depends.
+    mixed = {s: [v * (0.8 if s % 2 else 1.25) for v in vals] for s, vals in ode.items()}
+    r = seed_effect(mixed, ode, sign=-1)
+    assert r["verdict"] == "depends" and r["agree"] == 2
+    # One seed: the image-level interval decides, and the result says so.
+    r = seed_effect({0: sde[0]}, {0: ode[0]}, sign=-1)
+    assert r["level"] == "images" and r["verdict"] == "holds"
 
 
 def _image_folder(root: Path, classes=2, per_class=6):
@@ -194,8 +132,9 @@ def test_imagefolder_protocol_runs_end_to_end(tmp_path):
             str(data),
             "--image-size",
             "32",
-            "--shapes",
-            "false",
+            "--no-shapes",
+            "--seeds",
+            "0",
             "--lr",
             "1e-4",
             "--methods",
@@ -208,6 +147,7 @@ def test_imagefolder_protocol_runs_end_to_end(tmp_path):
         ]
     )
     assert results["models"]["ode"]["source"] == "trained" and results["config"]["arch"] == "resnet18"
+    assert "(one seed: image-level CI)" in tables(results)
     assert results["sensitivity"]["comparisons"]["sde-0.5"]["methods"]
     assert results["theorem1"]["all_hold"]
     assert (out / "figures" / "imagefolder-deeplift.png").exists()
@@ -248,13 +188,13 @@ def test_torchrun_trains_with_two_gloo_processes(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "sde-0.5: test accuracy" in proc.stdout
-    cell = json.loads((out / "cells" / "train" / "sde-0.5.json").read_text())
+    assert "sde-0.5 (seed 0): test accuracy" in proc.stdout and "sde-0.5 (seed 1): test accuracy" in proc.stdout
+    cell = json.loads((out / "cells" / "train" / "s1" / "sde-0.5.json").read_text())["result"]
     assert len(cell["history"]) == 2 and cell["source"] == "trained"
     # The main job then uses that network instead of training it again.
     main([*QUICK, "--out", str(out)])
     computed = json.loads((out / "runs.json").read_text())[-1]["computed"]
-    assert "train/sde-0.5" not in computed and "train/ode" in computed
+    assert "train/s0/sde-0.5" not in computed and "train/s0/ode" in computed
 
 
 def test_speed_benchmark_writes_every_ratio(tmp_path, capsys):
