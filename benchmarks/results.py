@@ -412,7 +412,7 @@ def _verdicts(cfg: Config, models: dict, sens: dict, th: dict, comp: dict, loc: 
                 note += f"median {statistics.median(coarse):.3g})"
             row(
                 "completeness (eq. 9)",
-                f"{title}, noise off, every solver",
+                f"{title}, noise off; Euler on every seed, every solver on the first",
                 v,
                 {"mean": statistics.median(ratios), "low": min(ratios), "high": max(ratios)},
                 "residual ÷ |ΔF| (median, range)",
