@@ -415,7 +415,7 @@ def _verdicts(cfg: Config, models: dict, sens: dict, th: dict, comp: dict, loc: 
                 f"{title}, noise off; Euler on every seed, every solver on the first",
                 v,
                 {"mean": statistics.median(ratios), "low": min(ratios), "high": max(ratios)},
-                "residual ÷ |ΔF| (median, range)",
+                "residual ÷ mean abs. output change (median, range)",
                 sum(ok),
                 len(ratios),
                 note,

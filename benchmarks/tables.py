@@ -87,7 +87,7 @@ VERDICT_RULE = (
     "lies entirely on the other side, and *depends* otherwise (the seeds disagree, or the effect is too small to "
     "tell). 'seeds' counts the seeds whose own effect points the claimed way. Theorem 1's bound holds if no "
     "measured amplification exceeds it; completeness holds where the mean residual is at most "
-    "{tol:g} × the mean output change, for every seed and solver."
+    "{tol:g} × the mean output change, in every (seed, solver) run measured."
 )
 
 
