@@ -17,6 +17,10 @@ private name                                   used for
 ``torchsde._core.methods.select``              the stepper class of each SDE method
 =============================================  ===========================================
 
+``brownian_span`` also reads the instance attributes ``_start``, ``_end`` and
+``_interval`` of torchsde's Brownian objects, to check that a path covers a solve; where
+they are missing it checks nothing.
+
 Tested with torchdiffeq 0.2.5 and torchsde 0.2.6 (``pyproject.toml`` keeps both
 below their next minor versions). The names are imported on first use, not when
 ``neuralsde`` is imported: if a release moves one, the library still imports, the
@@ -50,6 +54,8 @@ __all__ = [
     "TESTED_VERSIONS",
     "ODEStepper",
     "SDEStepper",
+    "brownian_span",
+    "drift_module",
     "missing_private_names",
     "odeint",
     "private",
@@ -128,8 +134,7 @@ class _ODEFunc(nn.Module):
         super().__init__()
         # Registering a Module drift (or the Module behind a bound method) lets
         # odeint_adjoint find its parameters.
-        owner = drift if isinstance(drift, nn.Module) else getattr(drift, "__self__", None)
-        self.owner = owner if isinstance(owner, nn.Module) else None
+        self.owner = drift_module(drift)
         self.drift = drift
         self.stats = stats
         self.adaptive = adaptive
@@ -157,6 +162,12 @@ class _AdaptiveODEFunc(_ODEFunc):
 
     def callback_reject_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.stats.rejected += 1
+
+
+def drift_module(drift: Callable) -> nn.Module | None:
+    """The module whose parameters a drift uses: the drift itself or the owner of a bound method; else None."""
+    owner = drift if isinstance(drift, nn.Module) else getattr(drift, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
 
 
 class StepSizeUnderflow(RuntimeError):
@@ -200,11 +211,8 @@ def odeint(
         opts["grid_constructor"] = grid_constructor
     solver = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
     kwargs = {}
-    if adjoint:
-        if adjoint_params is not None:
-            kwargs["adjoint_params"] = tuple(adjoint_params)
-        elif func.owner is None:
-            kwargs["adjoint_params"] = ()
+    if adjoint and adjoint_params is not None:
+        kwargs["adjoint_params"] = tuple(adjoint_params)
     try:
         ys = solver(func, y0, t, rtol=rtol, atol=atol, method=method, options=opts, **kwargs)
     except AssertionError as err:
@@ -265,7 +273,7 @@ class ODEStepper:
     def init(self, t0: Tensor, y0: Tensor) -> Tensor:
         return y0
 
-    def step(self, t0: Tensor, t1: Tensor, dt: float, y: Tensor) -> Tensor:
+    def step(self, t0: Tensor, t1: Tensor, dt: float, y: Tensor, times: tuple[float, float]) -> Tensor:
         dy, _ = self.solver._step_func(self.func, t0, t1 - t0, t1, y)
         return y + dy
 
@@ -274,6 +282,25 @@ class ODEStepper:
 
 
 # -- torchsde ----------------------------------------------------------------------------
+def brownian_span(bm: Any) -> tuple[float, float] | None:
+    """The interval ``(t0, t1)`` a torchsde Brownian object covers, or None if unknown.
+
+    ``BrownianInterval`` keeps its ends as ``_start`` / ``_end``; ``BrownianTree`` and
+    ``BrownianPath`` wrap one as ``_interval`` (instance attributes of torchsde 0.2.6;
+    a ``BrownianPath`` over ``[t0, t0 + 1]``). Queried outside that interval they warn
+    and clamp, which means no noise there. An object without these attributes (another
+    release, another class) gives None: nothing is checked.
+    """
+    import torchsde
+
+    if isinstance(bm, (torchsde.BrownianPath, torchsde.BrownianTree)):
+        bm = getattr(bm, "_interval", None)
+    start, end = getattr(bm, "_start", None), getattr(bm, "_end", None)
+    if isinstance(bm, torchsde.BrownianInterval) and start is not None and end is not None:
+        return float(start), float(end)
+    return None
+
+
 class _Memo:
     """Evaluates ``fn(t, y)`` once per (t, y) pair within one step.
 
@@ -387,7 +414,9 @@ class SDEStepper:
         y = self.sde.flatten(y0)
         return y, self.solver.init_extra_solver_state(t0, y)
 
-    def step(self, t0: Tensor, t1: Tensor, dt: float, carry: tuple[Tensor, Any]) -> tuple[Tensor, Any]:
+    def step(
+        self, t0: Tensor, t1: Tensor, dt: float, carry: tuple[Tensor, Any], times: tuple[float, float]
+    ) -> tuple[Tensor, Any]:
         try:
             return self.solver.step(t0, t1, *carry)
         finally:

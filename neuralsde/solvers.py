@@ -48,8 +48,10 @@ __all__ = [
     "SolverError",
     "SolverStats",
     "check_method",
+    "finite_flag",
     "integrate",
     "is_adaptive",
+    "step_count",
     "step_grid",
 ]
 
@@ -162,6 +164,13 @@ def step_grid(ts: Sequence[float], dt: float | None) -> list[float]:
     return grid
 
 
+def step_count(ts: Sequence[float], dt: float | None) -> int:
+    """The number of steps of [`step_grid`][neuralsde.solvers.step_grid] ``(ts, dt)``, without making it."""
+    if dt is None:
+        return len(ts) - 1
+    return sum(max(1, math.ceil((float(b) - float(a)) / dt - 1e-9)) for a, b in zip(ts[:-1], ts[1:]))
+
+
 def _as_times(ts: Tensor | Sequence[float]) -> list[float]:
     values = ts.detach().cpu().tolist() if torch.is_tensor(ts) else [float(t) for t in ts]
     if len(values) < 2:
@@ -189,8 +198,12 @@ class Stepper(Protocol):
     def init(self, t0: Tensor, y0: Tensor) -> Any:
         """The carried state at the first grid time."""
 
-    def step(self, t0: Tensor, t1: Tensor, dt: float, carry: Any) -> Any:
-        """The carried state after the step from ``t0`` to ``t1`` (``dt = t1 - t0``)."""
+    def step(self, t0: Tensor, t1: Tensor, dt: float, carry: Any, times: tuple[float, float]) -> Any:
+        """The carried state after the step from ``t0`` to ``t1`` (``dt = t1 - t0``).
+
+        ``times`` holds the same two times as Python floats (for look-ups that need no
+        tensor, such as a Brownian path's).
+        """
 
     def state(self, carry: Any) -> Tensor:
         """The solution ``y``, shaped like ``y0``, held in a carried state."""
@@ -239,7 +252,7 @@ class _EulerStep:
             raise ValueError(f"{what} must return y's shape {tuple(y.shape)}, got {tuple(out.shape)}")
         return out if self.own_step is not None else torch.add(y, out, alpha=dt)
 
-    def step(self, t0: Tensor, t1: Tensor, dt: float, y: Tensor) -> Tensor:
+    def step(self, t0: Tensor, t1: Tensor, dt: float, y: Tensor, times: tuple[float, float]) -> Tensor:
         self.stats.nfe += 1
         if self.diffusion is None:
             return self._drift_step(t0, y, dt)
@@ -247,7 +260,8 @@ class _EulerStep:
         sigma = self.diffusion(t0, y)
         if sigma.shape != self.shape and not _broadcasts_to(sigma.shape, self.shape):
             raise ValueError(f"diffusion(t, y) must return y's shape {tuple(self.shape)}, got {tuple(sigma.shape)}")
-        dW = self.bm(t0, t1).reshape(self.shape)
+        # The path is queried at the grid's own (float) times: no tensor is read back.
+        dW = self.bm(*times).reshape(self.shape)
         return torch.addcmul(self._drift_step(t0, y, dt), sigma, dW)
 
 
@@ -262,7 +276,7 @@ def _fixed_grid(stepper: Stepper, y0: Tensor, grid: list[float], saved: set[floa
     carry = stepper.init(t[0], y0)
     for k in range(len(grid) - 1):
         stats.steps += 1
-        carry = stepper.step(t[k], t[k + 1], grid[k + 1] - grid[k], carry)
+        carry = stepper.step(t[k], t[k + 1], grid[k + 1] - grid[k], carry, (grid[k], grid[k + 1]))
         if grid[k + 1] in saved:
             ys.append(stepper.state(carry))
     return ys
@@ -272,24 +286,43 @@ def _diffusion_is_elementwise(diffusion) -> bool:
     return bool(getattr(diffusion, "elementwise", True))
 
 
+def finite_flag(y: Tensor) -> Tensor:
+    """Whether every element of ``y`` is finite: a 0-d bool tensor on ``y``'s device.
+
+    One pass over ``y`` (its smallest and largest element: NaN propagates to both, an
+    infinity is one of them), with no sum that could overflow a half-precision dtype and
+    no read back to the host.
+    """
+    if y.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=y.device)
+    return torch.isfinite(torch.stack(torch.aminmax(y))).all()
+
+
 def _check_finite(ys: list[Tensor], times: Sequence[float], method: str) -> None:
-    # One reduction: a NaN or an infinity anywhere makes the sum non-finite (so does a
-    # sum past the dtype's range, itself a blow-up).
-    if bool(torch.isfinite(ys[-1].sum())):
+    if bool(finite_flag(ys[-1])):
         return
-    finite = [bool(torch.isfinite(y.sum())) for y in ys]
+    finite = [bool(finite_flag(y)) for y in ys]
     bad = finite.index(False) if False in finite else len(finite) - 1
     since = f" (finite at t={times[bad - 1]:.6g})" if bad > 0 else ""
     raise SolverError(f"the state stopped being finite{since}", method=method, time=times[bad])
 
 
 def _brownian(bm, grid: list[float], y0: Tensor, method: str) -> torchsde.BaseBrownian:
-    flat = (y0.shape[0], y0[0].numel())
+    flat = (y0.shape[0], math.prod(y0.shape[1:]))
     if bm is None:
         levy = "space-time" if method == "srk" else "none"
         return GridBrownian(grid, flat, dtype=y0.dtype, device=y0.device, levy_area=levy, keep=False)
     if tuple(bm.shape) != flat:
         raise ValueError(f"bm must have shape (batch, prod(state)) = {flat}, got {tuple(bm.shape)}")
+    span = (bm.t0, bm.t1) if isinstance(bm, GridBrownian) else _backends.brownian_span(bm)
+    if span is not None:
+        a, b = float(span[0]), float(span[1])
+        slack = 1e-6 * max(1.0, abs(a), abs(b))  # times rounded to float32 by the path
+        if grid[0] < a - slack or grid[-1] > b + slack:
+            raise ValueError(
+                f"bm must cover the integration interval [{grid[0]:.6g}, {grid[-1]:.6g}], got a path over "
+                f"[{a:.6g}, {b:.6g}] (outside it the path would give no noise)"
+            )
     return bm
 
 
@@ -333,17 +366,20 @@ def integrate(
         dt: for fixed-step methods the largest step: each interval of ``ts`` is cut into
             ``ceil(length / dt)`` equal steps; None takes one step per interval. For
             adaptive methods, the first step tried.
-        rtol: relative tolerance of adaptive ODE methods.
-        atol: absolute tolerance of adaptive ODE methods.
+        rtol: relative tolerance of adaptive ODE methods, > 0.
+        atol: absolute tolerance of adaptive ODE methods, > 0.
         adjoint: back-propagate with torchdiffeq's adjoint method (ODE only). The
             parameters are ``adjoint_params`` if given, else those of ``drift`` when it
-            is a module or a bound method of one.
+            is a module or a bound method of one; any other drift needs
+            ``adjoint_params`` (``()`` if it uses no parameters).
         bm: a torchsde Brownian object of shape ``(B, prod(S))`` to drive the SDE, e.g.
-            from [brownian_interval][neuralsde.brownian.brownian_interval]. None draws
-            the path on the step grid from torch's generator.
+            from [brownian_interval][neuralsde.brownian.brownian_interval], over an
+            interval that contains ``[ts[0], ts[-1]]``. None draws the path on the step
+            grid from torch's generator.
         adjoint_params: the parameters the adjoint pass differentiates (ODE only).
         stats: if given, the solve's steps and evaluation counts are added to it.
-        check_finite: raise SolverError if the final state is not finite.
+        check_finite: raise SolverError if a returned state is not finite (one read
+            back to the host per call; no sum that could overflow).
         options: extra options passed to the torchdiffeq solver. The Adams methods
             default to ``max_order=5`` (fourth order): torchdiffeq's own default of 12
             is unstable even on mild problems.
@@ -358,8 +394,9 @@ def integrate(
         final state, shape ``y0.shape``.
 
     Raises:
-        ValueError: for an unknown method, a bad ``ts``, or a diffusion that the method
-            cannot handle.
+        ValueError: for an unknown method, a bad ``ts``, ``dt`` or tolerance, a
+            diffusion that the method cannot handle, a ``bm`` that does not cover
+            ``ts``, or an adjoint solve whose parameters are unknown.
         SolverError: if the state stops being finite or an adaptive step size underflows.
     """
     if not torch.is_tensor(y0) or y0.dim() < 1:
@@ -368,6 +405,9 @@ def integrate(
         raise ValueError(f"y0 must be floating point, got dtype {y0.dtype}")
     if dt is not None and not dt > 0:
         raise ValueError(f"dt must be positive, got {dt}")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (float(tol) > 0 and math.isfinite(tol)):
+            raise ValueError(f"{name} must be a finite number > 0, got {tol}")
     if saveat not in ("ts", "t1"):
         raise ValueError(f"saveat must be 'ts' or 't1', got {saveat!r}")
     times = _as_times(ts)
@@ -378,6 +418,12 @@ def integrate(
     if diffusion is None:
         if adjoint and not adaptive:
             raise ValueError("adaptive=False replays a fixed grid and back-propagates directly; no adjoint")
+        if adjoint and adjoint_params is None and _backends.drift_module(drift) is None:
+            raise ValueError(
+                "adjoint=True needs the parameters the drift uses, and a plain function does not say which: "
+                "expected an nn.Module (or a bound method of one) as drift, or adjoint_params=(tensors...), "
+                f"or adjoint_params=() if it uses none; got a {type(drift).__name__} and adjoint_params=None"
+            )
         if adjoint or (adaptive and is_adaptive(method)):
             ys = _odeint(drift, y0, times, grid, method, dt, rtol, atol, adjoint, adjoint_params, local, options)
             ys = ys[len(ys) - len(saved) :]
