@@ -444,6 +444,9 @@ def integrate(
         bm = _brownian(bm, grid, y0, method)
         if method == "euler":
             stepper = _EulerStep(drift, diffusion, bm, y0.shape, local)
+        elif y0.numel() == 0:
+            # torchsde's steppers cannot take an empty state; its solution is empty.
+            return torch.stack([y0] * len(saved)) if saveat == "ts" else y0
         else:
             stepper = _backends.SDEStepper(drift, diffusion, y0, method, bm, grid[1] - grid[0], local)
         ys = _fixed_grid(stepper, y0, grid, set(saved), local)
