@@ -53,7 +53,7 @@ class ActivationPool(nn.Module):
 
     #: The most sets reserved for one forward pass: a solver needing more evaluations
     #: per block interval reuses them (hook-based attributions then refuse to run).
-    MAX_SETS = 4096
+    MAX_SETS = 1024
 
     def __init__(self, per_call: int, factory: Callable[[], nn.Module] | None = None):
         super().__init__()

@@ -1,3 +1,5 @@
+import zlib
+
 import pytest
 import torch
 from torch import nn
@@ -24,3 +26,41 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
 @pytest.fixture
 def randomize_bn():
     return randomize_batchnorm
+
+
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch):
+    """Nothing is downloaded at test time: torch.hub's download fails the test that tries."""
+
+    def refuse(url, *args, **kwargs):
+        raise AssertionError(f"a test tried to download {url}; use the local_weights fixture")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+@pytest.fixture
+def local_weights(monkeypatch):
+    """torchvision's weights enums hand out local state dicts instead of downloading.
+
+    Each (architecture, weights name) gets its own random weights with non-trivial
+    BatchNorm statistics, the same at every call, built without touching torch's global
+    generator. Returns the list of ``(arch, name, kwargs)`` of every request.
+    """
+    from torchvision.models import WeightsEnum, get_model, get_model_weights
+
+    from neuralsde.models import TORCHVISION_ARCHS
+
+    arch_of = {get_model_weights(arch): arch for arch in TORCHVISION_ARCHS}
+    requests = []
+
+    def get_state_dict(self, *args, **kwargs):
+        arch = arch_of[type(self)]
+        requests.append((arch, self.name, kwargs))
+        seed = zlib.crc32(f"{arch}.{self.name}".encode())
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = randomize_batchnorm(get_model(arch), seed)
+        return model.state_dict()
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", get_state_dict)
+    return requests
