@@ -52,15 +52,17 @@ def local_weights(monkeypatch):
 
     arch_of = {get_model_weights(arch): arch for arch in TORCHVISION_ARCHS}
     requests = []
+    made: dict[tuple[str, str], dict] = {}
 
     def get_state_dict(self, *args, **kwargs):
         arch = arch_of[type(self)]
         requests.append((arch, self.name, kwargs))
-        seed = zlib.crc32(f"{arch}.{self.name}".encode())
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = randomize_batchnorm(get_model(arch), seed)
-        return model.state_dict()
+        if (arch, self.name) not in made:
+            seed = zlib.crc32(f"{arch}.{self.name}".encode())
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                made[arch, self.name] = randomize_batchnorm(get_model(arch), seed).state_dict()
+        return dict(made[arch, self.name])  # load_state_dict copies the values
 
     monkeypatch.setattr(WeightsEnum, "get_state_dict", get_state_dict)
     return requests
