@@ -33,8 +33,9 @@ Adaptive and adjoint solves go through the public ``torchdiffeq.odeint`` /
 ``odeint_adjoint``; their adapters live here too, beside the other couplings.
 
 Every stepper follows one protocol, driven by the single fixed-grid loop of
-``neuralsde.solvers``: ``init(t0, y0) -> carry``, ``step(t0, t1, dt, carry) -> carry`` and
-``state(carry) -> y``, with ``time_device`` the device the loop puts the step times on.
+``neuralsde.stepping``: ``init(t0, y0) -> carry``, ``step(t0, t1, dt, carry, times) ->
+carry`` and ``state(carry) -> y``, with ``time_device`` the device the loop puts the step
+times on.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ import torch
 import torchdiffeq
 from einops import rearrange
 from torch import Tensor, nn
+
+from .stepping import time_dtype
 
 __all__ = [
     "PRIVATE_NAMES",
@@ -186,7 +189,7 @@ def odeint(
         StepSizeUnderflow: if an adaptive step size underflows.
     """
     func = (_AdaptiveODEFunc if adaptive else _ODEFunc)(drift, stats, adaptive)
-    t = torch.tensor(times, dtype=_time_dtype(y0), device=y0.device)
+    t = torch.tensor(times, dtype=time_dtype(y0), device=y0.device)
     opts = _solver_options(method, options)
     if adaptive:
         if dt is not None:
@@ -221,10 +224,6 @@ def odeint(
             raise StepSizeUnderflow(str(err)) from err
         raise
     return list(ys.unbind(0))
-
-
-def _time_dtype(y0: Tensor) -> torch.dtype:
-    return torch.float64 if y0.dtype == torch.float64 else torch.float32
 
 
 class _TableauStep:

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from .brownian import GridBrownian
-from .solvers import SolverStats, integrate, is_adaptive, step_count, step_grid
+from .solvers import SolverStats, integrate, is_adaptive
+from .stepping import step_count, step_grid
 
 if TYPE_CHECKING:
     from .blocks import ResBlock

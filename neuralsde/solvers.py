@@ -11,10 +11,11 @@ interval when ``dt`` is None). There is no accumulated round-off in the step tim
 drift that is piecewise constant in time between the ``ts`` is integrated exactly piece
 by piece.
 
-How a solve runs (every fixed-grid solve, ODE or SDE, goes through ``_fixed_grid``):
+How a solve runs (every fixed-grid solve, ODE or SDE, goes through the one loop of
+[`neuralsde.stepping`][neuralsde.stepping]):
 
 * ``euler`` (ODE) and ``euler`` (Itô SDE, Euler–Maruyama): the library's own step
-  ``y + dt f + sigma dW`` (``_EulerStep``). A drift can supply its own Euler step
+  ``y + dt f + sigma dW`` ([`EulerStep`][neuralsde.stepping.EulerStep]). A drift can supply its own Euler step
   (``drift.euler_step``): a residual block's Euler step is the block itself.
 * the other fixed-step methods, and an adaptive method replaying a given grid
   (``adaptive=False``): torchdiffeq's / torchsde's step functions, through the steppers
@@ -30,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal
 
 import torch
 import torchsde
@@ -38,6 +39,7 @@ from torch import Tensor
 
 from . import _backends
 from .brownian import GridBrownian
+from .stepping import EulerStep, fixed_grid, step_count, step_grid
 
 __all__ = [
     "ADAPTIVE_ODE_METHODS",
@@ -144,33 +146,6 @@ def check_method(method: str, sde: bool) -> None:
         raise ValueError(f"unknown {kind} method {method!r}; valid {kind} methods: {', '.join(valid)}")
 
 
-def step_grid(ts: Sequence[float], dt: float | None) -> list[float]:
-    """The fixed-step grid: every time of ``ts``, each interval cut into equal steps.
-
-    Args:
-        ts: increasing times.
-        dt: the largest allowed step; None for one step per interval.
-
-    Returns:
-        Increasing times starting at ``ts[0]`` and ending at ``ts[-1]`` that contain every
-        element of ``ts``.
-    """
-    grid = [float(ts[0])]
-    for a, b in zip(ts[:-1], ts[1:]):
-        a, b = float(a), float(b)
-        n = 1 if dt is None else max(1, math.ceil((b - a) / dt - 1e-9))
-        grid.extend(a + (b - a) * k / n for k in range(1, n))
-        grid.append(b)
-    return grid
-
-
-def step_count(ts: Sequence[float], dt: float | None) -> int:
-    """The number of steps of [`step_grid`][neuralsde.solvers.step_grid] ``(ts, dt)``, without making it."""
-    if dt is None:
-        return len(ts) - 1
-    return sum(max(1, math.ceil((float(b) - float(a)) / dt - 1e-9)) for a, b in zip(ts[:-1], ts[1:]))
-
-
 def _as_times(ts: Tensor | Sequence[float]) -> list[float]:
     values = ts.detach().cpu().tolist() if torch.is_tensor(ts) else [float(t) for t in ts]
     if len(values) < 2:
@@ -180,106 +155,6 @@ def _as_times(ts: Tensor | Sequence[float]) -> list[float]:
     if any(b <= a for a, b in zip(values[:-1], values[1:])):
         raise ValueError(f"ts must be strictly increasing, got {values}")
     return values
-
-
-def _time_dtype(y0: Tensor) -> torch.dtype:
-    return torch.float64 if y0.dtype == torch.float64 else torch.float32
-
-
-class Stepper(Protocol):
-    """What the fixed-grid loop drives: one solver's step, with its own carried state.
-
-    Attributes:
-        time_device: the device the loop puts the step times on.
-    """
-
-    time_device: torch.device
-
-    def init(self, t0: Tensor, y0: Tensor) -> Any:
-        """The carried state at the first grid time."""
-
-    def step(self, t0: Tensor, t1: Tensor, dt: float, carry: Any, times: tuple[float, float]) -> Any:
-        """The carried state after the step from ``t0`` to ``t1`` (``dt = t1 - t0``).
-
-        ``times`` holds the same two times as Python floats (for look-ups that need no
-        tensor, such as a Brownian path's).
-        """
-
-    def state(self, carry: Any) -> Tensor:
-        """The solution ``y``, shaped like ``y0``, held in a carried state."""
-
-
-def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
-    try:
-        return torch.broadcast_shapes(shape, target) == target
-    except RuntimeError:
-        return False
-
-
-class _EulerStep:
-    """Euler (ODE) or Euler–Maruyama (Itô SDE, diagonal noise) on the fixed step grid.
-
-    The library's own step rather than torchdiffeq's/torchsde's because it is one line,
-    and owning it removes every pass over the state that the generic steppers add: the
-    separate ``dt * f`` and ``g * dW`` products, torchsde's flattening of the state and of
-    ``sigma``, and, through ``drift.euler_step``, the ``(block(x) - x) / h`` velocity of a
-    residual block, whose Euler step of length ``h`` is the block itself. Each step is
-    ``y + dt f(t, y) + sigma(t, y) dW`` with ``dW = W(t + dt) - W(t)``, exactly
-    torchdiffeq's Euler and torchsde's Itô Euler–Maruyama step.
-    """
-
-    # Step times stay on the CPU: the Brownian look-ups only do scalar arithmetic with
-    # them, and CPU scalars keep them free of device synchronisation.
-    time_device = torch.device("cpu")
-
-    def __init__(self, drift, diffusion, bm, shape: torch.Size, stats: SolverStats):
-        self.drift, self.diffusion, self.bm, self.shape, self.stats = drift, diffusion, bm, shape, stats
-        self.own_step = getattr(drift, "euler_step", None)
-
-    def init(self, t0: Tensor, y0: Tensor) -> Tensor:
-        return y0
-
-    def state(self, y: Tensor) -> Tensor:
-        return y
-
-    def _drift_step(self, t: Tensor, y: Tensor, dt: float) -> Tensor:
-        """``y + dt * drift(t, y)``, or ``drift.euler_step(t, y, dt)`` where the drift has one."""
-        if self.own_step is not None:
-            out, what = self.own_step(t, y, dt), "drift.euler_step(t, y, dt)"
-        else:
-            out, what = self.drift(t, y), "drift(t, y)"
-        if out.shape != y.shape:
-            raise ValueError(f"{what} must return y's shape {tuple(y.shape)}, got {tuple(out.shape)}")
-        return out if self.own_step is not None else torch.add(y, out, alpha=dt)
-
-    def step(self, t0: Tensor, t1: Tensor, dt: float, y: Tensor, times: tuple[float, float]) -> Tensor:
-        self.stats.nfe += 1
-        if self.diffusion is None:
-            return self._drift_step(t0, y, dt)
-        self.stats.nfe_diffusion += 1
-        sigma = self.diffusion(t0, y)
-        if sigma.shape != self.shape and not _broadcasts_to(sigma.shape, self.shape):
-            raise ValueError(f"diffusion(t, y) must return y's shape {tuple(self.shape)}, got {tuple(sigma.shape)}")
-        # The path is queried at the grid's own (float) times: no tensor is read back.
-        dW = self.bm(*times).reshape(self.shape)
-        return torch.addcmul(self._drift_step(t0, y, dt), sigma, dW)
-
-
-def _fixed_grid(stepper: Stepper, y0: Tensor, grid: list[float], saved: set[float], stats: SolverStats):
-    """The one fixed-grid loop: step along ``grid``, keep the states at the ``saved`` times.
-
-    Returns:
-        The states at ``grid[0]`` (if saved) and at every later saved grid time, in order.
-    """
-    t = torch.tensor(grid, dtype=_time_dtype(y0), device=stepper.time_device)
-    ys = [y0] if grid[0] in saved else []
-    carry = stepper.init(t[0], y0)
-    for k in range(len(grid) - 1):
-        stats.steps += 1
-        carry = stepper.step(t[k], t[k + 1], grid[k + 1] - grid[k], carry, (grid[k], grid[k + 1]))
-        if grid[k + 1] in saved:
-            ys.append(stepper.state(carry))
-    return ys
 
 
 def _diffusion_is_elementwise(diffusion) -> bool:
@@ -428,10 +303,10 @@ def integrate(
             ys = _odeint(drift, y0, times, grid, method, dt, rtol, atol, adjoint, adjoint_params, local, options)
             ys = ys[len(ys) - len(saved) :]
         elif method == "euler":
-            ys = _fixed_grid(_EulerStep(drift, None, None, y0.shape, local), y0, grid, set(saved), local)
+            ys = fixed_grid(EulerStep(drift, None, None, y0.shape, local), y0, grid, set(saved), local)
         else:
             stepper = _backends.ODEStepper(drift, y0, method, rtol, atol, options, local, replay=is_adaptive(method))
-            ys = _fixed_grid(stepper, y0, grid, set(saved), local)
+            ys = fixed_grid(stepper, y0, grid, set(saved), local)
     else:
         if adjoint:
             raise ValueError("adjoint=True is available for ODE solves only; SDE solves back-propagate directly")
@@ -443,13 +318,13 @@ def integrate(
             )
         bm = _brownian(bm, grid, y0, method)
         if method == "euler":
-            stepper = _EulerStep(drift, diffusion, bm, y0.shape, local)
+            stepper = EulerStep(drift, diffusion, bm, y0.shape, local)
         elif y0.numel() == 0:
             # torchsde's steppers cannot take an empty state; its solution is empty.
             return torch.stack([y0] * len(saved)) if saveat == "ts" else y0
         else:
             stepper = _backends.SDEStepper(drift, diffusion, y0, method, bm, grid[1] - grid[0], local)
-        ys = _fixed_grid(stepper, y0, grid, set(saved), local)
+        ys = fixed_grid(stepper, y0, grid, set(saved), local)
     if stats is not None:
         stats.add(local)
     if check_finite:
