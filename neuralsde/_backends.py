@@ -17,6 +17,10 @@ private name                                   used for
 ``torchsde._core.methods.select``              the stepper class of each SDE method
 =============================================  ===========================================
 
+``brownian_span`` also reads the instance attributes ``_start``, ``_end`` and
+``_interval`` of torchsde's Brownian objects, to check that a path covers a solve; where
+they are missing it checks nothing.
+
 Tested with torchdiffeq 0.2.5 and torchsde 0.2.6 (``pyproject.toml`` keeps both
 below their next minor versions). The names are imported on first use, not when
 ``neuralsde`` is imported: if a release moves one, the library still imports, the
@@ -29,8 +33,9 @@ Adaptive and adjoint solves go through the public ``torchdiffeq.odeint`` /
 ``odeint_adjoint``; their adapters live here too, beside the other couplings.
 
 Every stepper follows one protocol, driven by the single fixed-grid loop of
-``neuralsde.solvers``: ``init(t0, y0) -> carry``, ``step(t0, t1, dt, carry) -> carry`` and
-``state(carry) -> y``, with ``time_device`` the device the loop puts the step times on.
+``neuralsde.stepping``: ``init(t0, y0) -> carry``, ``step(t0, t1, dt, carry, times) ->
+carry`` and ``state(carry) -> y``, with ``time_device`` the device the loop puts the step
+times on.
 """
 
 from __future__ import annotations
@@ -45,11 +50,15 @@ import torchdiffeq
 from einops import rearrange
 from torch import Tensor, nn
 
+from .stepping import time_dtype
+
 __all__ = [
     "PRIVATE_NAMES",
     "TESTED_VERSIONS",
     "ODEStepper",
     "SDEStepper",
+    "brownian_span",
+    "drift_module",
     "missing_private_names",
     "odeint",
     "private",
@@ -128,8 +137,7 @@ class _ODEFunc(nn.Module):
         super().__init__()
         # Registering a Module drift (or the Module behind a bound method) lets
         # odeint_adjoint find its parameters.
-        owner = drift if isinstance(drift, nn.Module) else getattr(drift, "__self__", None)
-        self.owner = owner if isinstance(owner, nn.Module) else None
+        self.owner = drift_module(drift)
         self.drift = drift
         self.stats = stats
         self.adaptive = adaptive
@@ -159,6 +167,12 @@ class _AdaptiveODEFunc(_ODEFunc):
         self.stats.rejected += 1
 
 
+def drift_module(drift: Callable) -> nn.Module | None:
+    """The module whose parameters a drift uses: the drift itself or the owner of a bound method; else None."""
+    owner = drift if isinstance(drift, nn.Module) else getattr(drift, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
+
+
 class StepSizeUnderflow(RuntimeError):
     """torchdiffeq's adaptive step size underflowed (the solution blew up)."""
 
@@ -175,7 +189,7 @@ def odeint(
         StepSizeUnderflow: if an adaptive step size underflows.
     """
     func = (_AdaptiveODEFunc if adaptive else _ODEFunc)(drift, stats, adaptive)
-    t = torch.tensor(times, dtype=_time_dtype(y0), device=y0.device)
+    t = torch.tensor(times, dtype=time_dtype(y0), device=y0.device)
     opts = _solver_options(method, options)
     if adaptive:
         if dt is not None:
@@ -200,11 +214,8 @@ def odeint(
         opts["grid_constructor"] = grid_constructor
     solver = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
     kwargs = {}
-    if adjoint:
-        if adjoint_params is not None:
-            kwargs["adjoint_params"] = tuple(adjoint_params)
-        elif func.owner is None:
-            kwargs["adjoint_params"] = ()
+    if adjoint and adjoint_params is not None:
+        kwargs["adjoint_params"] = tuple(adjoint_params)
     try:
         ys = solver(func, y0, t, rtol=rtol, atol=atol, method=method, options=opts, **kwargs)
     except AssertionError as err:
@@ -213,10 +224,6 @@ def odeint(
             raise StepSizeUnderflow(str(err)) from err
         raise
     return list(ys.unbind(0))
-
-
-def _time_dtype(y0: Tensor) -> torch.dtype:
-    return torch.float64 if y0.dtype == torch.float64 else torch.float32
 
 
 class _TableauStep:
@@ -265,7 +272,7 @@ class ODEStepper:
     def init(self, t0: Tensor, y0: Tensor) -> Tensor:
         return y0
 
-    def step(self, t0: Tensor, t1: Tensor, dt: float, y: Tensor) -> Tensor:
+    def step(self, t0: Tensor, t1: Tensor, dt: float, y: Tensor, times: tuple[float, float]) -> Tensor:
         dy, _ = self.solver._step_func(self.func, t0, t1 - t0, t1, y)
         return y + dy
 
@@ -274,6 +281,25 @@ class ODEStepper:
 
 
 # -- torchsde ----------------------------------------------------------------------------
+def brownian_span(bm: Any) -> tuple[float, float] | None:
+    """The interval ``(t0, t1)`` a torchsde Brownian object covers, or None if unknown.
+
+    ``BrownianInterval`` keeps its ends as ``_start`` / ``_end``; ``BrownianTree`` and
+    ``BrownianPath`` wrap one as ``_interval`` (instance attributes of torchsde 0.2.6;
+    a ``BrownianPath`` over ``[t0, t0 + 1]``). Queried outside that interval they warn
+    and clamp, which means no noise there. An object without these attributes (another
+    release, another class) gives None: nothing is checked.
+    """
+    import torchsde
+
+    if isinstance(bm, (torchsde.BrownianPath, torchsde.BrownianTree)):
+        bm = getattr(bm, "_interval", None)
+    start, end = getattr(bm, "_start", None), getattr(bm, "_end", None)
+    if isinstance(bm, torchsde.BrownianInterval) and start is not None and end is not None:
+        return float(start), float(end)
+    return None
+
+
 class _Memo:
     """Evaluates ``fn(t, y)`` once per (t, y) pair within one step.
 
@@ -387,7 +413,9 @@ class SDEStepper:
         y = self.sde.flatten(y0)
         return y, self.solver.init_extra_solver_state(t0, y)
 
-    def step(self, t0: Tensor, t1: Tensor, dt: float, carry: tuple[Tensor, Any]) -> tuple[Tensor, Any]:
+    def step(
+        self, t0: Tensor, t1: Tensor, dt: float, carry: tuple[Tensor, Any], times: tuple[float, float]
+    ) -> tuple[Tensor, Any]:
         try:
             return self.solver.step(t0, t1, *carry)
         finally:

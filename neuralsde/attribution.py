@@ -18,6 +18,11 @@ directly (``DeepLift(model).attribute(x, target=3)``), because the models provid
 * **Direct back-propagation under attribution.** With ``adjoint=True``, passes whose
   input requires gradients or whose modules carry hooks back-propagate through the
   solver (the adjoint only approximates the gradient), with a one-time warning.
+* **Blocks called as modules.** Every block of a stage is entered through its module
+  call for its own time interval, whatever the solver, so Captum's layer and neuron
+  methods (``LayerGradCam(model, model.layer4[-1])``, ``LayerConductance``,
+  ``NeuronGradient``, ...) hook blocks and whole stages as they would on torchvision's
+  ResNet; the state a hook returns is the one the network goes on with.
 * **Noise modes for SDEs.** By default the noise is off in eval mode (the paper's
   protocol). ``model.set_noise(path_seed=s)`` fixes one Brownian path shared by the
   input, the baselines and every expanded copy (common random numbers), and
@@ -28,11 +33,12 @@ directly (``DeepLift(model).attribute(x, target=3)``), because the models provid
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from captum.attr import (
     DeepLift,
@@ -52,7 +58,7 @@ from torch import Tensor, nn
 from .models import ODEResNet
 from .sde_models import SDEResNet
 
-__all__ = ["ATTRIBUTION_METHODS", "NOISE_MODES", "Attribution", "attribute", "noise_path"]
+__all__ = ["ATTRIBUTION_METHODS", "NOISE_MODES", "Attribution", "attribute", "noise_path", "seeded"]
 
 #: Noise modes of [`attribute`][neuralsde.attribution.attribute] for SDE models.
 NOISE_MODES: tuple[str, ...] = ("off", "fixed", "mc")
@@ -99,6 +105,62 @@ def noise_path(model: nn.Module, seed: int | None):
         yield model
     finally:
         model.set_noise(eval_samples=saved[0], path_seed=saved[1])
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Within the block, torch's and NumPy's global generators start from ``seed``.
+
+    Captum draws SmoothGrad's noise from torch's generator and GradientShap's
+    interpolation points from NumPy's. The caller's generator states come back
+    afterwards, as if nothing had been drawn.
+
+    Args:
+        seed: the seed, >= 0.
+        device: the device the draws happen on (a CUDA device's generator is seeded and
+            restored too).
+    """
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(int(seed))
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(int(seed))
+        np.random.seed(int(seed) % 2**32)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+
+
+def _target_indices(target: Any) -> list[int]:
+    """Every class index in a Captum target (an int, a tensor, a list or tuple of them)."""
+    if target is None:
+        return []
+    if torch.is_tensor(target):
+        if target.is_floating_point() or target.is_complex():
+            raise ValueError(f"target must hold integer class indices, got a tensor of dtype {target.dtype}")
+        return [int(v) for v in target.flatten().tolist()]
+    if isinstance(target, (list, tuple)):
+        return [v for item in target for v in _target_indices(item)]
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        return [int(target)]
+    raise ValueError(f"target must be an int, a tensor or a list of class indices, got {type(target).__name__}")
+
+
+def _check_target(model: nn.Module, target: Any, batch: int) -> None:
+    """Refuse negative and out-of-range class indices (Python would count from the end)."""
+    classes = getattr(model, "num_classes", None)
+    if torch.is_tensor(target) and target.dim() > 1:
+        raise ValueError(f"a target tensor must be 0-d or of shape (B,) = ({batch},), got {tuple(target.shape)}")
+    if (torch.is_tensor(target) and target.dim() == 1) or isinstance(target, list):
+        if len(target) not in (1, batch):
+            raise ValueError(f"expected one target or one per example ({batch}), got {len(target)}")
+    for index in _target_indices(target):
+        if index < 0 or (classes is not None and index >= classes):
+            expected = f"in [0, {classes})" if classes is not None else ">= 0"
+            raise ValueError(f"target must be a class index {expected}, got {index}")
 
 
 def _default_layer(model: nn.Module) -> nn.Module:
@@ -185,7 +247,8 @@ def _one(
     if wants_delta:
         kwargs["return_convergence_delta"] = True
     explainer = row.make(model, (layer or _default_layer(model)) if row.layer else None)
-    out = explainer.attribute(x, target=target, **kwargs)
+    with seeded(seed, x.device):
+        out = explainer.attribute(x, target=target, **kwargs)
     return (out[0], out[1]) if wants_delta else (out, None)
 
 
@@ -209,7 +272,8 @@ def attribute(
         inputs: images, shape ``(B, C, H, W)``.
         method: one of ``ATTRIBUTION_METHODS`` (aliases: ``ig``, ``deepshap``,
             ``gradcam``).
-        target: the logit to explain: an int, or one per example.
+        target: the logit to explain: a class index in ``[0, num_classes)``, or one per
+            example.
         baselines: Captum's baselines (zeros where Captum defaults to them). For
             ``deeplift_shap`` and ``gradient_shap`` the default is 8 Gaussian images
             with the input's per-channel mean and standard deviation (seeded by
@@ -221,7 +285,10 @@ def attribute(
             by ``seed``) or ``"mc"`` (the mean over ``samples`` such paths, with its
             standard error). ODE models accept ``"off"`` only.
         samples: Brownian paths averaged with ``noise="mc"``.
-        seed: seed of the fixed path (the first of the Monte-Carlo paths).
+        seed: seed of the fixed path (the first of the Monte-Carlo paths), of the
+            default SHAP baselines, and of the random draws of the methods themselves
+            (SmoothGrad's noise, GradientShap's points), which run with torch's and
+            NumPy's generators seeded by it; the caller's generator states come back.
         **kwargs: passed to the Captum method's ``attribute`` (e.g. ``n_steps`` for IG,
             ``nt_samples`` and ``stdevs`` for SmoothGrad, whose default noise level is
             15% of the input range).
@@ -232,7 +299,8 @@ def attribute(
 
     Raises:
         ValueError: for an unknown method or noise mode, a noise mode the model cannot
-            have, or inputs that are not a batch of images.
+            have, inputs that are not a batch of images, or a target that is not a class
+            index (negative, or not below the model's ``num_classes``).
     """
     name = _ALIASES.get(method, method)
     if name not in ATTRIBUTION_METHODS:
@@ -246,6 +314,7 @@ def attribute(
         raise ValueError(f"inputs must be images of shape (B, C, H, W), got {got}")
     if int(samples) != samples or samples < 1:
         raise ValueError(f"samples must be an integer >= 1, got {samples}")
+    _check_target(model, target, inputs.shape[0])
     training = model.training
     model.eval()
     try:

@@ -8,15 +8,24 @@ Captum's DeepLift hooks each activation module and needs every module to be call
 per forward pass (a module called twice makes it fail; a functional ``F.relu`` silently
 gets a plain gradient). So each evaluation takes a fresh set of ``nn.ReLU`` modules from
 an [`ActivationPool`][neuralsde.blocks.ActivationPool]; the modules hold no weights, so nothing is duplicated.
+
+Inside a continuous stage a shape-preserving block is a time step: called with the
+[BlockInterval][neuralsde.intervals.BlockInterval] it owns, its forward integrates its
+drift over that interval, so hooks on the block fire once per forward pass with the state
+entering the interval and the state leaving it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .intervals import BlockInterval
 
 __all__ = ["ActivationPool", "ResBlock"]
 
@@ -30,22 +39,32 @@ def _inplace_relu() -> nn.Module:
 class ActivationPool(nn.Module):
     """Activation modules handed out a fresh set per evaluation.
 
-    ``take()`` returns the next set of ``per_call`` modules and grows the pool when it
-    runs out; ``reset()`` (called at the start of every forward pass of the owning stage)
-    starts handing them out from the beginning again, so the pool holds as many sets as
-    the largest forward pass needed.
+    ``take()`` returns the next set of ``per_call`` modules; ``reset()`` (called at the
+    start of every forward pass of the owning block) starts handing them out from the
+    beginning again. The owning stage [reserves][neuralsde.blocks.ActivationPool.reserve]
+    as many sets as one forward pass needs, before attribution hooks are registered. A
+    pass that needs more (an adaptive method on an unfrozen grid) reuses the sets from
+    the first one again, which is harmless without hooks and refused with them.
 
     Args:
         per_call: modules per evaluation.
         factory: builds one activation module.
     """
 
+    #: The most sets reserved for one forward pass: a solver needing more evaluations
+    #: per block interval reuses them (hook-based attributions then refuse to run).
+    MAX_SETS = 1024
+
     def __init__(self, per_call: int, factory: Callable[[], nn.Module] | None = None):
         super().__init__()
         self.per_call = per_call
         self.factory = factory if factory is not None else _inplace_relu
-        self.sets = nn.ModuleList()
+        self.sets = nn.ModuleList([self._new_set()])
         self.cursor = 0
+        self.wanted = 1
+
+    def _new_set(self) -> nn.ModuleList:
+        return nn.ModuleList(self.factory() for _ in range(self.per_call))
 
     def reset(self) -> None:
         """Start handing out sets from the first one again."""
@@ -59,27 +78,41 @@ class ActivationPool(nn.Module):
         """The next set of ``per_call`` activation modules.
 
         Raises:
-            RuntimeError: if the pool must grow while hooks are registered on it: the new
-                modules would have none, and a hook-based attribution would silently
-                treat them as plain gradients.
+            RuntimeError: if the reserved sets are used up while hooks are registered on
+                them: reusing a hooked module makes Captum's DeepLift fail, and a new,
+                unhooked one would silently be treated with plain gradients.
         """
         if self.cursor == len(self.sets):
             if self.hooked():
-                raise RuntimeError(
-                    "this forward pass needs more drift evaluations than the model prepared "
-                    f"activation modules for ({len(self.sets)}), while attribution hooks are registered "
-                    "on them. Adaptive solvers choose their steps per input: call "
-                    "model.freeze_grid(inputs) before attributing, or use a fixed-step method."
-                )
-            self.sets.append(nn.ModuleList(self.factory() for _ in range(self.per_call)))
+                raise RuntimeError(self._exhausted())
+            self.cursor = 0
         acts = self.sets[self.cursor]
         self.cursor += 1
         return acts
 
+    def _exhausted(self) -> str:
+        if self.wanted > len(self.sets):
+            return (
+                f"the solver needs {self.wanted} drift evaluations per block interval, more than the "
+                f"{self.MAX_SETS} sets of activation modules a block prepares, while attribution hooks are "
+                "registered on them; use fewer steps per block for hook-based attributions"
+            )
+        return (
+            "this forward pass needs more drift evaluations than the model prepared activation modules for "
+            f"({len(self.sets)}), while attribution hooks are registered on them. Adaptive solvers choose "
+            "their steps per input: call model.freeze_grid(inputs) before attributing, or use a fixed-step "
+            "method."
+        )
+
     def reserve(self, n: int) -> None:
-        """Make sure at least ``n`` sets exist (for hooks registered before a forward pass)."""
-        while len(self.sets) < n:
-            self.sets.append(nn.ModuleList(self.factory() for _ in range(self.per_call)))
+        """Make sure ``n`` sets exist (at most ``MAX_SETS``), for hooks registered before a forward pass.
+
+        Args:
+            n: the drift evaluations one forward pass of the owning block needs.
+        """
+        self.wanted = max(int(n), 1)
+        while len(self.sets) < min(self.wanted, self.MAX_SETS):
+            self.sets.append(self._new_set())
 
     def __repr__(self) -> str:
         return f"ActivationPool(per_call={self.per_call}, sets={len(self.sets)})"
@@ -166,9 +199,27 @@ class ResBlock(nn.Module):
         out += identity  # out is a fresh normalisation output that nothing else keeps
         return acts[-1](out)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """The discrete block, as torchvision computes it. Shape ``(B, C, H, W)`` in and out."""
-        return self.apply_block(x, self.acts.take())
+    def forward(self, x: Tensor, interval: BlockInterval | None = None) -> Tensor:
+        """The discrete block, or the flow of its drift over its time interval.
+
+        A continuous stage calls each of its blocks as a module, ``block(x,
+        interval=...)``, so forward hooks on the block see the state entering its
+        interval and the state at its end (and may replace it), whatever the solver.
+
+        Args:
+            x: input, shape ``(B, C, H, W)``.
+            interval: None for the discrete block, as torchvision computes it; else how
+                to integrate [`velocity`][neuralsde.blocks.ResBlock.velocity] over the
+                block's time interval (a
+                [BlockInterval][neuralsde.intervals.BlockInterval], set by the stage).
+
+        Returns:
+            The block's output, or the state at the end of its interval; shape
+            ``(B, C', H', W')``.
+        """
+        if interval is None:
+            return self.apply_block(x, self.acts.take())
+        return interval.solve(self, x)
 
     def velocity(self, x: Tensor, h: float = 1.0) -> Tensor:
         """The drift ``(block(x) - x) / h`` of a shape-preserving block.

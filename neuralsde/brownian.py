@@ -8,6 +8,7 @@ generator. [`brownian_interval`][neuralsde.brownian.brownian_interval] gives tor
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 
@@ -27,6 +28,10 @@ class GridBrownian(torchsde.BaseBrownian):
     the sum of the increments between them. That is a correct Brownian path observed on
     the grid, at the cost of one ``randn`` per step, which is all a fixed-step method
     asks for. Queries between grid points are refused.
+
+    The grid is kept in double precision whatever the dtype of the increments (a
+    half-precision grid would merge or move nearby times); a query matches the nearest
+    grid point if it is that point rounded to float32 or finer.
 
     With ``levy_area="space-time"`` it also carries the space-time Lévy area of each
     interval, ``H ~ N(0, dt/12)`` independent of the increment, which torchsde's SRK
@@ -78,9 +83,9 @@ class GridBrownian(torchsde.BaseBrownian):
             raise ValueError(f"levy_area must be 'none' or 'space-time', got {levy_area!r}")
         if len(shape) != 2:
             raise ValueError(f"shape must be (batch, noise_dims), got {tuple(shape)}")
-        self._grid = torch.tensor([float(t) for t in grid], dtype=dtype).tolist()
+        self._grid = [float(t) for t in grid]
         if len(self._grid) < 2 or any(b <= a for a, b in zip(self._grid[:-1], self._grid[1:])):
-            raise ValueError("grid must hold at least two strictly increasing times (after rounding to dtype)")
+            raise ValueError(f"grid must hold at least two strictly increasing times, got {self._grid}")
         self._index = {t: i for i, t in enumerate(self._grid)}
         self._shape = tuple(int(s) for s in shape)
         self._dtype = dtype
@@ -96,6 +101,13 @@ class GridBrownian(torchsde.BaseBrownian):
     def _position(self, t) -> int:
         key = float(t)
         i = self._index.get(key)
+        if i is None:
+            # A grid time rounded to float32 (a solver's time tensor) still names it.
+            j = bisect.bisect_left(self._grid, key)
+            near = [n for n in (j - 1, j) if 0 <= n < len(self._grid)]
+            best = min(near, key=lambda n: abs(self._grid[n] - key))
+            if abs(self._grid[best] - key) <= 1e-7 * max(1.0, abs(key)):
+                i = best
         if i is None:
             raise ValueError(
                 f"GridBrownian knows the path only at its grid points {self._grid}; got t={key}. "
@@ -151,6 +163,16 @@ class GridBrownian(torchsde.BaseBrownian):
 
     def __repr__(self) -> str:
         return f"GridBrownian(steps={len(self._grid) - 1}, shape={self._shape}, levy_area={self._levy!r})"
+
+    @property
+    def t0(self) -> float:
+        """The first grid time."""
+        return self._grid[0]
+
+    @property
+    def t1(self) -> float:
+        """The last grid time."""
+        return self._grid[-1]
 
     @property
     def dtype(self):

@@ -117,10 +117,13 @@ class NormalizedDiffusion(Diffusion):
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         """Args: t: time; x: state ``(B, *S)``. Returns: sigma, shape ``(B, *S)``."""
         dims = tuple(range(1, x.dim()))
-        n = x[0].numel()
-        norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True)  # one pass, no copy of x
+        n = math.prod(x.shape[1:])
+        # One pass, no copy of x; at least float32, since the squared norm of a
+        # half-precision state overflows fp16 (65504) at a norm of 256.
+        wide = torch.promote_types(x.dtype, torch.float32)
+        norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=wide)
         rms = (norm.square() / n + self.eps**2).sqrt()
-        return (self.sigma * rms).expand_as(x)
+        return (self.sigma * rms).to(x.dtype).expand_as(x)
 
 
 class LearnedDiffusion(Diffusion):

@@ -12,6 +12,10 @@ computes what the torchvision network computes, and so does
     >>> ode = neuralsde.ODEResNet.from_torchvision(tv)              # exact twin
     >>> ode.set_solver(method="rk4", steps_per_block=4)             # finer dynamics
     >>> sde = neuralsde.SDEResNet("resnet50", sigma=0.5)           # noise in train()
+    >>> pre = neuralsde.ODEResNet("resnet50", weights="IMAGENET1K_V2", num_classes=10)
+
+Pretrained weights come from torchvision, by enum or by name, as torchvision's own
+constructors take them (torchvision downloads them on first use), or from a local file.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torchvision
 from torch import Tensor, nn
 
 from .diffusion import Diffusion
-from .parts import TORCHVISION_ARCHS, ResNetParts
+from .parts import TORCHVISION_ARCHS, ResNetParts, Weights
 from .solvers import SolverStats, is_adaptive
 from .stage import ContinuousStage
 
@@ -38,15 +42,26 @@ _Model = TypeVar("_Model", bound="ODEResNet")
 class ODEResNet(nn.Module):
     """A ResNet whose stages are neural ODEs, a drop-in for torchvision's ResNet.
 
-    Build by torchvision name (``ODEResNet("resnet50", num_classes=10)``), convert a
-    (pretrained) torchvision model with
+    Build by torchvision name (``ODEResNet("resnet50", num_classes=10)``), with
+    torchvision's pretrained weights (``ODEResNet("resnet50", weights="DEFAULT")``),
+    convert a torchvision model with
     [`from_torchvision`][neuralsde.models.ODEResNet.from_torchvision], or build a small
     CIFAR-style network for 8x8 to 32x32 images with [`small`][neuralsde.models.ODEResNet.small].
 
     Args:
         arch: a name in ``TORCHVISION_ARCHS``.
-        num_classes: number of logits.
-        in_channels: channels of the input images.
+        weights: None for torchvision's random initialisation; torchvision's weights
+            for ``arch``, as its enum (``ResNet50_Weights.IMAGENET1K_V2``) or by name
+            (``"IMAGENET1K_V2"``, ``"DEFAULT"``), which torchvision downloads (and
+            caches) on first use; or the path of a local state dict file (torchvision's
+            parameter names).
+        progress: show torchvision's download progress bar.
+        num_classes: number of logits; None keeps the pretrained head (1000 without
+            weights). With weights and another number, the head is a new
+            ``nn.Linear`` with torchvision's initialisation, for fine-tuning.
+        in_channels: channels of the input images; with weights and a number other
+            than 3, the stem convolution is a new one (same shape otherwise, Kaiming
+            initialisation as torchvision's), since pretrained filters see RGB.
         method: ODE method (see ``neuralsde.integrate``); ``"euler"`` with one step per
             block is the discrete ResNet.
         steps_per_block: fixed steps per block (fixed-step methods).
@@ -56,11 +71,16 @@ class ODEResNet(nn.Module):
         adjoint: back-propagate with the adjoint method.
     """
 
+    #: The solver settings the constructors take besides the architecture.
+    SETTINGS: tuple[str, ...] = ("method", "steps_per_block", "T", "rtol", "atol", "adjoint")
+
     def __init__(
         self,
         arch: str = "resnet18",
         *,
-        num_classes: int = 1000,
+        weights: Weights = None,
+        progress: bool = True,
+        num_classes: int | None = None,
         in_channels: int = 3,
         method: str = "euler",
         steps_per_block: int = 1,
@@ -71,7 +91,11 @@ class ODEResNet(nn.Module):
         _parts: ResNetParts | None = None,
     ):
         super().__init__()
-        parts = _parts if _parts is not None else ResNetParts.named(arch, num_classes, in_channels)
+        if _parts is not None:
+            parts = _parts
+        else:
+            parts = ResNetParts.named(arch, weights=weights, progress=progress)
+            parts.adapt(num_classes=num_classes, in_channels=in_channels)
         self.arch = parts.arch
         self.in_channels = parts.in_channels
         self.conv1, self.bn1 = parts.conv1, parts.bn1
@@ -104,16 +128,48 @@ class ODEResNet(nn.Module):
         return None
 
     @classmethod
-    def from_torchvision(cls: type[_Model], model: nn.Module, **kwargs: Any) -> _Model:
+    def _check_settings(cls, where: str, kwargs: dict, also: tuple[str, ...] = ()) -> None:
+        unknown = sorted(set(kwargs) - set(cls.SETTINGS) - set(also))
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__}.{where}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                f"it takes {', '.join((*also, *cls.SETTINGS))}"
+            )
+
+    @classmethod
+    def from_torchvision(
+        cls: type[_Model],
+        model: nn.Module,
+        *,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
+        **kwargs: Any,
+    ) -> _Model:
         """The continuous-time twin of a torchvision ResNet (its weights are copied).
 
         Args:
-            model: a ``torchvision.models.ResNet`` (any depth, width or grouping).
-            **kwargs: solver (and, for SDEResNet, noise) settings, as in the constructor.
+            model: a ``torchvision.models.ResNet`` (any depth, width or grouping),
+                e.g. ``torchvision.models.resnet50(weights="DEFAULT")``.
+            num_classes: None keeps the model's classifier. Another number of classes
+                replaces it with a new ``nn.Linear`` (torchvision's initialisation):
+                the pretrained head is dropped, as for fine-tuning on new labels.
+            in_channels: None keeps the model's stem. Another number of input
+                channels replaces the stem convolution with a new one of the same
+                kernel, stride and padding (Kaiming initialisation, as torchvision's).
+            **kwargs: solver (and, for SDEResNet, noise) settings, as in the
+                constructor.
+
+        Raises:
+            ValueError: if ``model`` is not a torchvision ResNet.
+            TypeError: for any other keyword argument (the architecture and the
+                weights are the model's).
         """
+        cls._check_settings("from_torchvision", kwargs, ("num_classes", "in_channels"))
         if not isinstance(model, torchvision.models.ResNet):
             raise ValueError(f"expected a torchvision.models.ResNet, got {type(model).__name__}")
-        twin = cls(_parts=ResNetParts.from_torchvision(copy.deepcopy(model)), **kwargs)
+        parts = ResNetParts.from_torchvision(copy.deepcopy(model))
+        parts.adapt(num_classes=num_classes, in_channels=in_channels)
+        twin = cls(_parts=parts, **kwargs)
         return twin.train(model.training)
 
     @classmethod
@@ -138,7 +194,11 @@ class ODEResNet(nn.Module):
             widths: channels of each stage.
             blocks: basic blocks per stage.
             **kwargs: solver (and, for SDEResNet, noise) settings.
+
+        Raises:
+            TypeError: for any other keyword argument.
         """
+        cls._check_settings("small", kwargs)
         return cls(_parts=ResNetParts.small(in_channels, num_classes, tuple(widths), blocks), **kwargs)
 
     # -- solver ---------------------------------------------------------------------
@@ -276,13 +336,35 @@ class ODEResNet(nn.Module):
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """The pooled features before the classifier: ``(B, C, H, W) -> (B, F)``."""
+        """The pooled features before the classifier: ``(B, C, H, W) -> (B, F)``.
+
+        Raises:
+            SolverError: if a stage's state stopped being finite (checked once, after
+                the last stage: one read back to the host per forward pass).
+        """
         self._check_input(x)
         self._choose_backprop(x)
         x = self.stem(x)
         for stage in self.stages:
-            x = stage(x)
+            x = stage(x, check_finite=False)
+        self.check_finite()
         return torch.flatten(self.avgpool(x), 1)
+
+    def check_finite(self) -> None:
+        """Raise if a state of the last forward pass was not finite.
+
+        Every continuous block's output is checked on the device during the pass; this
+        reads the flags back at once. Under ``torch.compile`` nothing is recorded (a
+        read would break the graph), and non-finite states show as non-finite logits.
+
+        Raises:
+            SolverError: naming the first stage, and the time in it, where the state
+                stopped being finite, and the method.
+        """
+        flags = [flag for stage in self.stages for flag in stage.finite_flags()]
+        if flags and not bool(torch.stack(flags).all()):
+            for stage in self.stages:
+                stage.check_finite()
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a batch of images.

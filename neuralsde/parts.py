@@ -1,21 +1,29 @@
 """The layers a continuous-time ResNet is assembled from.
 
-A torchvision ResNet by name, a (pretrained) torchvision model, or a small CIFAR-style
-network, each taken apart into the same pieces: the stem (``conv1``, ``bn1``, a ReLU,
-``maxpool``), the stages' blocks and the classifier.
+A torchvision ResNet by name (with torchvision's pretrained weights, or a local state
+dict), a torchvision model, or a small CIFAR-style network, each taken apart into the
+same pieces: the stem (``conv1``, ``bn1``, a ReLU, ``maxpool``), the stages' blocks and
+the classifier.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import torch
 import torchvision
 from torch import nn
+from torchvision.models import WeightsEnum
 
 from .blocks import ResBlock
 
-__all__ = ["TORCHVISION_ARCHS", "ResNetParts"]
+__all__ = ["TORCHVISION_ARCHS", "ResNetParts", "Weights", "pretrained_torchvision"]
+
+#: What ``weights=`` takes: None, a torchvision weights enum, its name, or a file path.
+Weights = WeightsEnum | str | os.PathLike | None
 
 
 #: Architectures buildable by name, as in ``torchvision.models``.
@@ -66,17 +74,43 @@ class ResNetParts:
         return cls(arch, model.conv1.in_channels, model.conv1, model.bn1, model.maxpool, stages, model.fc)
 
     @classmethod
-    def named(cls, arch: str, num_classes: int, in_channels: int) -> ResNetParts:
+    def named(cls, arch: str, *, weights: Weights = None, progress: bool = True) -> ResNetParts:
+        """torchvision's ``arch`` with 1000 classes and RGB input (see ``pretrained_torchvision``)."""
         if arch not in TORCHVISION_ARCHS:
             raise ValueError(f"unknown architecture {arch!r}; valid architectures: {', '.join(TORCHVISION_ARCHS)}")
-        _check_count("num_classes", num_classes)
-        _check_count("in_channels", in_channels)
-        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-        if in_channels != 3:
-            old = model.conv1
-            model.conv1 = nn.Conv2d(in_channels, old.out_channels, 7, stride=2, padding=3, bias=False)
-            nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        if weights is None:
+            model = torchvision.models.get_model(arch, weights=None)
+        else:
+            model = pretrained_torchvision(arch, weights, progress=progress)
         return cls.from_torchvision(model, arch)
+
+    def adapt(self, *, num_classes: int | None = None, in_channels: int | None = None) -> None:
+        """Give the network another number of classes or of input channels (in place).
+
+        A new classifier (``nn.Linear``, torchvision's initialisation) replaces the old
+        one when ``num_classes`` differs from its number of outputs; a new stem
+        convolution (same kernel, stride and padding, Kaiming initialisation as in
+        torchvision) replaces the old one when ``in_channels`` differs. None keeps a
+        layer.
+        """
+        if num_classes is not None:
+            _check_count("num_classes", num_classes)
+            if num_classes != self.fc.out_features:
+                self.fc = nn.Linear(self.fc.in_features, int(num_classes), bias=self.fc.bias is not None)
+        if in_channels is not None:
+            _check_count("in_channels", in_channels)
+            if in_channels != self.in_channels:
+                old = self.conv1
+                self.conv1 = nn.Conv2d(
+                    int(in_channels),
+                    old.out_channels,
+                    old.kernel_size,
+                    stride=old.stride,
+                    padding=old.padding,
+                    bias=old.bias is not None,
+                )
+                nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+                self.in_channels = int(in_channels)
 
     @classmethod
     def small(cls, in_channels: int, num_classes: int, widths: Sequence[int], blocks: int) -> ResNetParts:
@@ -108,6 +142,47 @@ class ResNetParts:
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         return parts
+
+
+def pretrained_torchvision(arch: str, weights: Weights, *, progress: bool = True) -> nn.Module:
+    """torchvision's ResNet ``arch`` with the given weights.
+
+    Args:
+        arch: a name in ``TORCHVISION_ARCHS``.
+        weights: torchvision's weights for ``arch``: its enum member (e.g.
+            ``ResNet50_Weights.IMAGENET1K_V2``) or the member's name (``"IMAGENET1K_V2"``,
+            ``"DEFAULT"``, ``"ResNet50_Weights.DEFAULT"``), which torchvision downloads
+            and caches (``weights.get_state_dict``); or the path of a local file holding
+            a state dict with torchvision's parameter names (loaded with
+            ``weights_only=True``; its classifier sets the number of classes).
+        progress: show torchvision's download progress bar.
+
+    Raises:
+        ValueError: for weights of another architecture, an unknown name that is no
+            file either, or a file that does not hold such a state dict.
+    """
+    if isinstance(weights, os.PathLike) or (isinstance(weights, str) and Path(weights).is_file()):
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "fc.weight" not in state:
+            raise ValueError(f"expected a torchvision ResNet state dict in {os.fspath(weights)!r}, got no 'fc.weight'")
+        model = torchvision.models.get_model(arch, weights=None, num_classes=state["fc.weight"].shape[0])
+        model.load_state_dict(state)
+        return model
+    enum = torchvision.models.get_model_weights(arch)
+    if isinstance(weights, str):
+        name = weights.removeprefix(enum.__name__ + ".")
+        if name not in enum.__members__:
+            raise ValueError(
+                f"weights for {arch} must name one of {', '.join(enum.__members__)} or be a state dict file; "
+                f"got {weights!r}"
+            )
+        weights = enum[name]
+    elif not isinstance(weights, enum):
+        raise ValueError(
+            f"weights for {arch} must be a {enum.__name__} (e.g. {enum.__name__}.DEFAULT), its name or a file path; "
+            f"got {weights!r}"
+        )
+    return torchvision.models.get_model(arch, weights=weights, progress=progress)
 
 
 def _check_count(name: str, value: int) -> None:

@@ -41,6 +41,9 @@ class SDEResNet(ODEResNet):
         **kwargs: as for [`ODEResNet`][neuralsde.models.ODEResNet].
     """
 
+    #: The solver and noise settings the constructors take besides the architecture.
+    SETTINGS: tuple[str, ...] = (*ODEResNet.SETTINGS, "sigma", "diffusion", "eval_samples", "path_seed")
+
     def __init__(
         self,
         arch: str = "resnet18",

@@ -11,10 +11,11 @@ interval when ``dt`` is None). There is no accumulated round-off in the step tim
 drift that is piecewise constant in time between the ``ts`` is integrated exactly piece
 by piece.
 
-How a solve runs (every fixed-grid solve, ODE or SDE, goes through ``_fixed_grid``):
+How a solve runs (every fixed-grid solve, ODE or SDE, goes through the one loop of
+[`neuralsde.stepping`][neuralsde.stepping]):
 
 * ``euler`` (ODE) and ``euler`` (Itô SDE, Euler–Maruyama): the library's own step
-  ``y + dt f + sigma dW`` (``_EulerStep``). A drift can supply its own Euler step
+  ``y + dt f + sigma dW`` ([`EulerStep`][neuralsde.stepping.EulerStep]). A drift can supply its own Euler step
   (``drift.euler_step``): a residual block's Euler step is the block itself.
 * the other fixed-step methods, and an adaptive method replaying a given grid
   (``adaptive=False``): torchdiffeq's / torchsde's step functions, through the steppers
@@ -30,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal
 
 import torch
 import torchsde
@@ -38,6 +39,7 @@ from torch import Tensor
 
 from . import _backends
 from .brownian import GridBrownian
+from .stepping import EulerStep, fixed_grid, step_count, step_grid
 
 __all__ = [
     "ADAPTIVE_ODE_METHODS",
@@ -48,8 +50,10 @@ __all__ = [
     "SolverError",
     "SolverStats",
     "check_method",
+    "finite_flag",
     "integrate",
     "is_adaptive",
+    "step_count",
     "step_grid",
 ]
 
@@ -142,26 +146,6 @@ def check_method(method: str, sde: bool) -> None:
         raise ValueError(f"unknown {kind} method {method!r}; valid {kind} methods: {', '.join(valid)}")
 
 
-def step_grid(ts: Sequence[float], dt: float | None) -> list[float]:
-    """The fixed-step grid: every time of ``ts``, each interval cut into equal steps.
-
-    Args:
-        ts: increasing times.
-        dt: the largest allowed step; None for one step per interval.
-
-    Returns:
-        Increasing times starting at ``ts[0]`` and ending at ``ts[-1]`` that contain every
-        element of ``ts``.
-    """
-    grid = [float(ts[0])]
-    for a, b in zip(ts[:-1], ts[1:]):
-        a, b = float(a), float(b)
-        n = 1 if dt is None else max(1, math.ceil((b - a) / dt - 1e-9))
-        grid.extend(a + (b - a) * k / n for k in range(1, n))
-        grid.append(b)
-    return grid
-
-
 def _as_times(ts: Tensor | Sequence[float]) -> list[float]:
     values = ts.detach().cpu().tolist() if torch.is_tensor(ts) else [float(t) for t in ts]
     if len(values) < 2:
@@ -173,123 +157,47 @@ def _as_times(ts: Tensor | Sequence[float]) -> list[float]:
     return values
 
 
-def _time_dtype(y0: Tensor) -> torch.dtype:
-    return torch.float64 if y0.dtype == torch.float64 else torch.float32
-
-
-class Stepper(Protocol):
-    """What the fixed-grid loop drives: one solver's step, with its own carried state.
-
-    Attributes:
-        time_device: the device the loop puts the step times on.
-    """
-
-    time_device: torch.device
-
-    def init(self, t0: Tensor, y0: Tensor) -> Any:
-        """The carried state at the first grid time."""
-
-    def step(self, t0: Tensor, t1: Tensor, dt: float, carry: Any) -> Any:
-        """The carried state after the step from ``t0`` to ``t1`` (``dt = t1 - t0``)."""
-
-    def state(self, carry: Any) -> Tensor:
-        """The solution ``y``, shaped like ``y0``, held in a carried state."""
-
-
-def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
-    try:
-        return torch.broadcast_shapes(shape, target) == target
-    except RuntimeError:
-        return False
-
-
-class _EulerStep:
-    """Euler (ODE) or Euler–Maruyama (Itô SDE, diagonal noise) on the fixed step grid.
-
-    The library's own step rather than torchdiffeq's/torchsde's because it is one line,
-    and owning it removes every pass over the state that the generic steppers add: the
-    separate ``dt * f`` and ``g * dW`` products, torchsde's flattening of the state and of
-    ``sigma``, and, through ``drift.euler_step``, the ``(block(x) - x) / h`` velocity of a
-    residual block, whose Euler step of length ``h`` is the block itself. Each step is
-    ``y + dt f(t, y) + sigma(t, y) dW`` with ``dW = W(t + dt) - W(t)``, exactly
-    torchdiffeq's Euler and torchsde's Itô Euler–Maruyama step.
-    """
-
-    # Step times stay on the CPU: the Brownian look-ups only do scalar arithmetic with
-    # them, and CPU scalars keep them free of device synchronisation.
-    time_device = torch.device("cpu")
-
-    def __init__(self, drift, diffusion, bm, shape: torch.Size, stats: SolverStats):
-        self.drift, self.diffusion, self.bm, self.shape, self.stats = drift, diffusion, bm, shape, stats
-        self.own_step = getattr(drift, "euler_step", None)
-
-    def init(self, t0: Tensor, y0: Tensor) -> Tensor:
-        return y0
-
-    def state(self, y: Tensor) -> Tensor:
-        return y
-
-    def _drift_step(self, t: Tensor, y: Tensor, dt: float) -> Tensor:
-        """``y + dt * drift(t, y)``, or ``drift.euler_step(t, y, dt)`` where the drift has one."""
-        if self.own_step is not None:
-            out, what = self.own_step(t, y, dt), "drift.euler_step(t, y, dt)"
-        else:
-            out, what = self.drift(t, y), "drift(t, y)"
-        if out.shape != y.shape:
-            raise ValueError(f"{what} must return y's shape {tuple(y.shape)}, got {tuple(out.shape)}")
-        return out if self.own_step is not None else torch.add(y, out, alpha=dt)
-
-    def step(self, t0: Tensor, t1: Tensor, dt: float, y: Tensor) -> Tensor:
-        self.stats.nfe += 1
-        if self.diffusion is None:
-            return self._drift_step(t0, y, dt)
-        self.stats.nfe_diffusion += 1
-        sigma = self.diffusion(t0, y)
-        if sigma.shape != self.shape and not _broadcasts_to(sigma.shape, self.shape):
-            raise ValueError(f"diffusion(t, y) must return y's shape {tuple(self.shape)}, got {tuple(sigma.shape)}")
-        dW = self.bm(t0, t1).reshape(self.shape)
-        return torch.addcmul(self._drift_step(t0, y, dt), sigma, dW)
-
-
-def _fixed_grid(stepper: Stepper, y0: Tensor, grid: list[float], saved: set[float], stats: SolverStats):
-    """The one fixed-grid loop: step along ``grid``, keep the states at the ``saved`` times.
-
-    Returns:
-        The states at ``grid[0]`` (if saved) and at every later saved grid time, in order.
-    """
-    t = torch.tensor(grid, dtype=_time_dtype(y0), device=stepper.time_device)
-    ys = [y0] if grid[0] in saved else []
-    carry = stepper.init(t[0], y0)
-    for k in range(len(grid) - 1):
-        stats.steps += 1
-        carry = stepper.step(t[k], t[k + 1], grid[k + 1] - grid[k], carry)
-        if grid[k + 1] in saved:
-            ys.append(stepper.state(carry))
-    return ys
-
-
 def _diffusion_is_elementwise(diffusion) -> bool:
     return bool(getattr(diffusion, "elementwise", True))
 
 
+def finite_flag(y: Tensor) -> Tensor:
+    """Whether every element of ``y`` is finite: a 0-d bool tensor on ``y``'s device.
+
+    One pass over ``y`` (its smallest and largest element: NaN propagates to both, an
+    infinity is one of them), with no sum that could overflow a half-precision dtype and
+    no read back to the host.
+    """
+    if y.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=y.device)
+    return torch.isfinite(torch.stack(torch.aminmax(y))).all()
+
+
 def _check_finite(ys: list[Tensor], times: Sequence[float], method: str) -> None:
-    # One reduction: a NaN or an infinity anywhere makes the sum non-finite (so does a
-    # sum past the dtype's range, itself a blow-up).
-    if bool(torch.isfinite(ys[-1].sum())):
+    if bool(finite_flag(ys[-1])):
         return
-    finite = [bool(torch.isfinite(y.sum())) for y in ys]
+    finite = [bool(finite_flag(y)) for y in ys]
     bad = finite.index(False) if False in finite else len(finite) - 1
     since = f" (finite at t={times[bad - 1]:.6g})" if bad > 0 else ""
     raise SolverError(f"the state stopped being finite{since}", method=method, time=times[bad])
 
 
 def _brownian(bm, grid: list[float], y0: Tensor, method: str) -> torchsde.BaseBrownian:
-    flat = (y0.shape[0], y0[0].numel())
+    flat = (y0.shape[0], math.prod(y0.shape[1:]))
     if bm is None:
         levy = "space-time" if method == "srk" else "none"
         return GridBrownian(grid, flat, dtype=y0.dtype, device=y0.device, levy_area=levy, keep=False)
     if tuple(bm.shape) != flat:
         raise ValueError(f"bm must have shape (batch, prod(state)) = {flat}, got {tuple(bm.shape)}")
+    span = (bm.t0, bm.t1) if isinstance(bm, GridBrownian) else _backends.brownian_span(bm)
+    if span is not None:
+        a, b = float(span[0]), float(span[1])
+        slack = 1e-6 * max(1.0, abs(a), abs(b))  # times rounded to float32 by the path
+        if grid[0] < a - slack or grid[-1] > b + slack:
+            raise ValueError(
+                f"bm must cover the integration interval [{grid[0]:.6g}, {grid[-1]:.6g}], got a path over "
+                f"[{a:.6g}, {b:.6g}] (outside it the path would give no noise)"
+            )
     return bm
 
 
@@ -333,17 +241,20 @@ def integrate(
         dt: for fixed-step methods the largest step: each interval of ``ts`` is cut into
             ``ceil(length / dt)`` equal steps; None takes one step per interval. For
             adaptive methods, the first step tried.
-        rtol: relative tolerance of adaptive ODE methods.
-        atol: absolute tolerance of adaptive ODE methods.
+        rtol: relative tolerance of adaptive ODE methods, > 0.
+        atol: absolute tolerance of adaptive ODE methods, > 0.
         adjoint: back-propagate with torchdiffeq's adjoint method (ODE only). The
             parameters are ``adjoint_params`` if given, else those of ``drift`` when it
-            is a module or a bound method of one.
+            is a module or a bound method of one; any other drift needs
+            ``adjoint_params`` (``()`` if it uses no parameters).
         bm: a torchsde Brownian object of shape ``(B, prod(S))`` to drive the SDE, e.g.
-            from [brownian_interval][neuralsde.brownian.brownian_interval]. None draws
-            the path on the step grid from torch's generator.
+            from [brownian_interval][neuralsde.brownian.brownian_interval], over an
+            interval that contains ``[ts[0], ts[-1]]``. None draws the path on the step
+            grid from torch's generator.
         adjoint_params: the parameters the adjoint pass differentiates (ODE only).
         stats: if given, the solve's steps and evaluation counts are added to it.
-        check_finite: raise SolverError if the final state is not finite.
+        check_finite: raise SolverError if a returned state is not finite (one read
+            back to the host per call; no sum that could overflow).
         options: extra options passed to the torchdiffeq solver. The Adams methods
             default to ``max_order=5`` (fourth order): torchdiffeq's own default of 12
             is unstable even on mild problems.
@@ -358,8 +269,9 @@ def integrate(
         final state, shape ``y0.shape``.
 
     Raises:
-        ValueError: for an unknown method, a bad ``ts``, or a diffusion that the method
-            cannot handle.
+        ValueError: for an unknown method, a bad ``ts``, ``dt`` or tolerance, a
+            diffusion that the method cannot handle, a ``bm`` that does not cover
+            ``ts``, or an adjoint solve whose parameters are unknown.
         SolverError: if the state stops being finite or an adaptive step size underflows.
     """
     if not torch.is_tensor(y0) or y0.dim() < 1:
@@ -368,6 +280,9 @@ def integrate(
         raise ValueError(f"y0 must be floating point, got dtype {y0.dtype}")
     if dt is not None and not dt > 0:
         raise ValueError(f"dt must be positive, got {dt}")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (float(tol) > 0 and math.isfinite(tol)):
+            raise ValueError(f"{name} must be a finite number > 0, got {tol}")
     if saveat not in ("ts", "t1"):
         raise ValueError(f"saveat must be 'ts' or 't1', got {saveat!r}")
     times = _as_times(ts)
@@ -378,14 +293,20 @@ def integrate(
     if diffusion is None:
         if adjoint and not adaptive:
             raise ValueError("adaptive=False replays a fixed grid and back-propagates directly; no adjoint")
+        if adjoint and adjoint_params is None and _backends.drift_module(drift) is None:
+            raise ValueError(
+                "adjoint=True needs the parameters the drift uses, and a plain function does not say which: "
+                "expected an nn.Module (or a bound method of one) as drift, or adjoint_params=(tensors...), "
+                f"or adjoint_params=() if it uses none; got a {type(drift).__name__} and adjoint_params=None"
+            )
         if adjoint or (adaptive and is_adaptive(method)):
             ys = _odeint(drift, y0, times, grid, method, dt, rtol, atol, adjoint, adjoint_params, local, options)
             ys = ys[len(ys) - len(saved) :]
         elif method == "euler":
-            ys = _fixed_grid(_EulerStep(drift, None, None, y0.shape, local), y0, grid, set(saved), local)
+            ys = fixed_grid(EulerStep(drift, None, None, y0.shape, local), y0, grid, set(saved), local)
         else:
             stepper = _backends.ODEStepper(drift, y0, method, rtol, atol, options, local, replay=is_adaptive(method))
-            ys = _fixed_grid(stepper, y0, grid, set(saved), local)
+            ys = fixed_grid(stepper, y0, grid, set(saved), local)
     else:
         if adjoint:
             raise ValueError("adjoint=True is available for ODE solves only; SDE solves back-propagate directly")
@@ -397,10 +318,13 @@ def integrate(
             )
         bm = _brownian(bm, grid, y0, method)
         if method == "euler":
-            stepper = _EulerStep(drift, diffusion, bm, y0.shape, local)
+            stepper = EulerStep(drift, diffusion, bm, y0.shape, local)
+        elif y0.numel() == 0:
+            # torchsde's steppers cannot take an empty state; its solution is empty.
+            return torch.stack([y0] * len(saved)) if saveat == "ts" else y0
         else:
             stepper = _backends.SDEStepper(drift, diffusion, y0, method, bm, grid[1] - grid[0], local)
-        ys = _fixed_grid(stepper, y0, grid, set(saved), local)
+        ys = fixed_grid(stepper, y0, grid, set(saved), local)
     if stats is not None:
         stats.add(local)
     if check_finite:

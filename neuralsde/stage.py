@@ -7,9 +7,16 @@ weights W(t): of the stage's ``n`` continuous blocks, block ``k`` owns the inter
     dX/dt = G_k(X) = (block_k(X) - X) / h.
 
 One Euler step per block is therefore exactly the discrete stage, and finer or adaptive
-solvers integrate the same dynamics. Each interval is solved by its own call of
-[`integrate`][neuralsde.solvers.integrate], so no solver ever steps across a jump of W(t) (adaptive
-methods would otherwise shrink their steps to resolve the discontinuity).
+solvers integrate the same dynamics. Each block is called as a module for its own
+interval, ``block(x, interval=stage.interval(k))``, and solves it with one call of
+[`integrate`][neuralsde.solvers.integrate] (see [`neuralsde.intervals`][neuralsde.intervals]):
+no solver ever steps across a jump of W(t) (adaptive methods would otherwise shrink their
+steps to resolve the discontinuity), and hooks on a block fire once per forward pass with
+the state entering its interval and the state leaving it, which a hook may replace
+(Captum's layer methods do).
+
+Whether the state stayed finite is recorded per block on the device and read back once,
+at the end of the stage's forward pass, or by a model once for all its stages.
 
 Shape-changing blocks (stride, channel change, a ``downsample`` branch) cannot be time
 steps; they stay discrete transitions at the head of the stage:
@@ -40,44 +47,17 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import ResBlock
-from .brownian import GridBrownian
 from .diffusion import Diffusion
+from .intervals import NOISE_OFF_METHOD, BlockInterval, ZeroDiffusion, path_seed
 from .settings import SolverSettings
-from .solvers import SolverError, SolverStats, integrate, is_adaptive, step_grid
+from .solvers import SolverError, SolverStats, finite_flag, is_adaptive
 
 __all__ = ["ContinuousStage"]
 
-# With the noise off, Euler–Maruyama and Milstein are Euler's method (their noise terms
-# vanish with sigma); SRK has no torchdiffeq twin, so it runs with a zero diffusion.
-_NOISE_OFF_METHOD = {"euler": "euler", "milstein": "euler"}
 
-
-# Methods whose number of drift evaluations depends on the drift itself.
-_DATA_DEPENDENT = ("implicit_adams",)
-
-
-class _ZeroDiffusion(nn.Module):
-    elementwise = True
-
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        return x.new_zeros(()).expand_as(x)
-
-
-class _BlockDrift:
-    """The drift of one block's interval, with the block's own Euler step."""
-
-    def __init__(self, block: ResBlock, h: float):
-        self.block, self.h = block, h
-
-    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.block.velocity(y, self.h)
-
-    def euler_step(self, t: Tensor, y: Tensor, dt: float) -> Tensor:
-        return self.block.step(y, dt / self.h)
-
-
-def _path_seed(seed: int, stage: int, block: int) -> int:
-    return (int(seed) * 1_000_003 + stage * 1_009 + block) % (2**63)
+def _compiling() -> bool:
+    """Whether torch.compile or torch.export is tracing (no tensor may be read back)."""
+    return torch.compiler.is_compiling()
 
 
 class ContinuousStage(nn.Module):
@@ -148,6 +128,7 @@ class ContinuousStage(nn.Module):
         self.frozen: list[list[float]] | None = None
         self.direct_backprop = False
         self._recording: list[list[float]] | None = None
+        self._finite: list[Tensor] = []
         self.stats = SolverStats()
         self.solver = SolverSettings(
             method, steps_per_block, T, rtol, atol, adjoint, sde=diffusion is not None, elementwise=self._elementwise()
@@ -243,60 +224,63 @@ class ContinuousStage(nn.Module):
         self.solver = settings
         self.reserve_activations()
 
-    # -- what attribution hooks need ------------------------------------------------
+    # -- how each block interval is solved ---------------------------------------------
     def _continuous_blocks(self) -> list[ResBlock]:
         return [b for b, c in zip(self.blocks, self.continuous) if c]
 
-    def _plan(self, k: int, noise: bool) -> dict:
-        """How block interval ``k`` is solved: method, diffusion, times, dt, adaptive."""
+    def interval(self, k: int, noise: bool | None = None) -> BlockInterval:
+        """How continuous block ``k`` integrates its interval ``[k h, (k + 1) h]``.
+
+        Args:
+            k: the block's index among the continuous blocks.
+            noise: whether the SDE noise is on (None: as the stage's ``noise`` says).
+        """
+        noise = self.is_sde and (self.noise if noise is None else noise)
         h = self.h
         method, diffusion = self.method, None
         if self.is_sde:
             if noise:
                 diffusion = self.diffusion
-            elif method in _NOISE_OFF_METHOD:
-                method = _NOISE_OFF_METHOD[method]
+            elif method in NOISE_OFF_METHOD:
+                method = NOISE_OFF_METHOD[method]
             else:
-                diffusion = _ZeroDiffusion()
+                diffusion = ZeroDiffusion()
+        common = dict(
+            h=h,
+            method=method,
+            diffusion=diffusion,
+            rtol=self.solver.rtol,
+            atol=self.solver.atol,
+            path_seed=None if not noise or self.path_seed is None else path_seed(self.path_seed, self.index, k),
+            stats=self.stats,
+            recording=self._recording,
+        )
         if self.frozen is not None:
-            return dict(method=method, diffusion=diffusion, ts=self.frozen[k], dt=None, adaptive=False)
+            return BlockInterval(ts=tuple(self.frozen[k]), adaptive=False, **common)
+        adjoint = self.solver.adjoint and not self.direct_backprop
         dt = None if is_adaptive(method) else h / self.steps_per_block
-        return dict(method=method, diffusion=diffusion, ts=[k * h, (k + 1) * h], dt=dt, adaptive=True)
+        return BlockInterval(ts=(k * h, (k + 1) * h), dt=dt, adjoint=adjoint, **common)
 
     def evaluations_per_block(self) -> list[int | None]:
         """Drift evaluations each continuous block needs per forward pass.
 
         None where the count depends on the input (an adaptive method without a frozen
-        grid, or implicit Adams, whose corrector iterates to convergence).
+        grid, or implicit Adams, whose corrector iterates to convergence). Counted in a
+        time independent of the number of steps (see
+        [`BlockInterval.evaluations`][neuralsde.intervals.BlockInterval.evaluations]).
         """
         counts: list[int | None] = []
         for k in range(self.num_continuous):
-            needed = 0
-            for noise in (False, True) if self.is_sde else (False,):
-                plan = self._plan(k, noise)
-                if plan["adaptive"] and (is_adaptive(plan["method"]) or plan["method"] in _DATA_DEPENDENT):
-                    needed = None
-                    break
-                stats = SolverStats()
-                diffusion = None if plan["diffusion"] is None else (lambda t, y: y)
-                integrate(
-                    lambda t, y: -y,
-                    torch.zeros(1, 1, dtype=torch.float64),
-                    plan["ts"],
-                    diffusion=diffusion,
-                    method=plan["method"],
-                    dt=plan["dt"],
-                    adaptive=plan["adaptive"],
-                    stats=stats,
-                    check_finite=False,
-                    saveat="t1",
-                )
-                needed = max(needed, stats.nfe)
-            counts.append(needed)
+            per_mode = [self.interval(k, noise).evaluations() for noise in ((False, True) if self.is_sde else (False,))]
+            counts.append(None if None in per_mode else max(per_mode))
         return counts
 
     def reserve_activations(self) -> None:
-        """Create the activation modules every drift evaluation of a forward pass uses."""
+        """Create the activation modules every drift evaluation of a forward pass uses.
+
+        At most [`ActivationPool.MAX_SETS`][neuralsde.blocks.ActivationPool] sets per
+        block; a solver needing more reuses them, which hook-based attributions refuse.
+        """
         counts = iter(self.evaluations_per_block())
         for block, continuous in zip(self.blocks, self.continuous):
             n = next(counts) if continuous else 1
@@ -332,7 +316,8 @@ class ContinuousStage(nn.Module):
     def drift(self, t: float, x: Tensor) -> Tensor:
         """G(X, W(t)): the drift at stage time ``t`` in ``[0, T]``.
 
-        Block ``k`` owns ``[k h, (k + 1) h)``; ``t = T`` belongs to the last block.
+        Block ``k`` owns ``[k h, (k + 1) h)``; ``t = T`` belongs to the last block. The
+        block's module is not called (its hooks do not fire): this is the bare drift.
 
         Args:
             t: stage time.
@@ -341,7 +326,7 @@ class ContinuousStage(nn.Module):
         Returns:
             dX/dt, shape ``(B, C, H, W)``.
         """
-        blocks = [b for b, c in zip(self.blocks, self.continuous) if c]
+        blocks = self._continuous_blocks()
         if not blocks:
             raise ValueError(f"stage {self.name!r} has no continuous blocks")
         k = min(int(float(t) / self.h), len(blocks) - 1)
@@ -349,50 +334,6 @@ class ContinuousStage(nn.Module):
             raise ValueError(f"t must be in [0, {self.horizon}], got {float(t)}")
         blocks[k].acts.reset()
         return blocks[k].velocity(x, self.h)
-
-    def _solve(self, block: ResBlock, x: Tensor, k: int, noise: bool) -> Tensor:
-        plan = self._plan(k, noise)
-        velocity = _BlockDrift(block, self.h)
-
-        bm = None
-        if plan["diffusion"] is not None and noise and self.path_seed is not None:
-            generator = torch.Generator(device=x.device)
-            generator.manual_seed(_path_seed(self.path_seed, self.index, k))
-            bm = GridBrownian(
-                step_grid(plan["ts"], plan["dt"]),
-                (x.shape[0], x[0].numel()),
-                dtype=x.dtype,
-                device=x.device,
-                levy_area="space-time" if plan["method"] == "srk" else "none",
-                generator=generator,
-                keep=False,
-                shared=True,
-            )
-        adjoint = self.solver.adjoint and not self.direct_backprop and plan["adaptive"]
-        recording = self._recording is not None and plan["adaptive"] and is_adaptive(plan["method"])
-        stats = SolverStats(times=[]) if recording else self.stats
-        x1 = integrate(
-            velocity,
-            x,
-            plan["ts"],
-            diffusion=plan["diffusion"],
-            method=plan["method"],
-            dt=plan["dt"],
-            rtol=self.solver.rtol,
-            atol=self.solver.atol,
-            adjoint=adjoint,
-            bm=bm,
-            adaptive=plan["adaptive"],
-            adjoint_params=tuple(block.parameters()) if adjoint else None,
-            stats=stats,
-            saveat="t1",
-        )
-        if recording:
-            self.stats.add(stats)
-            t0, t1 = plan["ts"][0], plan["ts"][-1]
-            inner = [t for t in stats.times if t0 < t < t1 and not math.isclose(t, t1)]
-            self._recording.append([t0, *inner, t1])
-        return x1
 
     def _split(self) -> int:
         """Index of the first continuous block; every block from there on is one."""
@@ -408,30 +349,71 @@ class ContinuousStage(nn.Module):
             x = block(x)
         return x
 
-    def flow(self, x: Tensor) -> Tensor:
+    def flow(self, x: Tensor, *, check_finite: bool = True) -> Tensor:
         """The continuous dynamics alone: ``X(0) -> X(T)``, the map of Theorem 1.
+
+        Each continuous block is called as a module for its own interval (see
+        [`interval`][neuralsde.stage.ContinuousStage.interval]), so hooks on it fire
+        once, and what a forward hook returns is the state the next block starts from.
 
         Args:
             x: state at stage time 0, shape ``(B, C, H, W)`` (after the transitions).
+            check_finite: raise SolverError at the end if a block's output was not
+                finite (one read back to the host); False leaves the check to the
+                caller ([`check_finite`][neuralsde.stage.ContinuousStage.check_finite]).
 
         Returns:
             State at time T, same shape.
+
+        Raises:
+            SolverError: if the state stops being finite (names this stage).
         """
         self.stats.reset()
         noise = self.is_sde and self.noise
+        track = not _compiling()
+        self._finite = []
         for k, block in enumerate(self.blocks[self._split() :]):
-            block.acts.reset()
             try:
-                x = self._solve(block, x, k, noise)
+                x = block(x, interval=self.interval(k, noise))
             except SolverError as err:
                 raise err.in_stage(self.name) from err
+            if track:
+                self._finite.append(finite_flag(x))
+        if check_finite:
+            self.check_finite()
         return x
 
-    def forward(self, x: Tensor) -> Tensor:
+    def finite_flags(self) -> list[Tensor]:
+        """Per continuous block, whether its output in the last forward pass was finite.
+
+        0-d bool tensors on the state's device, not read back (empty under
+        ``torch.compile``, which cannot read them back without breaking the graph).
+        """
+        return list(self._finite)
+
+    def check_finite(self) -> None:
+        """Raise if a block's output in the last forward pass was not finite.
+
+        Raises:
+            SolverError: naming this stage, the end of the first block interval whose
+                output was not finite, and the method.
+        """
+        if not self._finite or bool(torch.stack(self._finite).all()):
+            return
+        k = [bool(f) for f in self._finite].index(False)
+        since = f" (finite at t={k * self.h:.6g})" if k > 0 else ""
+        method = self.interval(k).method
+        raise SolverError(
+            f"the state stopped being finite{since}", method=method, time=(k + 1) * self.h, stage=self.name
+        )
+
+    def forward(self, x: Tensor, *, check_finite: bool = True) -> Tensor:
         """Apply the stage: the discrete transitions, then the continuous dynamics.
 
         Args:
             x: input, shape ``(B, C_in, H, W)``.
+            check_finite: as for [`flow`][neuralsde.stage.ContinuousStage.flow] (a model
+                checks all its stages at once, at the end of its forward pass).
 
         Returns:
             Output, shape ``(B, C_out, H', W')``.
@@ -439,7 +421,7 @@ class ContinuousStage(nn.Module):
         Raises:
             SolverError: if the state stops being finite (names this stage).
         """
-        return self.flow(self.transition(x))
+        return self.flow(self.transition(x), check_finite=check_finite)
 
     def extra_repr(self) -> str:
         kind = f"sde, diffusion={self.diffusion.kind}" if self.is_sde else "ode"

@@ -20,7 +20,20 @@ SNIPPET_PAGES = [
     "concepts/solvers.md",
     "concepts/diffusions.md",
     "concepts/attribution.md",
+    pytest.param("recipes/pretrained.md", marks=pytest.mark.slow),  # fine-tunes ResNet-50 twins
 ]
+
+
+def check_recipe(namespace: dict) -> None:
+    """The pretrained recipe does what it says: identical starts and runs but for the noise."""
+    assert namespace["same_start"] is True
+    assert namespace["same_training"] is True  # sigma = 0: the SDE twin trains as the ODE twin
+    assert namespace["history"]["sde"] != namespace["history"]["ode"]  # the noise changes the run
+    assert namespace["cams"]["sde"].shape == namespace["cams"]["ode"].shape == (2, 1, 2, 2)
+
+
+#: What a page's snippets must leave behind, checked after they ran.
+PAGE_CHECKS = {"recipes/pretrained.md": check_recipe}
 
 
 def python_blocks(page: Path) -> list[str]:
@@ -28,13 +41,15 @@ def python_blocks(page: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("page", SNIPPET_PAGES)
-def test_every_python_snippet_runs(page, tmp_path, monkeypatch):
+def test_every_python_snippet_runs(page, tmp_path, monkeypatch, local_weights):
+    """Every snippet runs, with pretrained weights from local files (nothing downloads)."""
     blocks = python_blocks(DOCS / page)
     assert blocks, f"{page} has no Python snippet"
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in blocks:  # in order, sharing names, as a reader would run them
         exec(compile(block, f"{page}", "exec"), namespace)
+    PAGE_CHECKS.get(page, lambda namespace: None)(namespace)
 
 
 def test_quick_start_snippet_checks_what_it_says():

@@ -1,8 +1,11 @@
 """neuralsde.models: drop-in equivalence with torchvision, weights, SDE modes, errors."""
 
+import copy
+
 import pytest
 import torch
 import torchvision
+from conftest import randomize_batchnorm
 from torch import nn
 
 from neuralsde import ODEResNet, SDEResNet, SolverError
@@ -170,3 +173,200 @@ def test_learned_diffusion_state_dict(randomize_bn):
         sde.load_state_dict({**tv.state_dict(), "bogus": torch.zeros(1)})
     with pytest.raises(RuntimeError, match="missing keys"):
         sde.load_state_dict({k: v for k, v in tv.state_dict().items() if k != "fc.bias"})
+
+
+# -- pretrained starts (weights come from the local_weights fixture: nothing is downloaded)
+def tv_pretrained(arch, name):
+    weights = torchvision.models.get_model_weights(arch)[name]
+    return torchvision.models.get_model(arch, weights=weights).eval()
+
+
+@pytest.mark.parametrize("cls", [ODEResNet, SDEResNet])
+def test_weights_by_enum_or_by_name_are_torchvisions(local_weights, cls):
+    from torchvision.models import ResNet18_Weights
+
+    tv = tv_pretrained("resnet18", "IMAGENET1K_V1")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = tv(x)
+        for weights in (ResNet18_Weights.IMAGENET1K_V1, "IMAGENET1K_V1", "DEFAULT", "ResNet18_Weights.DEFAULT"):
+            twin = cls("resnet18", weights=weights, progress=False).eval()
+            assert twin.num_classes == 1000
+            # The same network (one Euler step per block): float32 round-off, as above.
+            torch.testing.assert_close(twin(x), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    assert {request[:2] for request in local_weights} == {("resnet18", "IMAGENET1K_V1")}
+    assert local_weights[-1][2]["progress"] is False  # passed on to torchvision
+
+
+def test_pretrained_with_new_classes_and_channels_replaces_head_and_stem(local_weights):
+    tv = tv_pretrained("resnet18", "IMAGENET1K_V1")
+    torch.manual_seed(0)
+    ode = ODEResNet("resnet18", weights="DEFAULT", num_classes=10, in_channels=1)
+    assert (ode.fc.out_features, ode.num_classes, ode.conv1.in_channels) == (10, 10, 1)
+    assert ode.conv1.weight.shape == (64, 1, 7, 7) and ode.conv1.stride == (2, 2)
+    kept = {k: v for k, v in tv.state_dict().items() if not k.startswith(("fc.", "conv1."))}
+    state = ode.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in kept.items())  # the body is pretrained
+    assert ode(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_weights_from_a_local_file(tmp_path):
+    torch.manual_seed(0)
+    tv = randomize_batchnorm(torchvision.models.resnet18(num_classes=7)).eval()
+    torch.save(tv.state_dict(), tmp_path / "resnet18.pth")
+    for weights in (tmp_path / "resnet18.pth", str(tmp_path / "resnet18.pth")):
+        sde = SDEResNet("resnet18", weights=weights).eval()
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(sde(x), tv(x), rtol=1e-5, atol=1e-5 * tv(x).abs().max().item())
+    torch.save({"not": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="state dict"):
+        ODEResNet("resnet18", weights=tmp_path / "other.pth")
+
+
+def test_wrong_weights_are_refused(local_weights):
+    from torchvision.models import ResNet50_Weights
+
+    with pytest.raises(ValueError, match="must be a ResNet18_Weights"):
+        ODEResNet("resnet18", weights=ResNet50_Weights.DEFAULT)
+    with pytest.raises(ValueError, match=r"must name one of IMAGENET1K_V1, DEFAULT .* got 'IMAGENET1K_V9'"):
+        ODEResNet("resnet18", weights="IMAGENET1K_V9")
+    assert local_weights == []
+
+
+def test_from_torchvision_replaces_head_and_stem_on_request(randomize_bn):
+    tv = tv_model("resnet18", randomize_bn, num_classes=1000)
+    ode = ODEResNet.from_torchvision(tv, num_classes=10, method="rk4")
+    assert isinstance(ode.fc, nn.Linear) and ode.fc.out_features == 10 and ode.num_classes == 10
+    assert torch.equal(ode.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
+    assert ode(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    gray = SDEResNet.from_torchvision(tv, in_channels=1, sigma=0.1)
+    assert gray.in_channels == 1 and gray(torch.randn(2, 1, 32, 32)).shape == (2, 1000)
+    same = ODEResNet.from_torchvision(tv, num_classes=1000, in_channels=3)
+    assert torch.equal(same.fc.weight, tv.fc.weight) and torch.equal(same.conv1.weight, tv.conv1.weight)
+
+
+def test_unknown_keyword_arguments_raise_type_error(randomize_bn):
+    tv = tv_model("resnet18", randomize_bn)
+    for bad in (dict(arch="resnet50"), dict(weights="DEFAULT"), dict(num_clases=10), dict(sigma=0.5)):
+        with pytest.raises(TypeError, match="unexpected keyword argument"):
+            ODEResNet.from_torchvision(tv, **bad)
+    with pytest.raises(TypeError, match="'arch'"):
+        SDEResNet.small(arch="resnet18")
+    with pytest.raises(TypeError):
+        ODEResNet("resnet18", num_clases=10)
+    assert SDEResNet.from_torchvision(tv, sigma=0.25, eval_samples=2).sigma == 0.25
+
+
+# -- an empty batch, half precision, autocast, torch.compile
+@pytest.mark.parametrize("cls", [ODEResNet, SDEResNet])
+def test_an_empty_batch_gives_an_empty_batch_of_logits(randomize_bn, cls):
+    tv = tv_model("resnet18", randomize_bn)
+    twin = cls.from_torchvision(tv)
+    x = torch.randn(0, 3, 32, 32)
+    for training in (False, True):
+        tv.train(training)
+        twin.train(training)
+        assert twin(x).shape == tv(x).shape == (0, 10)
+
+
+def test_half_and_bfloat16_models_on_the_cpu(randomize_bn):
+    """fp16 and bf16 weights and inputs: no false SolverError, torchvision's accuracy.
+
+    The twin computes what torchvision computes, in the same order, so at the same
+    precision it equals torchvision's output up to its own rounding (measured: equal).
+    Against fp32 both are off by the precision's rounding accumulated over ~20 layers:
+    measured 8.5e-4 (fp16, unit round-off 4.9e-4) and 5.8e-3 (bf16, 3.9e-3) of the
+    logit scale on this input; the bounds are 5e-3 and 3e-2.
+    """
+    tv = tv_model("resnet18", randomize_bn)
+    x = torch.randn(8, 3, 64, 64)  # the layer1 state's sum overflows fp16: 8 x 64 x 16 x 16 values ~1
+    with torch.no_grad():
+        ref = tv(x)
+        scale = ref.abs().max().item()
+        for dtype, bound in ((torch.float16, 5e-3), (torch.bfloat16, 3e-2)):
+            low_tv = copy.deepcopy(tv).to(dtype)
+            low_ref = low_tv(x.to(dtype)).float()
+            for cls in (ODEResNet, SDEResNet):
+                out = cls.from_torchvision(low_tv).eval()(x.to(dtype)).float()
+                assert (out - ref).abs().max().item() <= bound * scale, (dtype, cls)
+                assert (out - low_ref).abs().max().item() <= 1e-3 * scale, (dtype, cls)
+
+
+def test_autocast_bfloat16_on_the_cpu(randomize_bn):
+    """Under CPU autocast (bf16) the logits match fp32 within 3e-2 of the logit scale.
+
+    Convolutions and the classifier run in bf16 (unit round-off 2^-9 = 2e-3); over ~20
+    layers the rounding accumulates to ~6e-3 of the scale (measured 5.8e-3, the same
+    as torchvision's own ResNet under autocast, which the twin equals).
+    """
+    tv = tv_model("resnet18", randomize_bn)
+    x = torch.randn(4, 3, 64, 64)
+    sde = SDEResNet.from_torchvision(tv, sigma=0.5, steps_per_block=2)
+    sde.train()
+    for m in sde.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()  # to see the noise alone
+    with torch.no_grad():
+        ref = tv(x)
+        scale = ref.abs().max().item()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            tv_low = tv(x).float()
+            for cls in (ODEResNet, SDEResNet):
+                out = cls.from_torchvision(tv).eval()(x).float()
+                assert (out - ref).abs().max().item() <= 3e-2 * scale
+                assert (out - tv_low).abs().max().item() <= 1e-3 * scale
+            noisy = sde(x)  # Euler–Maruyama with bf16 states, two steps per block
+        assert noisy.dtype == torch.bfloat16 and torch.isfinite(noisy).all()
+
+
+def _compiled_equals_eager(model, x, mode, backend):
+    import torch._dynamo
+    import torch._inductor.config as inductor
+
+    model.train(mode == "train")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)  # a graph break raises
+    with torch.random.fork_rng():
+        # The compiled model draws its noise from torch's generator as eager does.
+        previous = inductor.fallback_random
+        inductor.fallback_random = True
+        try:
+            torch.manual_seed(3)
+            out = compiled(x)
+            torch.manual_seed(3)
+            ref = model(x)
+        finally:
+            inductor.fallback_random = previous
+    # Compiled kernels fuse and reorder float32 operations: round-off only.
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    if mode == "train":
+        out.sum().backward()  # the compiled backward runs
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.slow
+def test_torch_compile_with_fullgraph_in_eval_and_train_mode():
+    """One whole graph: the finiteness flags are never read back inside the forward pass.
+
+    Every model and mode is traced whole by dynamo (the "eager" backend: no code
+    generation); the SDE in train mode, noise and backward pass included, is also
+    compiled by inductor.
+    """
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    ode = ODEResNet.small(in_channels=3, num_classes=5, widths=(4, 8), blocks=2)
+    sde = SDEResNet.small(in_channels=3, num_classes=5, widths=(4, 8), blocks=2, sigma=0.5)
+    for model, mode in ((ode, "eval"), (ode, "train"), (sde, "eval"), (sde, "train")):
+        _compiled_equals_eager(model, x, mode, "eager")
+    _compiled_equals_eager(sde, x, "train", "inductor")
+
+
+def test_torch_export_of_an_eval_model():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    for cls in (ODEResNet, SDEResNet):
+        model = cls.small(in_channels=3, num_classes=5, widths=(4, 8), blocks=2).eval()
+        program = torch.export.export(model, (x,))
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), model(x), rtol=1e-6, atol=1e-6)

@@ -5,11 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+import torchsde
 from torch import nn
 
 from neuralsde import SolverError, SolverStats, integrate
 from neuralsde.brownian import GridBrownian, brownian_interval
-from neuralsde.solvers import ADAPTIVE_ODE_METHODS, FIXED_ODE_METHODS, SDE_METHODS, step_grid
+from neuralsde.solvers import ADAPTIVE_ODE_METHODS, FIXED_ODE_METHODS, SDE_METHODS, finite_flag, step_grid
 
 # Orders of the fixed-step ODE methods (the Adams methods start with RK4 and run at
 # order >= 4 once their history is long enough; the check below asks for >= 3.5).
@@ -347,3 +348,88 @@ def test_adaptive_blow_up_raises_solver_error():
     y0 = torch.ones(1, 1, dtype=torch.float64)
     with pytest.raises(SolverError, match="dopri5"):
         integrate(lambda t, y: y * y, y0, [0.0, 3.0], method="dopri5")
+
+
+def test_non_positive_tolerances_are_refused():
+    # With rtol = atol = -1 every step passed the error test: y' = -30 y gave 6.3e5.
+    y0 = torch.ones(1, 1)
+    for rtol, atol in ((-1.0, -1.0), (1e-5, 0.0), (0.0, 1e-6), (float("nan"), 1e-6)):
+        with pytest.raises(ValueError, match="must be a finite number > 0"):
+            integrate(lambda t, y: -30 * y, y0, [0.0, 1.0], method="dopri5", rtol=rtol, atol=atol)
+
+
+def test_adjoint_of_a_plain_function_needs_its_parameters():
+    w = torch.tensor(0.5, requires_grad=True)
+    y0 = torch.ones(1, 1)
+    with pytest.raises(ValueError, match="adjoint_params"):
+        integrate(lambda t, y: -w * y, y0, [0.0, 1.0], method="rk4", dt=0.1, adjoint=True)
+    out = integrate(lambda t, y: -w * y, y0, [0.0, 1.0], method="rk4", dt=0.1, adjoint=True, adjoint_params=(w,))
+    (grad,) = torch.autograd.grad(out[-1].sum(), w)
+    # y(1) = exp(-w): dy/dw = -exp(-w); rk4 at dt=0.1 and its adjoint are ~1e-6 from it.
+    assert abs(grad.item() + math.exp(-0.5)) < 1e-5
+    # A function using no parameters says so with adjoint_params=().
+    integrate(lambda t, y: -y, y0, [0.0, 1.0], method="rk4", dt=0.1, adjoint=True, adjoint_params=())
+
+
+def test_a_brownian_path_must_cover_the_solve():
+    y0 = torch.ones(4, 3)
+    short = brownian_interval(y0, 0.0, 0.5)
+    with pytest.raises(ValueError, match=r"cover the integration interval \[0, 1\], got a path over \[0, 0.5\]"):
+        integrate(lambda t, y: 0 * y, y0, [0.0, 1.0], diffusion=lambda t, y: torch.ones_like(y), bm=short, dt=0.1)
+    tree = torchsde.BrownianTree(t0=0.2, w0=torch.zeros(4, 3), t1=1.0)
+    with pytest.raises(ValueError, match=r"over \[0.2, 1\]"):
+        integrate(lambda t, y: 0 * y, y0, [0.0, 1.0], diffusion=lambda t, y: torch.ones_like(y), bm=tree, dt=0.1)
+    grid = GridBrownian([0.0, 0.5], (4, 3))
+    with pytest.raises(ValueError, match="cover"):
+        integrate(lambda t, y: 0 * y, y0, [0.0, 1.0], diffusion=lambda t, y: torch.ones_like(y), bm=grid)
+    # A path over a longer interval is fine.
+    long = brownian_interval(y0, 0.0, 2.0)
+    out = integrate(lambda t, y: 0 * y, y0, [0.0, 1.0], diffusion=lambda t, y: torch.ones_like(y), bm=long, dt=0.1)
+    torch.testing.assert_close(out[-1] - y0, long(0.0, 1.0))  # zero drift: y(1) - y(0) = W(1) - W(0)
+
+
+def test_finiteness_check_of_a_half_precision_state_does_not_overflow():
+    # 8 x 3 x 64 x 64 elements of 1000: every one finite, their sum (9.8e7) past fp16's 65504.
+    for dtype in (torch.float16, torch.bfloat16):
+        y0 = torch.full((8, 3, 64, 64), 1000.0, dtype=dtype)
+        out = integrate(lambda t, y: torch.zeros_like(y), y0, [0.0, 1.0], dt=0.5)
+        assert torch.equal(out[-1], y0)
+        bad = y0.clone()
+        bad[3, 1, 2, 3] = float("-inf")
+        with pytest.raises(SolverError):
+            integrate(lambda t, y: torch.zeros_like(y), bad, [0.0, 1.0])
+        assert finite_flag(y0) and not finite_flag(bad) and finite_flag(y0[:0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", SDE_METHODS)
+def test_sde_solves_in_half_precision_on_grids_that_half_precision_cannot_hold(dtype, method):
+    # Steps of 0.1 over [0, 0.3]: 0.1, 0.2 and 0.3 are not fp16/bf16 numbers, and
+    # rounded to bf16 two of them would merge.
+    y0 = torch.ones(64, 5, dtype=dtype)
+    torch.manual_seed(0)
+    out = integrate(
+        lambda t, y: 0 * y, y0, [0.0, 0.3], diffusion=lambda t, y: torch.ones_like(y), method=method, dt=0.1
+    )
+    increments = (out[-1] - y0).float()
+    assert torch.isfinite(increments).all()
+    # W(0.3) ~ N(0, 0.3): 320 draws, sample variance within 30% (4 standard errors).
+    assert abs(increments.var().item() / 0.3 - 1) < 0.3
+
+
+def test_grid_brownian_matches_grid_times_rounded_to_float32():
+    grid = step_grid([0.0, 0.3], 0.1)
+    bm = GridBrownian(grid, (2, 3), dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
+    assert (bm.t0, bm.t1) == (0.0, 0.3) and bm.dtype == torch.bfloat16
+    as_float32 = torch.tensor(grid, dtype=torch.float32)
+    assert torch.equal(bm(as_float32[1], as_float32[2]), bm(grid[1], grid[2]))
+    with pytest.raises(ValueError, match="grid points"):
+        bm(0.15, 0.2)
+
+
+def test_an_empty_batch_is_integrated_to_an_empty_batch():
+    y0 = torch.zeros(0, 3, 4)
+    for diffusion in (None, lambda t, y: torch.ones_like(y)):
+        for method in ("euler", "rk4") if diffusion is None else SDE_METHODS:
+            out = integrate(lambda t, y: -y, y0, [0.0, 1.0], diffusion=diffusion, method=method, dt=0.5)
+            assert out.shape == (2, 0, 3, 4)

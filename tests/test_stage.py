@@ -194,3 +194,170 @@ def test_adjoint_gradients_converge_to_direct_backpropagation(randomize_bn):
             grads.append(torch.autograd.grad(out, stage[0].conv1.weight)[0])
         gaps.append(((grads[1] - grads[0]).abs().max() / grads[0].abs().max()).item())
     assert gaps[1] < gaps[0] / 4 and gaps[1] < 0.01, gaps
+
+
+# Every continuous block is entered through its module call, for its own interval.
+HOOK_SOLVERS = [
+    dict(method="euler"),
+    dict(method="euler", steps_per_block=3),
+    dict(method="rk4", steps_per_block=2),
+    dict(method="dopri5", rtol=1e-4, atol=1e-5),
+    dict(method="euler", diffusion=NormalizedDiffusion(0.5)),
+    dict(method="milstein", steps_per_block=2, diffusion=MultiplicativeDiffusion(0.3)),
+    dict(method="srk", diffusion=MultiplicativeDiffusion(0.3)),
+]
+HOOK_IDS = ["euler", "euler-x3", "rk4-x2", "dopri5", "euler_maruyama", "milstein-x2", "srk"]
+
+
+@pytest.mark.parametrize("settings", HOOK_SOLVERS, ids=HOOK_IDS)
+def test_hooks_on_each_block_fire_once_with_the_states_at_its_interval_ends(randomize_bn, settings):
+    stage = stage_of(tv_layer(randomize_bn), T=3.0, **settings)
+    stage.noise = True  # an SDE stage draws noise (along a fixed path, to compare passes)
+    stage.path_seed = 7
+    seen = []
+    pre = [b.register_forward_pre_hook(lambda m, args: seen.append(("in", m, args[0]))) for b in stage]
+    post = [b.register_forward_hook(lambda m, args, out: seen.append(("out", m, out))) for b in stage]
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        out = stage(x)
+    assert [(kind, m) for kind, m, _ in seen] == [
+        ("in", stage[0]),
+        ("out", stage[0]),
+        ("in", stage[1]),
+        ("out", stage[1]),
+    ]
+    assert seen[0][2] is x and seen[1][2] is seen[2][2] and seen[3][2] is out  # chained, nothing in between
+    for h in pre + post:
+        h.remove()
+    # Each block's output is the solution over its own interval [k h, (k + 1) h].
+    with torch.no_grad():
+        for k in range(2):
+            alone = stage[k](seen[2 * k][2], interval=stage.interval(k))
+            torch.testing.assert_close(alone, seen[2 * k + 1][2], rtol=0, atol=0)
+        torch.testing.assert_close(stage(x), out, rtol=0, atol=0)  # the hooks changed nothing
+
+
+@pytest.mark.parametrize("settings", HOOK_SOLVERS[:4], ids=HOOK_IDS[:4])
+def test_what_a_forward_hook_returns_is_what_the_stage_goes_on_with(randomize_bn, settings):
+    stage = stage_of(tv_layer(randomize_bn), **settings)
+    x = torch.randn(2, 64, 8, 8)
+    replacement = torch.randn(2, 64, 8, 8, generator=torch.Generator().manual_seed(5)).relu()
+    with torch.no_grad():
+        expected = stage[1](replacement, interval=stage.interval(1))
+        handle = stage[0].register_forward_hook(lambda m, args, out: replacement)
+        assert torch.equal(stage(x), expected)
+        handle.remove()
+        handle = stage[1].register_forward_pre_hook(lambda m, args: (replacement,))
+        assert torch.equal(stage(x), expected)  # a pre-hook replaces the input
+        handle.remove()
+        handle = stage[1].register_forward_hook(lambda m, args, out: out * 0)
+        assert torch.equal(stage(x), torch.zeros_like(x))  # the last block's output is the stage's
+        handle.remove()
+
+
+def test_backward_hooks_on_a_block_see_the_gradients_at_its_interval_ends(randomize_bn):
+    stage = stage_of(tv_layer(randomize_bn), method="rk4", steps_per_block=2)
+    x = torch.randn(2, 64, 8, 8)
+    # Reference: the two intervals by hand, keeping the gradient at the state between.
+    middle = stage[0](x, interval=stage.interval(0))
+    middle.retain_grad()
+    out = stage[1](middle, interval=stage.interval(1))
+    out.retain_grad()
+    out.square().sum().backward()
+    grads = {}
+    handle = stage[1].register_full_backward_hook(lambda m, gin, gout: grads.update(gin=gin[0], gout=gout[0]))
+    stage.zero_grad()
+    stage(x).square().sum().backward()
+    handle.remove()
+    # The same operations in the same order: equal up to summation order (1e-6 relative).
+    torch.testing.assert_close(grads["gout"], out.grad, rtol=1e-6, atol=1e-6 * out.grad.abs().max().item())
+    torch.testing.assert_close(grads["gin"], middle.grad, rtol=1e-6, atol=1e-6 * middle.grad.abs().max().item())
+
+
+def test_hooks_on_a_transition_block_and_on_the_stage_fire(randomize_bn):
+    stage = stage_of(tv_layer(randomize_bn, "layer2"), method="rk4")
+    calls = []
+    handles = [m.register_forward_hook(lambda m, a, o: calls.append(m)) for m in (stage, stage[0], stage[1])]
+    stage(torch.randn(1, 64, 8, 8))
+    for h in handles:
+        h.remove()
+    assert calls == [stage[0], stage[1], stage]
+
+
+def test_finiteness_is_read_back_once_at_the_end(randomize_bn):
+    stage = stage_of(tv_layer(randomize_bn), name="layer1", method="rk4")
+    with torch.no_grad():
+        stage[0].bn2.bias.fill_(float("nan"))
+    x = torch.randn(1, 64, 8, 8)
+    out = stage.flow(x, check_finite=False)  # left to the caller: no error yet
+    flags = stage.finite_flags()
+    assert len(flags) == 2 and all(f.dtype == torch.bool and f.dim() == 0 for f in flags)
+    assert not torch.isfinite(out).all()
+    with pytest.raises(SolverError) as info:
+        stage.check_finite()
+    # The first block whose output was not finite ends at t=1.
+    assert (info.value.stage, info.value.method, info.value.time) == ("layer1", "rk4", 1.0)
+
+
+def test_a_finite_half_precision_state_whose_sum_overflows_is_no_error():
+    # Zero residual branches: each block is relu(x), so the state stays at 1000, and its
+    # sum (8 * 8 * 16 * 16 * 1000 = 1.6e7) is far past fp16's largest value (65504).
+    blocks = [ResBlock(*_zero_branch(8), *_zero_branch(8)) for _ in range(2)]
+    stage = ContinuousStage(blocks, method="euler", steps_per_block=2).eval()
+    x = torch.full((8, 8, 16, 16), 1000.0)
+    for dtype in (torch.float16, torch.bfloat16):
+        with torch.no_grad():
+            out = stage.to(dtype)(x.to(dtype))
+        assert torch.equal(out, x.to(dtype))
+
+
+def _zero_branch(channels):
+    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+    nn.init.zeros_(conv.weight)
+    return conv, nn.BatchNorm2d(channels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("steps, T", [(3, None), (1, 0.3), (3, 0.3)])
+def test_sde_stages_in_half_precision_draw_noise_on_their_grid(randomize_bn, dtype, steps, T):
+    """GridBrownian keeps its grid in double precision whatever the state's dtype."""
+    stage = stage_of(tv_layer(randomize_bn), diffusion=NormalizedDiffusion(0.5), steps_per_block=steps, T=T)
+    stage = stage.to(dtype)
+    x = torch.randn(2, 64, 8, 8).to(dtype)
+    with torch.no_grad():
+        stage.noise = False
+        quiet = stage(x)
+        stage.noise = True
+        torch.manual_seed(0)
+        noisy = stage(x)
+    assert torch.isfinite(noisy).all() and not torch.equal(noisy, quiet)
+    assert stage.stats.steps == 2 * steps
+
+
+def test_a_million_steps_per_block_are_counted_without_stepping(randomize_bn, monkeypatch):
+    """The dry run that sizes the activation pools takes a few steps, whatever the count."""
+    import neuralsde.intervals as intervals
+
+    stepped = []
+    real = intervals.integrate
+
+    def counting(*args, **kwargs):
+        stats = kwargs["stats"]
+        before = stats.steps
+        out = real(*args, **kwargs)
+        stepped.append(stats.steps - before)
+        return out
+
+    monkeypatch.setattr(intervals, "integrate", counting)
+    stage = stage_of(tv_layer(randomize_bn), method="rk4")
+    stage.set_solver(steps_per_block=10**6)
+    assert stage.evaluations_per_block() == [4 * 10**6, 4 * 10**6]
+    assert max(stepped) <= 10  # nine steps at most per dry run
+    pool = stage[0].acts
+    assert len(pool.sets) == pool.MAX_SETS  # bounded, and hook-based attributions are refused:
+    for relu in pool.sets.modules():
+        if isinstance(relu, nn.ReLU):
+            relu.register_forward_hook(lambda *a: None)
+    pool.cursor = len(pool.sets)
+    with pytest.raises(RuntimeError, match="fewer steps per block"):
+        pool.take()
