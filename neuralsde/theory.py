@@ -25,6 +25,11 @@ estimate changes by less than ``tol`` relative.
 **Measured amplification** ``||F(x + d) - F(x)|| / ||d||`` per image, over random
 directions, the locally worst direction (power iteration on ``J^T J`` of the flow) and a
 projected gradient search; each must stay below the bound.
+
+**The local, linearised statement** ([`local_bound`][neuralsde.theory.local_bound]) bounds
+the Jacobian ``dF/dx`` at each image instead of the worst case over all inputs, along
+the image's own trajectory, with Jacobian-vector products only (see
+[`neuralsde.spectral`][neuralsde.spectral]).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .linearised import local_bound
 from .models import ODEResNet
 from .stage import ContinuousStage
 
@@ -42,6 +48,7 @@ __all__ = [
     "amplification",
     "completeness_residual",
     "conv_bn_norm",
+    "local_bound",
     "stage_bound",
     "stage_inputs",
 ]
