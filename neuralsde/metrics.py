@@ -52,7 +52,8 @@ def sensitivity(
     radius: float = 0.02,
     n_perturb: int = 10,
     max_examples_per_batch: int | None = None,
-) -> Tensor:
+    parts: bool = False,
+) -> Tensor | dict[str, Tensor]:
     """Captum's max-sensitivity of an explanation, one value per example.
 
     ``max over n_perturb draws d ~ U[-radius, radius]^n of ||A(x + d) - A(x)|| / ||A(x)||``
@@ -66,19 +67,28 @@ def sensitivity(
         radius: L-infinity radius of the uniform perturbations, in input units.
         n_perturb: random perturbations per example (the maximum is over them).
         max_examples_per_batch: Captum's batching limit for the perturbed copies.
+        parts: also return the two factors of each value.
 
     Returns:
-        ``(B,)`` max-sensitivities.
+        ``(B,)`` max-sensitivities; with ``parts``, a dict of ``(B,)`` tensors:
+        ``sensitivity``, its denominator ``norm`` = ``||A(x)||`` (the attribution
+        Captum computed; a zero norm counts as 1, as Captum divides by it) and its
+        numerator ``change`` = ``max ||A(x + d) - A(x)||`` = sensitivity x norm.
     """
     from captum.metrics import sensitivity_max
 
+    seen: dict[str, Tensor] = {}
+
     def explain_one(x, target=None):
-        # Captum passes the unperturbed inputs as a 1-tuple and wants a tuple back.
+        # Captum passes the inputs as a 1-tuple and wants a tuple back; its first call
+        # explains the unperturbed inputs, whose norm is the denominator.
         if isinstance(x, tuple):
-            return (explain(x[0], target),)
+            a = explain(x[0], target)
+            seen.setdefault("norm", a.detach().flatten(1).norm(dim=1))
+            return (a,)
         return explain(x, target)
 
-    return sensitivity_max(
+    value = sensitivity_max(
         explain_one,
         inputs,
         perturb_radius=radius,
@@ -86,6 +96,10 @@ def sensitivity(
         max_examples_per_batch=max_examples_per_batch,
         target=target,
     )
+    if not parts:
+        return value
+    norm = seen["norm"].to(value.dtype)
+    return {"sensitivity": value, "change": value * torch.where(norm == 0, 1.0, norm), "norm": norm}
 
 
 def kendall_tau(a: Tensor, b: Tensor) -> Tensor:
