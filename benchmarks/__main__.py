@@ -7,6 +7,8 @@ noise 0.1, 0.25, 0.5 and 0.75 identically, then measures
 * rank robustness (Kendall's tau, top-k intersection) under random noise and attack,
 * localisation on procedurally generated shapes with object masks,
 * Theorem 1's bound against the measured amplification, and the paper's ODE-vs-SDE claim,
+* local, linearised Theorem 1 bounds along each image's trajectory, and the candidate
+  mechanisms (ReLU pattern flips, margins, gradient norms, the sensitivity's two factors),
 * completeness residuals per attribution method and solver,
 * the noise sweep, and attribution figures,
 
@@ -27,13 +29,14 @@ takes ``--sde-weights FILE`` instead of ``--train-data``, and runs the paper's p
 from __future__ import annotations
 
 from .figures import FIGURES
+from .mechanism import MECHANISM
 from .pipeline import run
 from .report import REPORT
 from .sensitivity import LOCALISATION, ROBUSTNESS, SENSITIVITY
 from .theorem1 import COMPLETENESS, THEOREM1
 
 #: Every part of the main job.
-PARTS = (SENSITIVITY, ROBUSTNESS, LOCALISATION, THEOREM1, COMPLETENESS, FIGURES, REPORT)
+PARTS = (SENSITIVITY, ROBUSTNESS, LOCALISATION, THEOREM1, MECHANISM, COMPLETENESS, FIGURES, REPORT)
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -45,10 +45,14 @@ MEASURE_OPTIONS = {
     "sensitivity": ("n_images", "radius", "n_perturb", "chunk", "amp"),
     "robustness": ("robust_images", "topk", "attack_eps", "attack_steps", "amp"),
     "localisation": ("n_images", "chunk", "amp"),
-    "theorem1": ("theorem_images", "amp"),
+    "theorem1": ("theorem_images", "bound_steps", "amp"),
+    "mechanism": ("n_images", "radius", "n_perturb", "amp"),
     "completeness": ("completeness_images", "radius", "ig_steps", "shap_baselines", "amp"),
     "figures": ("figure_images", "amp"),
 }
+#: Bumped when the code of a kind's measurement changes what its cells hold, so that a
+#: resumed run recomputes the cells an older version wrote (kinds not listed: 1).
+SCHEMA = {"sensitivity": 2, "theorem1": 2}
 #: The training options of the shapes networks (localisation); the rest of ``train``
 #: options describe the main data set's networks.
 SHAPES_TRAIN_OPTIONS = (
@@ -132,7 +136,8 @@ class Config:
     attack_eps: float = _opt(0.05, "measure", "L∞ budget of the random perturbation and the top-k attack")
     attack_steps: int = _opt(10, "measure", "steps of the top-k attack")
     # Theorem 1 and completeness
-    theorem_images: int = _opt(8, "measure", "images per seed for Theorem 1's amplification")
+    theorem_images: int = _opt(8, "measure", "images per seed for Theorem 1's amplification and local bounds")
+    bound_steps: int = _opt(4, "measure", "RK4 steps per block for the local bound of the continuous flow")
     completeness_images: int = _opt(4, "measure", "images per seed for the completeness residuals")
     # shapes with masks (localisation)
     shapes: bool = _opt(True, "run", "measure localisation on generated shapes with masks")
@@ -176,7 +181,10 @@ class Config:
     def measurement(self, kind: str, method: str | None = None) -> dict:
         """The measurement options a result of ``kind`` (with attribution ``method``) depends on."""
         names = MEASURE_OPTIONS[kind] + (METHOD_OPTIONS[method] if method else ())
-        return self.options(names)
+        options = self.options(names)
+        if SCHEMA.get(kind, 1) > 1:
+            options["schema"] = SCHEMA[kind]
+        return options
 
     def digest(self) -> str:
         """A short hash of the whole configuration."""
@@ -255,6 +263,7 @@ _LOWER_BOUNDS = {
     "topk": 1,
     "attack_steps": 1,
     "theorem_images": 1,
+    "bound_steps": 1,
     "completeness_images": 1,
     "shapes_n": 20,
     "shapes_size": 8,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .common import atomic_write_text
 from .config import METHOD_TITLES
+from .explain_report import explain_conclusion, section_explains
 from .paper import PAPER_SENSITIVITY
 from .tables import (
     section_completeness,
@@ -36,7 +37,7 @@ from .tables import (
 __all__ = ["PAGES", "render_pages"]
 
 TEMPLATES = Path(__file__).with_name("doc_templates")
-PAGES = ("theorem1", "completeness", "sensitivity", "noise")
+PAGES = ("theorem1", "completeness", "sensitivity", "noise", "explains")
 VERDICTS = ("holds", "fails", "depends")
 SECTIONS = {
     "verdicts": section_verdicts,
@@ -47,6 +48,7 @@ SECTIONS = {
     "theorem1": section_theorem1,
     "completeness": section_completeness,
     "noise_sweep": section_noise_sweep,
+    "explains": section_explains,
 }
 PAPER_TABLES = {
     "resnet50": "Table 1, ResNet-50",
@@ -195,6 +197,7 @@ def render_pages(results: dict, runs: list[dict]) -> dict[str, str]:
         "sensitivity_summary": _sensitivity_summary(results),
         "sweep_summary": _sweep_summary(results),
         "paper_tables": _paper_tables(),
+        "explain_conclusion": explain_conclusion(results),
     }
 
     def fill(match: re.Match) -> str:

@@ -32,7 +32,16 @@ from .train import Data, accuracy, correct_pool, fingerprint, load_data, open_st
 __all__ = ["ALL_PARTS", "Context", "Part", "run"]
 
 #: Every part of the main job, in the order they run.
-ALL_PARTS = ("sensitivity", "robustness", "localisation", "theorem1", "completeness", "figures", "report")
+ALL_PARTS = (
+    "sensitivity",
+    "robustness",
+    "localisation",
+    "theorem1",
+    "mechanism",
+    "completeness",
+    "figures",
+    "report",
+)
 
 
 @dataclass

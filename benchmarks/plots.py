@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .common import save_png  # noqa: E402
 from .config import METHOD_TITLES  # noqa: E402
+from .explain_report import PLOTS as EXPLAIN_PLOTS  # noqa: E402
 from .store import Store  # noqa: E402
 
 __all__ = ["plots"]
@@ -198,6 +199,7 @@ PLOTS = {
     "theorem1": _theorem1,
     "completeness": _completeness,
     "sensitivity": _sensitivity,
+    **EXPLAIN_PLOTS,
 }
 
 

@@ -18,6 +18,7 @@ from neuralsde.metrics import mean_ci, paired_test
 
 from .common import environment
 from .config import METHOD_TITLES, Config, sigma_of
+from .explain import local_bounds, mechanism
 from .paper import PAPER_SENSITIVITY
 from .store import Store
 
@@ -470,5 +471,7 @@ def build(store: Store) -> dict:
         "theorem1": th,
         "completeness": comp,
         "noise_sweep": _sweep(cfg, models, sens, th),
+        "local_bound": local_bounds(store),
+        "mechanism": mechanism(cfg, store),
         "figures": {k: v["path"] for k, v in store.results("figures").items()},
     }

@@ -105,7 +105,7 @@ def _sensitivity_cell(
     cfg: Config, data: Data, name: str, seed: int, model: nn.Module, method: str, rep: int, chosen, x_all: Tensor
 ) -> dict:
     explain = explainer(model, method, cfg, data)
-    values = []
+    parts: dict[str, list[float]] = {"values": [], "change": [], "norm": []}
     with torch.no_grad():
         target_all = model(x_all).argmax(1)
     for idx in _chunks(len(chosen), cfg.chunk):
@@ -117,9 +117,12 @@ def _sensitivity_cell(
             radius=cfg.radius,
             n_perturb=cfg.n_perturb,
             max_examples_per_batch=(cfg.chunk * cfg.n_perturb) or None,
+            parts=True,
         )
-        values.extend(s.detach().float().cpu().tolist())
-    return {"model": name, "seed": seed, "method": method, "rep": rep, "images": chosen, "values": values}
+        for key, part in (("values", "sensitivity"), ("change", "change"), ("norm", "norm")):
+            parts[key].extend(s[part].detach().float().cpu().tolist())
+    # values = change / norm: the numerator and the denominator of each max-sensitivity.
+    return {"model": name, "seed": seed, "method": method, "rep": rep, "images": chosen, **parts}
 
 
 def chosen_images(pool: list[int], n: int, seed: int, rep: int) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from .config import METHOD_TITLES, sigma_of
+from .explain_report import section_explains
 
 __all__ = [
     "SECTIONS",
@@ -397,6 +398,7 @@ SECTIONS = (
     section_robustness,
     section_localisation,
     section_theorem1,
+    section_explains,
     section_completeness,
     section_noise_sweep,
     section_figures,

@@ -6,7 +6,9 @@
   of the convolutions with BatchNorm folded in, for the drift the library integrates),
   Theorem 1's bound ``e^{CT}`` and its one-sided refinement, against the amplification
   ``||F(x+d) - F(x)|| / ||d||`` measured over random directions, the locally worst
-  direction and a projected search (see ``neuralsde.theory``).
+  direction and a projected search (see ``neuralsde.theory``); and the local bounds of
+  ``neuralsde.theory.local_bound`` along each image's trajectory, with the Jacobian norm
+  they bound (for SDE networks also the pathwise derivative along one fixed path).
 * The paper's claim that the SDE-trained network amplifies perturbations less than the
   ODE-trained one, per stage, as a paired comparison over the same images.
 * The completeness residual ``|sum_k (A_k(x') - A_k(x)) - (F(x') - F(x))|`` (eq. 9) of IG,
@@ -25,7 +27,7 @@ from torch import nn
 
 from neuralsde import SDEResNet
 from neuralsde.attribution import noise_path
-from neuralsde.theory import amplification, completeness_residual, stage_bound, stage_inputs
+from neuralsde.theory import amplification, completeness_residual, local_bound, stage_bound, stage_inputs
 
 from .config import Config
 from .pipeline import Context, Part, run
@@ -33,7 +35,7 @@ from .report import REPORT
 from .sensitivity import explainer
 from .train import Data, _stack
 
-__all__ = ["COMPLETENESS", "SOLVERS", "THEOREM1", "run_completeness", "run_theorem1"]
+__all__ = ["COMPLETENESS", "SOLVERS", "THEOREM1", "path_seed_of", "run_completeness", "run_theorem1"]
 
 # (name, how to set it up) for the completeness table.
 SOLVERS = {
@@ -50,15 +52,31 @@ SDE_SOLVERS = {
 COMPLETE_METHODS = ("integrated_gradients", "integrated_gradients_x10", "deeplift", "deeplift_shap")
 
 
+def path_seed_of(seed: int) -> int:
+    """The fixed Brownian path along which an SDE network's pathwise derivative is bounded."""
+    return seed * 1000 + 31
+
+
+def _local(stage, state: torch.Tensor, cfg: Config, seed: int, path: int | None) -> dict:
+    """``neuralsde.theory.local_bound`` of one stage, as lists (the per-block factors dropped)."""
+    out = local_bound(stage, state, steps=cfg.bound_steps, path_seed=path, seed=seed)
+    return {k: v.tolist() for k, v in out.items() if v.dim() == 1}
+
+
 def _theorem1_cell(cfg: Config, name: str, seed: int, model: nn.Module, x: torch.Tensor, chosen) -> dict:
     model.eval()
+    with torch.no_grad():
+        model(x)  # an SDE network in eval mode switches its stages' noise off
     stages = []
     for stage, state in zip(model.stages, stage_inputs(model, x)):
         if stage.num_continuous == 0:
             continue
         bound = stage_bound(stage, tuple(state.shape[1:]))
         amp = amplification(stage.flow, state, seed=seed)
-        stages.append({**bound, **{k: v.tolist() for k, v in amp.items()}})
+        row = {**bound, **{k: v.tolist() for k, v in amp.items()}, "local": _local(stage, state, cfg, seed, None)}
+        if stage.is_sde:
+            row["pathwise"] = _local(stage, state, cfg, seed, path_seed_of(seed))
+        stages.append(row)
     return {"model": name, "seed": seed, "images": chosen, "stages": stages}
 
 
