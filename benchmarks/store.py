@@ -85,7 +85,8 @@ class _Log:
         self.seen: dict[tuple[str, str], int] = {}
 
     def __call__(self, path: Path, reason: str, *, group: str | None = None) -> None:
-        key = (group or str(path), reason.split(":")[0])
+        # Repeats are counted by the reason's kind, before its details ("...: x", "... (x)").
+        key = (group or str(path), reason.split(":")[0].split(" (")[0])
         self.seen[key] = self.seen.get(key, 0) + 1
         if self.seen[key] == 1:
             _say(f"{path}: {reason}")
