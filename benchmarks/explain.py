@@ -51,6 +51,17 @@ PREDICTORS = {
 BOOTSTRAP = 2000
 
 
+def _clean(value):
+    """JSON as stored: NaN (an undefined interval or correlation) becomes None, tuples lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
 def _quantiles(values: list[float]) -> dict:
     t = torch.tensor(values, dtype=torch.float64)
     if t.numel() == 0:
@@ -108,16 +119,18 @@ def local_bounds(store: Store) -> dict:
         ]
         for s in ("network", "flow_log_norm")
     }
-    return {
-        "statements": {s: v[2] for s, v in STATEMENTS.items()},
-        "stages": summary,
-        "per_model": models,
-        "goal": BOUND_GOAL,
-        "meets_goal": meets,
-        "slack": BOUND_SLACK,
-        "below": below,
-        "points": points,
-    }
+    return _clean(
+        {
+            "statements": {s: v[2] for s, v in STATEMENTS.items()},
+            "stages": summary,
+            "per_model": models,
+            "goal": BOUND_GOAL,
+            "meets_goal": meets,
+            "slack": BOUND_SLACK,
+            "below": below,
+            "points": points,
+        }
+    )
 
 
 def _median(values: list[float]) -> float:
@@ -247,12 +260,14 @@ def mechanism(cfg: Config, store: Store) -> dict:
                 x = _effects(scalars, sde, key)["per_seed"]
                 points += [(int(s), x[s], y[s]) for s in y if s in x]
             correlations.setdefault(pred, {})[method] = _correlation(points, seed=cfg.data_seed)
-    return {
-        "sigmas": {sde: sigma_of(sde) for sde in sdes},
-        "stages": stages,
-        "decomposition": decomposition,
-        "levels": levels,
-        "effects": effects,
-        "correlations": correlations,
-        "predictors": PREDICTORS,
-    }
+    return _clean(
+        {
+            "sigmas": {sde: sigma_of(sde) for sde in sdes},
+            "stages": stages,
+            "decomposition": decomposition,
+            "levels": levels,
+            "effects": effects,
+            "correlations": correlations,
+            "predictors": PREDICTORS,
+        }
+    )

@@ -23,8 +23,17 @@ STATEMENT_TITLES = {
 }
 
 
+def _ok(x) -> bool:
+    """A number, not None (an undefined value in results.json) nor NaN."""
+    return x is not None and math.isfinite(x)
+
+
+def _num(x) -> float:
+    return x if _ok(x) else math.nan
+
+
 def _f(x, digits=2) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+    if not _ok(x):
         return "–"
     if abs(x) >= 1e4:
         return f"{x:.2e}"
@@ -32,7 +41,7 @@ def _f(x, digits=2) -> str:
 
 
 def _pct(x) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{100 * x:+.1f}%"
+    return f"{100 * x:+.1f}%" if _ok(x) else "–"
 
 
 def _rel(e: dict) -> str:
@@ -42,7 +51,7 @@ def _rel(e: dict) -> str:
 def _sure(e: dict) -> int:
     """+1 / -1 where the seed interval lies above / below 0, else 0."""
     low, high = e["log"]["low"], e["log"]["high"]
-    if not (math.isfinite(low) and math.isfinite(high)):
+    if not (_ok(low) and _ok(high)):
         return 0
     return 1 if low > 0 else -1 if high < 0 else 0
 
@@ -185,7 +194,7 @@ def _bound_paragraph(results: dict, lb: dict) -> str:
         if not sum(below.values())
         else f"Bounds below their measured value: {below}."
     )
-    if th and math.isfinite(th.get("min", math.nan)):
+    if th and _ok(th.get("min")):
         text += (
             f" Theorem 1's global bound exceeds the measured amplification {_f(th['min'], 1)} to "
             f"{_f(th['max'], 1)} times."
@@ -210,7 +219,7 @@ def _amplification_paragraph(mech: dict) -> str:
         "classifier, changes by " + ", ".join(f"{_rel(grad[s])}" for s in sigmas) + " at the same σ."
     )
     corr = mech["correlations"]["jacobian"]
-    rs = [c["r"] for c in corr.values() if math.isfinite(c["r"])]
+    rs = [c["r"] for c in corr.values() if _ok(c["r"])]
     if rs:
         sign = "negative" if max(rs) < 0 else "positive" if min(rs) > 0 else "mixed in sign"
         text += (
@@ -233,7 +242,7 @@ def _decomposition_paragraph(mech: dict) -> str:
     change_down = [c for c in lower if _sure(c[2]["change"]) < 0]
     norm_up = [c for c in lower if _sure(c[2]["norm"]) > 0]
     norm_down = [c for c in lower if _sure(c[2]["norm"]) < 0]
-    norm_not_up = [c for c in lower if c[2]["norm"]["mean"] <= 0]
+    norm_not_up = [c for c in lower if _ok(c[2]["norm"]["mean"]) and c[2]["norm"]["mean"] <= 0]
     names = [f"{METHOD_TITLES.get(m, m)} at {_sigma(s)}" for m, s, _ in lower]
     text = (
         f"**The two factors.** Of {len(cases)} (method, σ) cases, {len(lower)} have a max-sensitivity lower for "
@@ -271,7 +280,7 @@ def _predictor_paragraph(mech: dict) -> str:
             if "{method}" in pred:
                 continue  # the numerator and denominator are the sensitivity itself
             c = mech["correlations"][pred][method]
-            if math.isfinite(c["low"]) and (c["low"] > 0 or c["high"] < 0):
+            if _ok(c["low"]) and (c["low"] > 0 or c["high"] < 0):
                 ranked.append((abs(c["r"]), title, c))
         if ranked:
             _, title, c = max(ranked, key=lambda t: t[0])
@@ -295,7 +304,7 @@ def _best_predictors(mech: dict) -> dict[str, str]:
             for pred in mech["predictors"]
             if "{method}" not in pred
             for c in [mech["correlations"][pred][method]]
-            if math.isfinite(c["low"]) and (c["low"] > 0 or c["high"] < 0)
+            if _ok(c["low"]) and (c["low"] > 0 or c["high"] < 0)
         ]
         if ranked:
             out[method] = max(ranked)[1]
@@ -307,7 +316,11 @@ def _short(mech: dict) -> str:
     sigmas = list(mech["sigmas"])
     amp_up = any(_sure(mech["effects"]["jacobian"][s]) > 0 for s in sigmas)
     lower = [p for rows in mech["decomposition"].values() for p in rows.values() if _sure(p["sens"]) < 0]
-    change = lower and all(_sure(p["change"]) < 0 for p in lower) and all(p["norm"]["mean"] <= 0 for p in lower)
+    change = (
+        lower
+        and all(_sure(p["change"]) < 0 for p in lower)
+        and all(_ok(p["norm"]["mean"]) and p["norm"]["mean"] <= 0 for p in lower)
+    )
     best = _best_predictors(mech)
     counts: dict[str, int] = {}
     for pred in best.values():
@@ -417,7 +430,7 @@ def _mechanism_plot(results: dict, store: Store) -> str | None:
     names = {"sens": "max-sensitivity", "change": "numerator (change)", "norm": "denominator (norm)"}
     for i, (method, rows) in enumerate(mech["decomposition"].items()):
         for part, ls in styles.items():
-            ys = [100 * rows[s][part]["mean"] for s in sigmas]
+            ys = [100 * _num(rows[s][part]["mean"]) for s in sigmas]
             label = METHOD_TITLES.get(method, method) if part == "sens" else None
             ax.plot(xs, ys, ls=ls, color=f"C{i}", marker="o", ms=3, label=label)
     for part, ls in styles.items():
@@ -432,8 +445,11 @@ def _mechanism_plot(results: dict, store: Store) -> str | None:
         e = [mech["effects"][key][s] for s in sigmas]
         ax.errorbar(
             [x + (i - 2) * 0.01 for x in xs],
-            [100 * v["mean"] for v in e],
-            yerr=[[100 * (v["mean"] - v["low"]) for v in e], [100 * (v["high"] - v["mean"]) for v in e]],
+            [100 * _num(v["mean"]) for v in e],
+            yerr=[
+                [100 * (_num(v["mean"]) - _num(v["low"])) for v in e],
+                [100 * (_num(v["high"]) - _num(v["mean"])) for v in e],
+            ],
             marker="o",
             capsize=3,
             label={

@@ -286,8 +286,12 @@ class Store:
         )
 
     def results(self, kind: str) -> dict[str, dict]:
-        """The results of a kind that this run used (or, for a report alone, the last run)."""
-        return self.used.get(kind, {})
+        """The results of a kind that this run used (or, for a report alone, the last run), by key.
+
+        Sorted, so that every summary, down to the order of its sums and bars, is the
+        same whether the cells were just computed or read back from the manifest.
+        """
+        return dict(sorted(self.used.get(kind, {}).items()))
 
     def write_manifest(self) -> None:
         """Record which cells the run used, for ``python -m benchmarks.report``."""
