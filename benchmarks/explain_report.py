@@ -363,7 +363,8 @@ def explain_conclusion(results: dict) -> str:
         "**What is and is not established.** Established for these small digits networks and their training "
         "seeds: the local bounds and how tight they are, and the direction of every effect whose interval "
         "excludes 0. Not established: causation, because the correlations run over few seeds and four noise "
-        "levels and the candidates move together. Nor is it established that ImageNet-scale networks behave "
+        "levels and the candidates move together; and a percentile bootstrap over so few seeds tends to give "
+        "intervals that are too narrow. Nor is it established that ImageNet-scale networks behave "
         "the same way.",
     ]
     return "\n\n".join(parts)
