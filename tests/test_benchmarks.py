@@ -142,11 +142,16 @@ def test_imagefolder_protocol_runs_end_to_end(tmp_path):
             "deeplift",
             "--robust-methods",
             "saliency",
+            "--bound-steps",
+            "1",  # the cheapest local bound: layer4's 3x3 convolutions on 1x1 maps are slow to differentiate twice
             "--out",
             str(out),
         ]
     )
     assert results["models"]["ode"]["source"] == "trained" and results["config"]["arch"] == "resnet18"
+    # The local bounds run on torchvision's stages too, and hold for every image.
+    assert set(results["local_bound"]["stages"]) == {"layer1", "layer2", "layer3", "layer4"}
+    assert all(n == 0 for n in results["local_bound"]["below"].values())
     assert "(one seed: image-level CI)" in tables(results)
     assert results["sensitivity"]["comparisons"]["sde-0.5"]["methods"]
     assert results["theorem1"]["all_hold"]
