@@ -38,7 +38,7 @@ BOUND_GOAL = 10.0
 BOUND_SLACK = 1e-5
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 #: Candidate explanations of the sensitivity difference: key -> title (``{method}``
-#: marks the per-method ones).
+#: marks the per-method ones); the flips and margins of each stage are added per run.
 PREDICTORS = {
     "change:{method}": "attribution change max ‖A(x+δ) − A(x)‖ (numerator)",
     "norm:{method}": "attribution norm ‖A(x)‖ (denominator)",
@@ -160,6 +160,9 @@ def _scalars(cfg: Config, store: Store) -> dict[tuple[str, int], dict[str, float
         for stage, st in cell["stages"].items():
             row[f"flip:{stage}"] = math.log(max(sum(st["flip"]) / len(st["flip"]), 1e-12))
             row[f"margin:{stage}"] = _log_gm([m / c for m, c in zip(st["margin"], st["change"]) if c > 0])
+            row[f"zmedian:{stage}"] = _log_gm(st["margin"])
+            row[f"zq10:{stage}"] = _log_gm(st["margin_q10"])
+            row[f"dz:{stage}"] = _log_gm(st["change"])
             flips.append(sum(st["flip"]) / len(st["flip"]))
             margins.append(row[f"margin:{stage}"])
         row["flip"] = math.log(max(sum(flips) / len(flips), 1e-12))
@@ -246,13 +249,17 @@ def mechanism(cfg: Config, store: Store) -> dict:
         }
         for method in methods
     }
-    keys = [f"flip:{s}" for s in stages] + [f"margin:{s}" for s in stages]
+    keys = [f"{k}:{s}" for k in ("flip", "margin", "zmedian", "zq10", "dz") for s in stages]
     keys += ["flip", "margin", "logit_margin", "grad_norm", "jacobian"]
     levels = {key: {n: _level(scalars, n, key) for n in cfg.model_names()} for key in keys}
     effects = {key: {sde: _effects(scalars, sde, key) for sde in sdes} for key in keys}
+    predictors = dict(PREDICTORS)
+    for stage in stages:
+        predictors[f"flip:{stage}"] = f"ReLU flip fraction, {stage}"
+        predictors[f"margin:{stage}"] = f"margin ÷ change, {stage}"
     correlations: dict = {}
     for method in methods:
-        for pred in PREDICTORS:
+        for pred in predictors:
             key = pred.format(method=method)
             points = []
             for sde in sdes:
@@ -268,6 +275,8 @@ def mechanism(cfg: Config, store: Store) -> dict:
             "levels": levels,
             "effects": effects,
             "correlations": correlations,
-            "predictors": PREDICTORS,
+            # Lists keep their order in results.json (whose keys are sorted).
+            "methods": methods,
+            "predictors": [[key, title] for key, title in predictors.items()],
         }
     )

@@ -56,6 +56,16 @@ def _sure(e: dict) -> int:
     return 1 if low > 0 else -1 if high < 0 else 0
 
 
+def _sdes(mech: dict) -> list[str]:
+    """The SDE networks, by σ."""
+    return sorted(mech["sigmas"], key=sigma_of)
+
+
+def _methods(mech: dict) -> list[str]:
+    """The attribution methods, in the run's order."""
+    return [m for m in mech.get("methods", []) if m in mech["decomposition"]] or sorted(mech["decomposition"])
+
+
 def _sigma(name: str) -> str:
     return f"σ = {sigma_of(name):g}"
 
@@ -81,8 +91,9 @@ def _decomposition_table(mech: dict) -> list[str]:
         "| method | σ | max-sensitivity | numerator: change | denominator: norm |",
         "|---|---|---|---|---|",
     ]
-    for method, rows in mech["decomposition"].items():
-        for sde, parts in rows.items():
+    for method in _methods(mech):
+        for sde in _sdes(mech):
+            parts = mech["decomposition"][method][sde]
             cells = [_rel(parts[p]) for p in ("sens", "change", "norm")]
             lines.append(f"| {METHOD_TITLES.get(method, method)} | {sigma_of(sde):g} | " + " | ".join(cells) + " |")
     return lines
@@ -107,20 +118,36 @@ def _levels_table(mech: dict) -> list[str]:
             cells.append(f"{_f(v['mean'], digits)} [{_f(v['low'], digits)}, {_f(v['high'], digits)}]")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Effect of the noise (SDE against the same seed's ODE network, 95% CI over seeds):", ""]
-    lines += ["| candidate | " + " | ".join(_sigma(s) for s in mech["sigmas"]) + " |"]
-    lines += ["|---|" + "---|" * len(mech["sigmas"])]
+    lines += ["| candidate | " + " | ".join(_sigma(s) for s in _sdes(mech)) + " |"]
+    lines += ["|---|" + "---|" * len(_sdes(mech))]
     for key, title in zip(keys, titles):
-        lines.append(f"| {title} | " + " | ".join(_rel(mech["effects"][key][s]) for s in mech["sigmas"]) + " |")
+        lines.append(f"| {title} | " + " | ".join(_rel(mech["effects"][key][s]) for s in _sdes(mech)) + " |")
+    return lines
+
+
+def _margins_table(mech: dict) -> list[str]:
+    """Per stage, the distribution of pre-activation margins against the change a perturbation makes."""
+    names = list(mech["levels"]["flip"])
+    lines = [
+        "| stage | network | median \\|z\\| | 10% quantile of \\|z\\| | RMS change of z "
+        "| median \\|z\\| ÷ change | flips |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for stage in mech["stages"]:
+        for name in names:
+            cells = [mech["levels"][f"{k}:{stage}"][name]["mean"] for k in ("zmedian", "zq10", "dz", "margin", "flip")]
+            digits = [3, 3, 4, 2, 4]
+            lines.append(f"| {stage} | {name} | " + " | ".join(_f(v, d) for v, d in zip(cells, digits)) + " |")
     return lines
 
 
 def _correlation_table(mech: dict) -> list[str]:
-    methods = list(mech["decomposition"])
+    methods = _methods(mech)
     lines = [
         "| candidate (its effect, log ratio) | " + " | ".join(METHOD_TITLES.get(m, m) for m in methods) + " |",
         "|---|" + "---|" * len(methods),
     ]
-    for pred, title in mech["predictors"].items():
+    for pred, title in mech["predictors"]:
         cells = []
         for m in methods:
             c = mech["correlations"][pred][m]
@@ -152,11 +179,17 @@ def section_explains(results: dict) -> list[str]:
         "",
         "### Activation pattern, margins and gradients",
         "",
-        "Mean over seeds [95% CI]: the fraction of ReLU units whose state flips under one perturbation of the "
-        "sensitivity protocol, per stage; the median pre-activation margin |z| over the RMS change a perturbation "
-        "makes to z; the logit margin; the input-gradient norm of the explained logit; the local Jacobian norm.",
+        "Geometric mean over seeds [95% CI]: the fraction of ReLU units whose state flips under one perturbation "
+        "of the sensitivity protocol, per stage; the median pre-activation margin |z| over the RMS change a "
+        "perturbation makes to z; the logit margin; the input-gradient norm of the explained logit; the local "
+        "Jacobian norm.",
         "",
         *_levels_table(mech),
+        "",
+        "Pre-activation margins per stage (geometric means over images, then over seeds; per image the median and "
+        "the 10% quantile of |z| over the stage's ReLU inputs, and the RMS change of z under one perturbation):",
+        "",
+        *_margins_table(mech),
         "",
         "### Which candidate predicts the sensitivity difference",
         "",
@@ -203,7 +236,7 @@ def _bound_paragraph(results: dict, lb: dict) -> str:
 
 
 def _amplification_paragraph(mech: dict) -> str:
-    sigmas = list(mech["sigmas"])
+    sigmas = _sdes(mech)
     jac = mech["effects"]["jacobian"]
     grad = mech["effects"]["grad_norm"]
     up = [_sigma(s) for s in sigmas if _sure(jac[s]) > 0]
@@ -232,7 +265,7 @@ def _amplification_paragraph(mech: dict) -> str:
 
 
 def _decomposition_paragraph(mech: dict) -> str:
-    cases = [(m, s, p) for m, rows in mech["decomposition"].items() for s, p in rows.items()]
+    cases = [(m, s, mech["decomposition"][m][s]) for m in _methods(mech) for s in _sdes(mech)]
     lower = [(m, s, p) for m, s, p in cases if _sure(p["sens"]) < 0]
     if not lower:
         return (
@@ -260,7 +293,7 @@ def _decomposition_paragraph(mech: dict) -> str:
 
 
 def _pattern_paragraph(mech: dict) -> str:
-    sigmas = list(mech["sigmas"])
+    sigmas = _sdes(mech)
     last = sigmas[-1]
     per_stage = [f"{st} {_rel(mech['effects'][f'flip:{st}'][last])}" for st in mech["stages"]]
     text = (
@@ -274,9 +307,9 @@ def _pattern_paragraph(mech: dict) -> str:
 
 def _predictor_paragraph(mech: dict) -> str:
     best = []
-    for method in mech["decomposition"]:
+    for method in _methods(mech):
         ranked = []
-        for pred, title in mech["predictors"].items():
+        for pred, title in mech["predictors"]:
             if "{method}" in pred:
                 continue  # the numerator and denominator are the sensitivity itself
             c = mech["correlations"][pred][method]
@@ -298,10 +331,10 @@ def _predictor_paragraph(mech: dict) -> str:
 def _best_predictors(mech: dict) -> dict[str, str]:
     """Per method, the non-trivial candidate with the largest |r| whose interval excludes 0."""
     out = {}
-    for method in mech["decomposition"]:
+    for method in _methods(mech):
         ranked = [
             (abs(c["r"]), pred)
-            for pred in mech["predictors"]
+            for pred, _ in mech["predictors"]
             if "{method}" not in pred
             for c in [mech["correlations"][pred][method]]
             if _ok(c["low"]) and (c["low"] > 0 or c["high"] < 0)
@@ -313,7 +346,7 @@ def _best_predictors(mech: dict) -> dict[str, str]:
 
 def _short(mech: dict) -> str:
     """One paragraph: which mechanism the data support, beside Theorem 1's."""
-    sigmas = list(mech["sigmas"])
+    sigmas = _sdes(mech)
     amp_up = any(_sure(mech["effects"]["jacobian"][s]) > 0 for s in sigmas)
     lower = [p for rows in mech["decomposition"].values() for p in rows.values() if _sure(p["sens"]) < 0]
     change = (
@@ -322,10 +355,6 @@ def _short(mech: dict) -> str:
         and all(_ok(p["norm"]["mean"]) and p["norm"]["mean"] <= 0 for p in lower)
     )
     best = _best_predictors(mech)
-    counts: dict[str, int] = {}
-    for pred in best.values():
-        counts[pred] = counts.get(pred, 0) + 1
-    top = max(counts, key=counts.get) if counts else None
     text = "**In short.** "
     text += (
         "Theorem 1 proposes that noise makes the network amplify perturbations less; here the stages amplify them "
@@ -339,12 +368,20 @@ def _short(mech: dict) -> str:
             "Where the sensitivity falls, it falls because the attributions change less under perturbation, by "
             "more than they shrink, not because they grow. "
         )
-    if top:
+    pattern = {m: p for m, p in best.items() if p.split(":")[0] in ("flip", "margin")}
+    if best and len(pattern) == len(best):
+        where = sorted({p.split(":")[1] if ":" in p else "all stages pooled" for p in pattern.values()})
         text += (
-            f"The candidate that best tracks the sensitivity's changes across seeds and σ is the "
-            f"{mech['predictors'][top]} ({counts[top]} of {len(mech['decomposition'])} methods): "
-            "a statement about the local activation pattern and gradients, not about Lipschitz constants."
+            f"For {'every one' if len(best) == len(_methods(mech)) else 'each'} of the {len(best)} methods with a "
+            "clear predictor, the candidate that best tracks the sensitivity's changes across seeds and σ measures "
+            "how stable the ReLU activation pattern is under the perturbation (the fraction of units that flip, or "
+            f"the margin over its change), in {_list(where)}: a property of the local activation pattern, not of "
+            "Lipschitz constants."
         )
+    elif best:
+        titles = dict(mech["predictors"])
+        listing = "; ".join(f"{METHOD_TITLES.get(m, m)}: {titles[p]}" for m, p in best.items())
+        text += f"The candidates that best track the sensitivity's changes across seeds and σ are: {listing}."
     return text
 
 
@@ -363,8 +400,9 @@ def explain_conclusion(results: dict) -> str:
         "**What is and is not established.** Established for these small digits networks and their training "
         "seeds: the local bounds and how tight they are, and the direction of every effect whose interval "
         "excludes 0. Not established: causation, because the correlations run over few seeds and four noise "
-        "levels and the candidates move together; and a percentile bootstrap over so few seeds tends to give "
-        "intervals that are too narrow. Nor is it established that ImageNet-scale networks behave "
+        "levels and the candidates move together; a percentile bootstrap over so few seeds tends to give "
+        "intervals that are too narrow; and with a dozen candidates per method, one of them clears the bar by "
+        "chance more easily than any single one would. Nor is it established that ImageNet-scale networks behave "
         "the same way.",
     ]
     return "\n\n".join(parts)
@@ -423,13 +461,14 @@ def _mechanism_plot(results: dict, store: Store) -> str | None:
     mech = results.get("mechanism")
     if not mech:
         return None
-    sigmas = list(mech["sigmas"])
+    sigmas = _sdes(mech)
     xs = [sigma_of(s) for s in sigmas]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     ax = axes[0]
     styles = {"sens": "-", "change": "--", "norm": ":"}
     names = {"sens": "max-sensitivity", "change": "numerator (change)", "norm": "denominator (norm)"}
-    for i, (method, rows) in enumerate(mech["decomposition"].items()):
+    for i, method in enumerate(_methods(mech)):
+        rows = mech["decomposition"][method]
         for part, ls in styles.items():
             ys = [100 * _num(rows[s][part]["mean"]) for s in sigmas]
             label = METHOD_TITLES.get(method, method) if part == "sens" else None
