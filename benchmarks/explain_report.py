@@ -162,9 +162,9 @@ def section_explains(results: dict) -> list[str]:
     if not lb or not lb.get("stages"):
         return []
     out = ["## What explains it", "", "### Local Theorem 1: bound ÷ measured Jacobian norm, per image", ""]
-    out += [f"- **{STATEMENT_TITLES[s]}**: {text}." for s, text in lb["statements"].items()]
+    out += [f"- **{title}**: {lb['statements'][s]}." for s, title in STATEMENT_TITLES.items() if s in lb["statements"]]
     out += ["", *_bound_table(lb), ""]
-    below = ", ".join(f"{STATEMENT_TITLES[s]} {n}" for s, n in lb["below"].items())
+    below = ", ".join(f"{title} {lb['below'][s]}" for s, title in STATEMENT_TITLES.items() if s in lb["below"])
     out += [f"Images whose bound lies below its measured value (beyond a relative {lb['slack']:g}): {below}.", ""]
     if not mech:
         return out
