@@ -157,7 +157,7 @@ def _scalars(cfg: Config, store: Store) -> dict[tuple[str, int], dict[str, float
     for cell in store.results("mechanism").values():
         row = out.setdefault((cell["model"], cell["seed"]), {})
         flips, margins = [], []
-        for stage, st in cell["stages"].items():
+        for stage, st in sorted(cell["stages"].items()):  # the same order, fresh or read back
             row[f"flip:{stage}"] = math.log(max(sum(st["flip"]) / len(st["flip"]), 1e-12))
             row[f"margin:{stage}"] = _log_gm([m / c for m, c in zip(st["margin"], st["change"]) if c > 0])
             row[f"zmedian:{stage}"] = _log_gm(st["margin"])
