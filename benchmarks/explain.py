@@ -142,7 +142,7 @@ def _log_gm(values: list[float]) -> float:
     return sum(math.log(v) for v in vals) / len(vals) if vals else math.nan
 
 
-def _scalars(cfg: Config, store: Store) -> dict[tuple[str, int], dict[str, float]]:
+def _scalars(store: Store) -> dict[tuple[str, int], dict[str, float]]:
     """Per (network, seed): the log of each candidate's network-level value."""
     out: dict[tuple[str, int], dict[str, float]] = {}
     for cell in store.results("sensitivity").values():
@@ -158,12 +158,12 @@ def _scalars(cfg: Config, store: Store) -> dict[tuple[str, int], dict[str, float
         row = out.setdefault((cell["model"], cell["seed"]), {})
         flips, margins = [], []
         for stage, st in sorted(cell["stages"].items()):  # the same order, fresh or read back
-            row[f"flip:{stage}"] = math.log(max(sum(st["flip"]) / len(st["flip"]), 1e-12))
+            flips.append(sum(st["flip"]) / len(st["flip"]))
+            row[f"flip:{stage}"] = math.log(max(flips[-1], 1e-12))
             row[f"margin:{stage}"] = _log_gm([m / c for m, c in zip(st["margin"], st["change"]) if c > 0])
             row[f"zmedian:{stage}"] = _log_gm(st["margin"])
             row[f"zq10:{stage}"] = _log_gm(st["margin_q10"])
             row[f"dz:{stage}"] = _log_gm(st["change"])
-            flips.append(sum(st["flip"]) / len(st["flip"]))
             margins.append(row[f"margin:{stage}"])
         row["flip"] = math.log(max(sum(flips) / len(flips), 1e-12))
         row["margin"] = sum(margins) / len(margins)
@@ -172,9 +172,6 @@ def _scalars(cfg: Config, store: Store) -> dict[tuple[str, int], dict[str, float
     for cell in store.results("theorem1").values():
         row = out.setdefault((cell["model"], cell["seed"]), {})
         logs = [_log_gm(st["local"]["measured"]) for st in cell["stages"] if "local" in st]
-        for st in cell["stages"]:
-            if "local" in st:
-                row[f"jacobian:{st['stage']}"] = _log_gm(st["local"]["measured"])
         if logs:
             row["jacobian"] = sum(logs) / len(logs)
     return out
@@ -233,7 +230,7 @@ def _correlation(points: list[tuple[int, float, float]], seed: int) -> dict:
 
 def mechanism(cfg: Config, store: Store) -> dict:
     """The sensitivity's two factors, the activation pattern's stability and the other candidates, per σ."""
-    scalars = _scalars(cfg, store)
+    scalars = _scalars(store)
     if not any(k[0] == "ode" for k in scalars) or not store.results("mechanism"):
         return {}
     sdes = [n for n in cfg.model_names() if n != "ode"]

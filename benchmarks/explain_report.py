@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .common import save_png  # noqa: E402
+from .common import number, percent  # noqa: E402
 from .config import METHOD_TITLES, sigma_of  # noqa: E402
 from .store import Store  # noqa: E402
 
@@ -33,19 +33,11 @@ def _num(x) -> float:
 
 
 def _f(x, digits=2) -> str:
-    if not _ok(x):
-        return "–"
-    if abs(x) >= 1e4:
-        return f"{x:.2e}"
-    return f"{x:.{digits}f}"
-
-
-def _pct(x) -> str:
-    return f"{100 * x:+.1f}%" if _ok(x) else "–"
+    return number(x, digits, small=0.0)  # correlations and ratios: "0.00", never 6e-04
 
 
 def _rel(e: dict) -> str:
-    return f"{_pct(e['mean'])} [{_pct(e['low'])}, {_pct(e['high'])}]"
+    return f"{percent(e['mean'])} [{percent(e['low'])}, {percent(e['high'])}]"
 
 
 def _sure(e: dict) -> int:
@@ -452,9 +444,7 @@ def _bound_plot(results: dict, store: Store) -> str | None:
     ax.set_ylabel("bound ÷ measured (median, 10–90%)")
     ax.legend(fontsize=7)
     ax.set_title("Tightness per stage")
-    path = store.figure("local_bound.png")
-    save_png(fig, path)
-    return str(path.relative_to(store.root))
+    return store.save_figure(fig, "local_bound.png")
 
 
 def _mechanism_plot(results: dict, store: Store) -> str | None:
@@ -505,9 +495,7 @@ def _mechanism_plot(results: dict, store: Store) -> str | None:
     ax.set_ylabel("SDE vs ODE (%), 95% CI over seeds")
     ax.set_title("Candidate mechanisms")
     ax.legend(fontsize=7)
-    path = store.figure("mechanism.png")
-    save_png(fig, path)
-    return str(path.relative_to(store.root))
+    return store.save_figure(fig, "mechanism.png")
 
 
 PLOTS = {"local_bound": _bound_plot, "mechanism": _mechanism_plot}

@@ -17,7 +17,6 @@ from torch import nn  # noqa: E402
 
 from neuralsde.metrics import importance  # noqa: E402
 
-from .common import save_png  # noqa: E402
 from .config import METHOD_TITLES, Config  # noqa: E402
 from .pipeline import Context, Part, run  # noqa: E402
 from .report import REPORT  # noqa: E402
@@ -56,9 +55,7 @@ def _figure_cell(cfg: Config, store: Store, dataset: str, models, data: Data, me
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle(f"{METHOD_TITLES.get(method, method)} ({dataset}, training seed {cfg.seeds[0]})", fontsize=10)
-    path = store.figure(f"{dataset}-{method}.png")
-    save_png(fig, path)
-    return {"path": str(path.relative_to(store.root)), "images": chosen, "method": method}
+    return {"path": store.save_figure(fig, f"{dataset}-{method}.png"), "images": chosen, "method": method}
 
 
 def run_figures(

@@ -144,11 +144,7 @@ def run_mechanism(ctx: Context) -> None:
         chosen = chosen_images(ctx.pools[seed], cfg.n_images, seed, 0)
         x = _stack(ctx.data.test, chosen).to(cfg.device)
         for name, model in ctx.nets[seed].items():
-            depends = {
-                "networks": {name: ctx.prints[seed][name]},
-                "options": cfg.measurement("mechanism"),
-                "images": chosen,
-            }
+            depends = ctx.depends("mechanism", {name: ctx.prints[seed][name]}, chosen)
             compute = partial(_mechanism_cell, cfg, name, seed, model, x, chosen)
             ctx.store.cell("mechanism", f"s{seed}/{name}", compute, depends=depends)
             ctx.tick()

@@ -71,6 +71,10 @@ class Context:
         nets = self.nets[seed]
         return {"ode": nets["ode"], self.cfg.table_sde: nets[self.cfg.table_sde]}
 
+    def depends(self, kind: str, prints: dict[str, str], images: list[int], method: str | None = None, **more) -> dict:
+        """What a cell depends on: its networks' weights, its measurement options and its images."""
+        return {"networks": prints, "options": self.cfg.measurement(kind, method), "images": images, **more}
+
     def tick(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(n)

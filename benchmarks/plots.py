@@ -9,7 +9,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .common import save_png  # noqa: E402
 from .config import METHOD_TITLES  # noqa: E402
 from .explain_report import PLOTS as EXPLAIN_PLOTS  # noqa: E402
 from .store import Store  # noqa: E402
@@ -59,9 +58,7 @@ def _noise_robustness(results: dict, store: Store) -> str | None:
     handles = ax.get_legend_handles_labels()
     extra = acc_ax.get_legend_handles_labels()
     ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7, loc="best")
-    path = store.figure("noise_robustness.png")
-    save_png(fig, path)
-    return str(path.relative_to(store.root))
+    return store.save_figure(fig, "noise_robustness.png")
 
 
 def _sweep(results: dict, store: Store) -> str | None:
@@ -98,9 +95,7 @@ def _sweep(results: dict, store: Store) -> str | None:
         title="amplification per stage (95% CI over seeds)",
     )
     axes[1].legend(fontsize=7)
-    path = store.figure("noise_sweep.png")
-    save_png(fig, path)
-    return str(path.relative_to(store.root))
+    return store.save_figure(fig, "noise_sweep.png")
 
 
 def _theorem1(results: dict, store: Store) -> str | None:
@@ -125,9 +120,7 @@ def _theorem1(results: dict, store: Store) -> str | None:
     ax.set_ylabel(r"$\|F(x+\delta) - F(x)\| / \|\delta\|$")
     ax.legend(fontsize=7)
     ax.set_title("Theorem 1: bound vs measured, per network and stage (mean over seeds)")
-    path = store.figure("theorem1.png")
-    save_png(fig, path)
-    return str(path.relative_to(store.root))
+    return store.save_figure(fig, "theorem1.png")
 
 
 def _completeness(results: dict, store: Store) -> str | None:
@@ -161,9 +154,7 @@ def _completeness(results: dict, store: Store) -> str | None:
     ax.set_ylabel("mean residual")
     ax.set_title(r"Completeness residual $|\sum (A(x') - A(x)) - (F(x') - F(x))|$")
     ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
-    path = store.figure("completeness.png")
-    save_png(fig, path)
-    return str(path.relative_to(store.root))
+    return store.save_figure(fig, "completeness.png")
 
 
 def _sensitivity(results: dict, store: Store) -> str | None:
@@ -188,9 +179,7 @@ def _sensitivity(results: dict, store: Store) -> str | None:
     ax.set_xticklabels([METHOD_TITLES.get(m, m) for m in methods], fontsize=8)
     ax.set_ylabel("max-sensitivity (95% CI over seeds)")
     ax.legend()
-    path = store.figure("sensitivity.png")
-    save_png(fig, path)
-    return str(path.relative_to(store.root))
+    return store.save_figure(fig, "sensitivity.png")
 
 
 PLOTS = {

@@ -96,11 +96,6 @@ def _chunks(n: int, size: int):
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _depends(ctx: Context, kind: str, prints: dict[str, str], method: str | None, images: list[int], **more) -> dict:
-    """What a cell depends on: its networks' weights, its options and its images."""
-    return {"networks": prints, "options": ctx.cfg.measurement(kind, method), "images": images, **more}
-
-
 def _sensitivity_cell(
     cfg: Config, data: Data, name: str, seed: int, model: nn.Module, method: str, rep: int, chosen, x_all: Tensor
 ) -> dict:
@@ -149,7 +144,7 @@ def run_sensitivity(ctx: Context) -> None:
                         "sensitivity",
                         f"s{seed}/{name}--{method}--rep{rep}",
                         compute,
-                        depends=_depends(ctx, "sensitivity", {name: ctx.prints[seed][name]}, method, chosen),
+                        depends=ctx.depends("sensitivity", {name: ctx.prints[seed][name]}, chosen, method),
                         rng=f"sensitivity/s{seed}/rep{rep}",
                     )
                     ctx.tick()
@@ -205,7 +200,7 @@ def run_robustness(ctx: Context) -> None:
             for method in cfg.robust_methods:
                 attack = name in attack_models
                 compute = partial(_robustness_cell, cfg, ctx.data, name, seed, model, method, x, chosen, attack)
-                depends = _depends(ctx, "robustness", {name: ctx.prints[seed][name]}, method, chosen, attack=attack)
+                depends = ctx.depends("robustness", {name: ctx.prints[seed][name]}, chosen, method, attack=attack)
                 store.cell("robustness", f"s{seed}/{name}--{method}", compute, depends=depends)
                 ctx.tick()
 
@@ -238,7 +233,7 @@ def run_localisation(ctx: Context) -> None:
         for name, model in ctx.shape_nets[seed].items():
             for method in cfg.methods:
                 compute = partial(_localisation_cell, cfg, data, name, seed, model, method, x, masks, chosen)
-                depends = _depends(ctx, "localisation", {name: ctx.shape_prints[seed][name]}, method, chosen)
+                depends = ctx.depends("localisation", {name: ctx.shape_prints[seed][name]}, chosen, method)
                 store.cell(
                     "localisation", f"s{seed}/{name}--{method}", compute, depends=depends, rng=f"localisation/s{seed}"
                 )

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import environment, write_json
+from .common import environment, save_png, write_json
 from .config import Config, digest
 
 __all__ = ["FolderBusy", "Store", "seeded", "versions"]
@@ -196,6 +196,12 @@ class Store:
         p = self.root / "figures" / name
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
+
+    def save_figure(self, fig, name: str) -> str:
+        """Save a matplotlib figure as ``figures/NAME`` (atomically, then closed); its path in the run's folder."""
+        path = self.figure(name)
+        save_png(fig, path)
+        return str(path.relative_to(self.root))
 
     def relative(self, path: Path) -> str:
         return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)

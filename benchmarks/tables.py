@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
+from .common import number as _f
+from .common import percent as _pct
 from .config import METHOD_TITLES, sigma_of
 from .explain_report import section_explains
 
@@ -26,14 +26,6 @@ __all__ = [
 VERDICT_MARK = {"holds": "**holds**", "fails": "**fails**", "depends": "depends"}
 
 
-def _f(x, digits=4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    if isinstance(x, float) and (abs(x) >= 1e4 or (x != 0 and abs(x) < 1e-3)):
-        return f"{x:.2e}"
-    return f"{x:.{digits}f}"
-
-
 def _ci(c: dict, digits=4) -> str:
     return f"{_f(c['mean'], digits)} [{_f(c['low'], digits)}, {_f(c['high'], digits)}]"
 
@@ -41,10 +33,6 @@ def _ci(c: dict, digits=4) -> str:
 def _diff(c: dict, digits=4) -> str:
     """A paired difference with its 95% CI (``mean_diff``, ``ci_low``, ``ci_high``)."""
     return f"{_f(c['mean_diff'], digits)} [{_f(c['ci_low'], digits)}, {_f(c['ci_high'], digits)}]"
-
-
-def _pct(x) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:+.1f}%"
 
 
 def _effect(c: dict, unit: str) -> str:

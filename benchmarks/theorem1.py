@@ -87,11 +87,7 @@ def run_theorem1(ctx: Context) -> None:
         chosen = ctx.pools[seed][: cfg.theorem_images]
         x = _stack(ctx.data.test, chosen).to(cfg.device)
         for name, model in ctx.nets[seed].items():
-            depends = {
-                "networks": {name: ctx.prints[seed][name]},
-                "options": cfg.measurement("theorem1"),
-                "images": chosen,
-            }
+            depends = ctx.depends("theorem1", {name: ctx.prints[seed][name]}, chosen)
             compute = partial(_theorem1_cell, cfg, name, seed, model, x, chosen)
             ctx.store.cell("theorem1", f"s{seed}/{name}", compute, depends=depends)
             ctx.tick()
@@ -163,11 +159,7 @@ def run_completeness(ctx: Context) -> None:
         gen = torch.Generator().manual_seed(seed * 1000 + 23)
         x_hat = (x + cfg.radius * (2 * torch.rand(x.shape, generator=gen) - 1).to(x)).clamp(lo, hi)
         for name, model in ctx.pair(seed).items():
-            depends = {
-                "networks": {name: ctx.prints[seed][name]},
-                "options": cfg.measurement("completeness"),
-                "images": chosen,
-            }
+            depends = ctx.depends("completeness", {name: ctx.prints[seed][name]}, chosen)
             solvers = _solvers_of(cfg, model, seed)
             missing = [s for s in solvers if not store.reusable("completeness", f"s{seed}/{name}--{s}", depends)]
             with torch.no_grad():

@@ -88,7 +88,6 @@ def lanczos_top(
     alphas: list[Tensor] = []
     betas: list[Tensor] = []
     gen = torch.Generator().manual_seed(0)
-    value = residual = start.new_zeros(batch, dtype=torch.float64)
     for j in range(iters):
         basis[:, j] = q
         w = op(q.view(shape)).reshape(batch, -1)
