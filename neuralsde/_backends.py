@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 import torchdiffeq
+import torchsde
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -82,6 +83,22 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _import(module: str) -> Any:
+    _MODULES[module] = importlib.import_module(module)
+    return _MODULES[module]
+
+
+#: The modules of the private names, imported once. A look-up in this dict, unlike an
+#: import, is traced by torch.compile without a graph break; a module that a release
+#: moved stays out of it, and ``private`` then raises when a name of it is used.
+_MODULES: dict[str, Any] = {}
+for _module in PRIVATE_NAMES:
+    try:
+        _import(_module)
+    except ImportError:
+        pass
+
+
 def private(module: str, name: str) -> Any:
     """The private attribute ``module.name`` of torchdiffeq or torchsde.
 
@@ -93,7 +110,7 @@ def private(module: str, name: str) -> Any:
         raise ValueError(f"{module}.{name} is not a private name listed in neuralsde._backends.PRIVATE_NAMES")
     package = module.split(".")[0]
     try:
-        return getattr(importlib.import_module(module), name)
+        return getattr(_MODULES[module] if module in _MODULES else _import(module), name)
     except (ImportError, AttributeError) as err:
         raise ImportError(
             f"neuralsde needs the private name {module}.{name}, which {package} {_version(package)} does not "
@@ -267,7 +284,10 @@ class ODEStepper:
         else:
             cls = private("torchdiffeq._impl.odeint", "SOLVERS")[method]
             self.solver = cls(func=self.func, y0=y0, rtol=rtol, atol=atol, **_solver_options(method, options))
-        self.time_device = y0.device
+        # Step times stay on the CPU: the step functions only scale the state by them, and
+        # a 0-d CPU tensor takes part in a GPU operation as a number. On the GPU, a step
+        # grid copied to the device would cost one host synchronisation per solve.
+        self.time_device = torch.device("cpu")
 
     def init(self, t0: Tensor, y0: Tensor) -> Tensor:
         return y0
@@ -305,22 +325,35 @@ class _Memo:
 
     torchsde evaluates the drift and diffusion at ``(ts[0], y0)`` to check shapes before
     stepping, and its SRK step re-evaluates stage values it already has; both would cost
-    whole network evaluations. Entries hold ``y`` itself, so an ``id`` is never reused
-    while its entry lives; the memo is cleared after every step.
+    whole network evaluations. Entries are keyed by the state object and hold it, so an
+    ``id`` is never reused while its entry lives, and a state changed in place is
+    evaluated again; the memo is cleared after every step.
+
+    The time and the state's version counter are compared in eager mode. Under
+    ``torch.compile`` neither is read (reading a tensor's value breaks the graph, and
+    the version counter is not traced): there the memo relies on torchsde's Milstein
+    and SRK steps evaluating each state object at one time only and never changing one
+    in place, which they do.
     """
 
     def __init__(self, fn: Callable[[Tensor, Tensor], Tensor]):
         self.fn = fn
-        self.entries: dict[tuple[float, int], tuple[Tensor, int, Tensor]] = {}
+        self.entries: dict[int, tuple[Tensor, int, Tensor, Tensor]] = {}
 
     def __call__(self, t: Tensor, y: Tensor) -> tuple[Tensor, bool]:
-        key = (float(t), id(y))
-        hit = self.entries.get(key)
-        if hit is not None and hit[0] is y and hit[1] == y._version:
-            return hit[2], False
+        hit = self.entries.get(id(y))
+        if hit is not None and hit[0] is y and self._unchanged(hit, t):
+            return hit[3], False
         out = self.fn(t, y)
-        self.entries[key] = (y, y._version, out)
+        self.entries[id(y)] = (y, None if torch.compiler.is_compiling() else y._version, t, out)
         return out, True
+
+    @staticmethod
+    def _unchanged(hit: tuple, t: Tensor) -> bool:
+        if torch.compiler.is_compiling():
+            return True
+        y, version, t0 = hit[:3]
+        return y._version == version and (t0 is t or float(t0) == float(t))
 
     def clear(self) -> None:
         self.entries.clear()
@@ -385,6 +418,48 @@ class _SDEFunc(nn.Module):
         self._diffusion.clear()
 
 
+class _GridTimes(torchsde.BaseBrownian):
+    """A Brownian path that torchsde's steppers query with the loop's float times.
+
+    torchsde's Milstein and SRK steps query their path once per step, with the step's
+    times as tensors; turning those back into numbers (``float(t)``) is a read of a
+    tensor, which ``torch.compile`` cannot trace without a graph break. The stepper
+    tells this wrapper the step's times as Python floats before each step, and the
+    wrapper answers the step's query with them; any other query goes to the path as it
+    came.
+    """
+
+    def __init__(self, bm):
+        super().__init__()
+        self.bm = bm
+        self.step: tuple[Tensor, Tensor, float, float] | None = None
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        step = self.step
+        if step is not None and ta is step[0] and tb is step[1]:
+            ta, tb = step[2], step[3]
+        return self.bm(ta, tb, return_U=return_U, return_A=return_A)
+
+    def __repr__(self) -> str:
+        return f"_GridTimes({self.bm!r})"
+
+    @property
+    def dtype(self):
+        return self.bm.dtype
+
+    @property
+    def device(self):
+        return self.bm.device
+
+    @property
+    def shape(self):
+        return self.bm.shape
+
+    @property
+    def levy_area_approximation(self):
+        return self.bm.levy_area_approximation
+
+
 class SDEStepper:
     """One step of a torchsde Itô method (milstein, srk) on the flattened state.
 
@@ -402,8 +477,9 @@ class SDEStepper:
         self.sde = _SDEFunc(drift, diffusion, y0.shape, stats)
         select = private("torchsde._core.methods", "select")
         forward_sde = private("torchsde._core.base_sde", "ForwardSDE")
+        self.bm = _GridTimes(bm)
         self.solver = select(method=method, sde_type="ito")(
-            sde=forward_sde(self.sde), bm=bm, dt=dt, adaptive=False, rtol=0.0, atol=0.0, dt_min=0.0, options={}
+            sde=forward_sde(self.sde), bm=self.bm, dt=dt, adaptive=False, rtol=0.0, atol=0.0, dt_min=0.0, options={}
         )
         # Step times stay on the CPU: torchsde only does scalar arithmetic with them, and
         # CPU scalars keep the Brownian look-ups free of device synchronisation.
@@ -416,9 +492,11 @@ class SDEStepper:
     def step(
         self, t0: Tensor, t1: Tensor, dt: float, carry: tuple[Tensor, Any], times: tuple[float, float]
     ) -> tuple[Tensor, Any]:
+        self.bm.step = (t0, t1, *times)
         try:
             return self.solver.step(t0, t1, *carry)
         finally:
+            self.bm.step = None
             self.sde.clear()
 
     def state(self, carry: tuple[Tensor, Any]) -> Tensor:
