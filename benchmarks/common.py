@@ -99,6 +99,35 @@ def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     return max(min(values), min(q1, median)), median, min(max(values), max(q3, median))
 
 
+def _timer(device: torch.device):
+    """``timed(fn, inner) -> seconds per call``: CUDA events on a GPU, the wall clock elsewhere.
+
+    On a GPU the events are recorded on the current stream around ``inner`` calls and read
+    after one synchronisation, so the figure is the device's time from the first launch to
+    the end of the last kernel, including any gap in which the device waited for the host.
+    """
+    if device.type == "cuda":
+
+        def timed(fn, inner):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(inner):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000.0 / inner
+
+        return timed
+
+    def timed(fn, inner):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - start) / inner
+
+    return timed
+
+
 def paired_ratios(
     runs: dict[str, Callable[[], object]],
     pairs: list[tuple[str, str]],
@@ -107,26 +136,36 @@ def paired_ratios(
     warmup: int = 1,
     device: str | torch.device = "cpu",
     progress=None,
+    inner: int = 1,
+    deadline: float | None = None,
+    min_rounds: int = 2,
 ) -> dict:
     """Time several callables side by side and compare them pairwise.
 
-    Each round calls every callable once, in an order that rotates from round to round,
-    so slow drifts of the machine hit all of them alike; a ratio is formed within each
-    round and the rounds' ratios are summarised by their median and quartiles.
+    Each round calls every callable once (``inner`` times in a row, timed together), in
+    an order that rotates from round to round, so slow drifts of the machine hit all of
+    them alike; a ratio is formed within each round and the rounds' ratios are summarised
+    by their median and quartiles. On a GPU each reading is taken with CUDA events.
 
     Args:
         runs: name -> zero-argument callable to time.
         pairs: (numerator, denominator) names to compare.
         rounds: timed rounds.
         warmup: untimed rounds first.
-        device: where the work runs (CUDA work is synchronised before each reading).
+        device: where the work runs (CUDA work is timed with events).
         progress: optional callable taking the number of finished rounds.
+        inner: calls per reading.
+        deadline: a ``time.perf_counter()`` value after which no new round starts once
+            ``min_rounds`` are done (None: all ``rounds``).
+        min_rounds: rounds made whatever the deadline.
 
     Returns:
-        ``{"seconds": {name: {"median", "min"}}, "ratios": {"a/b": {"median", "q1", "q3", "min_ratio"}}}``:
-        the median and quartiles of the per-round ratios, and the ratio of the fastest runs.
+        ``{"rounds": n, "seconds": {name: {"median", "min"}}, "ratios": {"a/b": {"median", "q1", "q3",
+        "min_ratio"}}}``: the rounds made, the median and fastest seconds per call, the median
+        and quartiles of the per-round ratios, and the ratio of the fastest runs.
     """
     device = torch.device(device)
+    timed = _timer(device)
     names = list(runs)
     for _ in range(warmup):
         for name in names:
@@ -134,16 +173,20 @@ def paired_ratios(
     _sync(device)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
+        if deadline is not None and r >= min_rounds and time.perf_counter() > deadline:
+            break
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             _sync(device)
-            start = time.perf_counter()
-            runs[name]()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(runs[name], inner))
         if progress is not None:
             progress(r + 1)
-    out = {"seconds": {n: {"median": statistics.median(t), "min": min(t)} for n, t in times.items()}, "ratios": {}}
+    done = len(times[names[0]])
+    out = {
+        "rounds": done,
+        "seconds": {n: {"median": statistics.median(t), "min": min(t)} for n, t in times.items()},
+        "ratios": {},
+    }
     for a, b in pairs:
         ratios = [x / y for x, y in zip(times[a], times[b])]
         q1, median, q3 = quartiles(ratios)

@@ -112,42 +112,67 @@ def _image_folder(root: Path, classes=2, per_class=6):
     return root
 
 
+@pytest.fixture(scope="module")
+def gpu_dry_run(tmp_path_factory):
+    """``python -m benchmarks.gpu --device cpu --budget 60``, its protocol's run kept: (folder, record, work)."""
+    root = tmp_path_factory.mktemp("gpu")
+    out, work = root / "out", root / "work"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", "--device", "cpu", "--out", str(out), "--budget", "60",
+         "--work", str(work)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "gpu.json").read_text()), work, proc.stdout
+
+
 @pytest.mark.slow
-def test_imagefolder_protocol_runs_end_to_end(tmp_path):
-    data = _image_folder(tmp_path / "val")
-    weights = tmp_path / "resnet18.pth"
-    torch.manual_seed(0)
-    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), weights)
-    out = tmp_path / "out"
-    results = main(
-        [
-            *QUICK,
-            "--arch",
-            "resnet18",
-            "--data",
-            str(data),
-            "--weights",
-            str(weights),
-            "--train-data",
-            str(data),
-            "--image-size",
-            "32",
-            "--no-shapes",
-            "--seeds",
-            "0",
-            "--lr",
-            "1e-4",
-            "--methods",
-            "saliency",
-            "deeplift",
-            "--robust-methods",
-            "saliency",
-            "--bound-steps",
-            "1",  # the cheapest local bound: layer4's 3x3 convolutions on 1x1 maps are slow to differentiate twice
-            "--out",
-            str(out),
-        ]
-    )
+def test_the_gpu_command_dry_run_runs_every_section(gpu_dry_run):
+    out, record, _, stdout = gpu_dry_run
+    assert sorted(p.name for p in out.iterdir()) == ["cuda-tests.log", "gpu.json", "gpu.md", "protocol.log"]
+    sections = record["sections"]
+    assert set(sections) == {"environment", "correctness", "speed", "protocol", "record"}
+    assert {s["status"] for s in sections.values()} == {"ok"}, {n: s.get("error") for n, s in sections.items()}
+    assert record["tiny"] and record["elapsed_s"] < 120
+    # Correctness: every test marked cuda was collected, and without a GPU each was skipped.
+    tests = sections["correctness"]["result"]["tests"]
+    assert len(tests) >= 15 and {t["outcome"] for t in tests.values()} == {"skipped"}
+    # Speed: every line, each with its ratios, throughput and targets.
+    lines = sections["speed"]["result"]["lines"]
+    assert [(line["precision"], line["phase"]) for line in lines] == [
+        ("fp32", "forward"), ("fp32", "forward+backward"), ("fp32", "deeplift"),
+        ("bf16", "forward"), ("bf16", "forward+backward"), ("bf16", "compiled forward"),
+    ]  # fmt: skip
+    for line in lines:
+        assert line["rounds"] >= 3 and all(m["images_per_s"] > 0 for m in line["models"].values())
+        for ratio in line["ratios"].values():
+            assert ratio["q1"] <= ratio["median"] <= ratio["q3"]
+    assert lines[0]["ratios"]["ode/torchvision"]["target"] == 1.03
+    assert lines[-1]["backend"] == "eager" and lines[-1]["ode_compile_s"] > 0
+    # The protocol: the README's command ran, every method has a time per image, and an extrapolation.
+    protocol = sections["protocol"]["result"]
+    assert protocol["exit_code"] == 0 and protocol["run_status"] == "finished"
+    assert set(protocol["per_image_s"]["ode"]) == set(protocol["per_image_s"]["sde-0.5"]) == {
+        "saliency", "integrated_gradients", "deeplift", "deeplift_shap"
+    }  # fmt: skip
+    assert protocol["extrapolation"]["complete"] and protocol["extrapolation"]["total_s"] > 0
+    assert set(protocol["train_step"]["images_per_s"]) == {"torchvision", "ode", "sde"}
+    # The page has every section's table, and the terminal summary ends the output.
+    page = (out / "gpu.md").read_text()
+    assert page.index("| environment |") < page.index("| correctness |") < page.index("| record |")
+    for heading in ("## Sections", "## Targets", "## Environment", "## Correctness on CUDA", "## Speed",
+                    "## The paper's protocol, scaled to fit"):  # fmt: skip
+        assert heading in page
+    assert "dry run" in page and "ODE ÷ torchvision" in page
+    assert stdout.splitlines()[0].startswith("section") and "wrote " in stdout.splitlines()[-1]
+    assert all(len(line) <= 80 for line in stdout.splitlines()[:-1])  # the last names the output folder
+
+
+@pytest.mark.slow
+def test_imagefolder_protocol_runs_end_to_end(gpu_dry_run):
+    """The README's ImageNet command, on the GPU command's synthetic ImageFolder (resnet18 at 32x32)."""
+    work = gpu_dry_run[2]
+    results = json.loads((work / "run" / "results.json").read_text())
     assert results["models"]["ode"]["source"] == "trained" and results["config"]["arch"] == "resnet18"
     # The local bounds run on torchvision's stages too, and hold for every image.
     assert set(results["local_bound"]["stages"]) == {"layer1", "layer2", "layer3", "layer4"}
@@ -155,7 +180,7 @@ def test_imagefolder_protocol_runs_end_to_end(tmp_path):
     assert "(one seed: image-level CI)" in tables(results)
     assert results["sensitivity"]["comparisons"]["sde-0.5"]["methods"]
     assert results["theorem1"]["all_hold"]
-    assert (out / "figures" / "imagefolder-deeplift.png").exists()
+    assert (work / "run" / "figures" / "imagefolder-deeplift.png").exists()
     # The paper's values stand beside ours where the architecture matches.
     results["sensitivity"]["paper"] = PAPER_SENSITIVITY["resnet50"]
     assert "0.5952 → 0.5510" in tables(results)
