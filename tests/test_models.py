@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+import torch._dynamo
 import torchvision
 from conftest import randomize_batchnorm
 from torch import nn
@@ -373,8 +374,18 @@ FIXED_STEP_PATHS = [
 ]
 
 
+def _release(version: str) -> tuple[int, int]:
+    return tuple(int(part) for part in version.split("+")[0].split(".")[:2])
+
+
 @pytest.mark.parametrize("cls, settings", FIXED_STEP_PATHS, ids=["euler", "rk4", "midpoint", "em", "srk"])
-def test_every_fixed_step_solve_compiles_without_a_graph_break(cls, settings):
+def test_every_fixed_step_solve_compiles_without_a_graph_break(cls, settings, request):
+    if settings["method"] == "srk" and _release(torch.__version__) < (2, 14):
+        # Measured on torch 2.11: dynamo cannot trace the membership test in torchsde's
+        # ForwardSDE constructor (``noise_type in NOISE_TYPES``, a container made by a
+        # metaclass); torch 2.14 traces it. Releases in between are not checked.
+        reason = "torch < 2.14: dynamo breaks the graph in torchsde's ForwardSDE constructor"
+        request.applymarker(pytest.mark.xfail(raises=torch._dynamo.exc.Unsupported, reason=reason))
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8)
     model = cls.small(in_channels=3, num_classes=5, widths=(4,), blocks=2, **settings)
@@ -387,15 +398,15 @@ def test_milstein_breaks_the_graph_where_torchsde_differentiates_the_diffusion()
     Not a read of a tensor: compiled without ``fullgraph``, dynamo splits the graph there.
     If a release of torch or torchsde lifts this, this test fails and the docs should say so.
     """
-    import torch._dynamo
-
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8)
     model = SDEResNet.small(
         in_channels=3, num_classes=5, widths=(4,), blocks=2, sigma=0.5, diffusion="multiplicative", method="milstein"
     ).train()
     torch._dynamo.reset()
-    with pytest.raises(torch._dynamo.exc.Unsupported, match="autograd.grad"):
+    # torch < 2.14 stops earlier, in torchsde's ForwardSDE constructor (as for SRK above).
+    where = "autograd.grad" if _release(torch.__version__) >= (2, 14) else "ContainerMeta"
+    with pytest.raises(torch._dynamo.exc.Unsupported, match=where):
         torch.compile(model, fullgraph=True, backend="eager")(x)
 
 

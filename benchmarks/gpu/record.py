@@ -17,11 +17,16 @@ from pathlib import Path
 from ..common import atomic_write_text
 
 GPU_COMMAND = """\
-../shared/gpu/wheels.sh            # on a machine with network: torchsde, trampoline and captum as wheels in .whl/
-# on the GPU machine, from the repository root with .whl/ beside it:
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target .site .whl/*.whl
-export PYTHONPATH=$PWD:$PWD/.site
-python3 -m benchmarks.gpu --out results-gpu --budget 360"""
+pip install -e ".[bench]"          # or, where torch is installed already, see below
+python -m benchmarks.gpu --out results-gpu --budget 360
+python -m benchmarks.gpu --publish results-gpu/gpu.json   # this page, from the run"""
+
+OFFLINE = """\
+# with network: the pure-Python packages torch's own image may lack, as wheels
+pip download --no-deps --only-binary=:all: -d .whl torchsde==0.2.6 trampoline==0.1.2 captum==0.9.0
+# on the GPU machine, from the repository root with .whl/ beside it; its torch stays as it is
+python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl
+PYTHONPATH=$PWD:$PWD/.site python3 -m benchmarks.gpu --out results-gpu --budget 360"""
 
 SPEED_LABELS = {
     "ode/torchvision": "ODE ÷ torchvision",
@@ -315,18 +320,44 @@ def page(record: dict | None) -> str:
     run_it = [
         "## Running it",
         f"```bash\n{GPU_COMMAND}\n```",
-        "`--device cpu` is a dry run at tiny sizes (the test suite runs it), and `--help` lists the options.",
+        "On a machine without network whose Python has torch, torchvision and torchdiffeq but not torchsde "
+        "and captum, use the repository in place:",
+        f"```bash\n{OFFLINE}\n```",
+        "`--device cpu` is a dry run at tiny sizes (the test suite runs it); `--only speed` runs one section; "
+        "`--help` lists the options. The command needs no data and no weights: the protocol section makes a "
+        "synthetic ImageFolder and a randomly initialised network.",
     ]
     if record is None:
         return "\n\n".join([
             *head,
             '!!! warning "Nothing has been measured on a GPU yet"\n'
-            "    No run of this command on a GPU has been published. The tables below will come from the first "
-            "one; until then the library's CUDA path is tested only by the tests marked `cuda`, which are "
-            "skipped on a machine without a GPU.",
+            "    No run of this command on a GPU has been published: this page will show the first one's tables. "
+            "Until then the library's CUDA path is tested only by the tests marked `cuda` "
+            "(`python -m pytest -m cuda`), which are skipped on a machine without a GPU.",
+            "## What it will measure",
+            targets_md(),
             *run_it,
         ]) + "\n"  # fmt: skip
     return "\n\n".join([*head, *run_it, "## Measured", markdown(record, level=3)]) + "\n"
+
+
+def targets_md() -> str:
+    """The speed section's targets, as a table."""
+    from .speed import SIZES, TARGETS
+
+    gpu = SIZES["gpu"]
+    what = {
+        "forward": f"forward, batch {gpu['forward']}",
+        "forward+backward": f"forward + backward, batch {gpu['train']}",
+        "deeplift": f"Captum's DeepLift, batch {gpu['deeplift']}",
+        "memory": "peak memory of a call",
+    }
+    rows = [[SPEED_LABELS.get(ratio, ratio), what[phase], f"≤ {t:.2f}"] for (phase, ratio), t in TARGETS.items()]
+    return (
+        f"`{gpu['arch']}` at {gpu['size']}×{gpu['size']}, in fp32 and in bf16 autocast with channels_last; the "
+        "SDE (Euler–Maruyama) with its noise on. Each ratio is the median over rounds in which the models run side "
+        "by side:\n\n" + table(["ratio", "of", "target"], rows)
+    )
 
 
 def publish(source: str | Path, docs: str | Path = "docs") -> None:
