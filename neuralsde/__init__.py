@@ -2,8 +2,10 @@
 
 The public face: [`integrate`][neuralsde.solvers.integrate],
 [`ODEResNet`][neuralsde.models.ODEResNet], [`SDEResNet`][neuralsde.sde_models.SDEResNet],
-[`ContinuousStage`][neuralsde.stage.ContinuousStage], the diffusion classes and
-[`SolverError`][neuralsde.solvers.SolverError]. Everything else is reachable by module
+[`ContinuousStage`][neuralsde.stage.ContinuousStage], the diffusion classes,
+[`SolverError`][neuralsde.solvers.SolverError], [`attribute`][neuralsde.attribution.attribute]
+and, as a module, [`neuralsde.theory`][neuralsde.theory] (Theorem 1's bounds, among them
+[`local_bound`][neuralsde.theory.local_bound]). Everything else is reachable by module
 path.
 """
 
@@ -20,6 +22,7 @@ from .models import ODEResNet
 from .sde_models import SDEResNet
 from .solvers import SolverError, SolverStats, integrate
 from .stage import ContinuousStage
+from . import theory  # noqa: E402  (a module of the public face: neuralsde.theory.local_bound)
 
 __version__ = "0.1.0"
 
@@ -38,4 +41,5 @@ __all__ = [
     "attribute",
     "integrate",
     "make_diffusion",
+    "theory",
 ]

@@ -142,8 +142,9 @@ def _solver_options(method: str, options: dict | None) -> dict:
 
 
 def _check_shape(out: Tensor, shape: torch.Size, what: str) -> None:
-    if out.shape != shape:
-        raise ValueError(f"{what} must return y's shape {tuple(shape)}, got {tuple(out.shape)}")
+    if not isinstance(out, Tensor) or out.shape != shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"{what} must return a tensor of y's shape {tuple(shape)}, got {got}")
 
 
 # -- torchdiffeq -------------------------------------------------------------------------
@@ -395,6 +396,8 @@ class _SDEFunc(nn.Module):
 
     def _eval_diffusion(self, t: Tensor, y: Tensor) -> Tensor:
         out = self.diffusion(t, self.unflatten(y))
+        if not isinstance(out, Tensor):
+            _check_shape(out, self.shape, "diffusion(t, y)")
         if out.shape != self.shape:
             # A state-independent sigma may come back as a broadcastable tensor.
             try:

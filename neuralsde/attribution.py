@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from .models import ODEResNet
 from .sde_models import SDEResNet
+from .validate import MAX_SEED, check_count, check_seed
 
 __all__ = ["ATTRIBUTION_METHODS", "NOISE_MODES", "Attribution", "attribute", "noise_path", "seeded"]
 
@@ -252,6 +253,44 @@ def _one(
     return (out[0], out[1]) if wants_delta else (out, None)
 
 
+def _check_baselines(baselines, x: Tensor, kind: str | None) -> None:
+    """Baselines Captum can use with images ``x``: a number, or images of ``x``'s shape."""
+    if baselines is None or kind is None:
+        return
+    image = tuple(x.shape[1:])
+    if kind == "input":
+        if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
+            return
+        expected = f"a number or a tensor of shape (1, {', '.join(map(str, image))}) or {tuple(x.shape)}"
+        ok = torch.is_tensor(baselines) and tuple(baselines.shape) in ((1, *image), tuple(x.shape))
+    else:
+        expected = f"a tensor of N >= 1 baseline images, shape (N, {', '.join(map(str, image))})"
+        ok = torch.is_tensor(baselines) and baselines.dim() == x.dim() and baselines.shape[0] >= 1
+        ok = ok and tuple(baselines.shape[1:]) == image
+    if not ok:
+        got = tuple(baselines.shape) if torch.is_tensor(baselines) else type(baselines).__name__
+        raise ValueError(f"baselines must be {expected} for these inputs, got {got}")
+
+
+def _empty(model: nn.Module, x: Tensor, name: str, layer: nn.Module | None, noise: str) -> Attribution:
+    """The attribution of an empty batch: empty, shaped as a batch's would be (the models return empty logits)."""
+    row = _METHODS[name]
+    shape = tuple(x.shape)
+    if row.layer:
+        layer = layer or _default_layer(model)
+        seen: list[tuple[int, ...]] = []
+        handle = layer.register_forward_hook(lambda m, i, out: seen.append(tuple(out.shape)))
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            handle.remove()
+        shape = seen[0] if name != "layer_gradcam" else (0, 1, *seen[0][2:])
+    attr = x.new_zeros(shape)
+    delta = x.new_zeros((0,)) if row.delta else None
+    return Attribution(attr, delta, x.new_zeros(shape) if noise == "mc" else None, name, noise)
+
+
 def attribute(
     model: nn.Module,
     inputs: Tensor,
@@ -285,7 +324,8 @@ def attribute(
             by ``seed``) or ``"mc"`` (the mean over ``samples`` such paths, with its
             standard error). ODE models accept ``"off"`` only.
         samples: Brownian paths averaged with ``noise="mc"``.
-        seed: seed of the fixed path (the first of the Monte-Carlo paths), of the
+        seed: an integer in ``[0, 2**63)`` (Python, NumPy or a 0-d integer tensor): the
+            seed of the fixed path (the first of the Monte-Carlo paths), of the
             default SHAP baselines, and of the random draws of the methods themselves
             (SmoothGrad's noise, GradientShap's points), which run with torch's and
             NumPy's generators seeded by it; the caller's generator states come back.
@@ -299,9 +339,14 @@ def attribute(
 
     Raises:
         ValueError: for an unknown method or noise mode, a noise mode the model cannot
-            have, inputs that are not a batch of images, or a target that is not a class
-            index (negative, or not below the model's ``num_classes``).
+            have, inputs that are not a batch of images, a target that is not a class
+            index (negative, or not below the model's ``num_classes``), baselines that
+            do not fit the inputs, or a seed that is not an integer in ``[0, 2**63)``.
+
+    An empty batch gives an empty attribution (and delta), as the models give empty
+    logits.
     """
+    seed = check_seed(seed)
     name = _ALIASES.get(method, method)
     if name not in ATTRIBUTION_METHODS:
         raise ValueError(f"unknown attribution method {method!r}; valid methods: {', '.join(ATTRIBUTION_METHODS)}")
@@ -312,9 +357,11 @@ def attribute(
     if not torch.is_tensor(inputs) or inputs.dim() != 4:
         got = tuple(inputs.shape) if torch.is_tensor(inputs) else type(inputs).__name__
         raise ValueError(f"inputs must be images of shape (B, C, H, W), got {got}")
-    if int(samples) != samples or samples < 1:
-        raise ValueError(f"samples must be an integer >= 1, got {samples}")
+    samples = check_count(samples, "samples", 1)
     _check_target(model, target, inputs.shape[0])
+    _check_baselines(baselines, inputs, _METHODS[name].baselines)
+    if inputs.shape[0] == 0:
+        return _empty(model, inputs, name, layer, noise)
     training = model.training
     model.eval()
     try:
@@ -324,7 +371,7 @@ def attribute(
             return Attribution(attr, delta, None, name, noise)
         runs = []
         for k in range(int(samples)):
-            with noise_path(model, seed + k):
+            with noise_path(model, (seed + k) % (MAX_SEED + 1)):
                 runs.append(_one(model, inputs, name, target, baselines, layer, seed, kwargs))
         attrs = torch.stack([a for a, _ in runs])
         mean = attrs.mean(dim=0)

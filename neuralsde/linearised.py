@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from .solvers import SolverError, finite_flag
 from .spectral import jacobian_norm, log_norm
 from .stage import ContinuousStage
+from .validate import check_count, check_positive, check_seed
 
 __all__ = ["local_bound"]
 
@@ -41,6 +43,18 @@ class _Mode:
 
     def __exit__(self, *exc):
         self.stage.noise, self.stage.path_seed = self.saved
+
+
+def _empty(x: Tensor, blocks: int, steps: int, pathwise: bool) -> dict[str, Tensor]:
+    """The results for an empty batch: every tensor with a batch of 0."""
+    zeros = dict(dtype=torch.float64, device=x.device)
+    out = {"bound": torch.zeros(0, **zeros), "measured": torch.zeros(0, **zeros)}
+    out["block_norms"] = torch.zeros(0, blocks, **zeros)
+    if not pathwise:
+        for key in ("flow_bound", "flow_block_bound", "flow_measured"):
+            out[key] = torch.zeros(0, **zeros)
+        out["log_norms"] = torch.zeros(0, blocks, steps + 1, **zeros)
+    return out
 
 
 def local_bound(
@@ -107,25 +121,49 @@ def local_bound(
         ``bound``) and, without ``path_seed``, ``log_norms`` ``(B, n, steps + 1)`` (``mu_2``
         at the trajectory points of each block).
 
+    An empty batch gives empty results.
+
     Raises:
-        ValueError: for a stage in training mode, without continuous blocks, an input of
-            the wrong shape, ``steps < 1``, or a ``path_seed`` for an ODE stage.
+        ValueError: for something other than a ContinuousStage (a model: pass one of its
+            stages), a stage in training mode or without continuous blocks, an ``x``
+            that is not a tensor of the right shape, ``steps`` or ``iters`` that is not an
+            integer >= 1, ``tol`` not a finite number > 0, or a seed that is not an
+            integer in ``[0, 2**63)``, or a ``path_seed`` for an ODE stage.
+        SolverError: if ``x``, or the state along its trajectory, is not finite.
     """
+    if not isinstance(stage, ContinuousStage):
+        hint = (
+            " (a model: pass one of its stages, e.g. model.layer1, and x from "
+            "neuralsde.theory.stage_inputs(model, images))"
+            if isinstance(stage, nn.Module) and hasattr(stage, "stages")
+            else ""
+        )
+        raise ValueError(f"stage must be a neuralsde ContinuousStage, got {type(stage).__name__}{hint}")
     if stage.training:
         raise ValueError("local_bound needs the stage in eval mode (BatchNorm in training mode couples the images)")
     blocks = stage._continuous_blocks()
     if not blocks:
         raise ValueError(f"stage {stage.name!r} has no continuous blocks")
+    if not torch.is_tensor(x):
+        raise ValueError(f"x must be a torch.Tensor (B, C, H, W), got {type(x).__name__}")
     if x.dim() != 4 or x.shape[1] != blocks[0].in_channels:
         raise ValueError(
             f"stage {stage.name!r}: x must be the state entering its continuous blocks, "
-            f"(B, {blocks[0].in_channels}, H, W) (after stage.transition), got {tuple(x.shape)}"
+            f"(B, {blocks[0].in_channels}, H, W) (after stage.transition; for a model's images, "
+            f"neuralsde.theory.stage_inputs(model, images)), got {tuple(x.shape)}"
         )
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps}")
+    steps = check_count(steps, "steps", 1)
+    iters = check_count(iters, "iters", 1)
+    tol = check_positive(tol, "tol")
+    seed = check_seed(seed, "seed")
+    path_seed = check_seed(path_seed, "path_seed", optional=True)
     if path_seed is not None and not stage.is_sde:
         raise ValueError(f"stage {stage.name!r} is an ODE stage: a path_seed needs an SDE stage")
     x = x.detach()
+    if x.shape[0] == 0:
+        return _empty(x, len(blocks), steps, path_seed is not None)
+    if not bool(finite_flag(x)):
+        raise SolverError("the input x is not finite", method=stage.method, time=0.0, stage=stage.name)
     norm = dict(iters=iters, tol=tol, seed=seed)
     noise = path_seed is not None
     out: dict[str, Tensor] = {}
@@ -140,6 +178,10 @@ def local_bound(
             factors.append(jacobian_norm(piece, states, **norm))
             with torch.no_grad():
                 states = piece(states)
+            if not bool(finite_flag(states)):
+                raise SolverError(
+                    "the state stopped being finite", method=interval.method, time=interval.t1, stage=stage.name
+                )
         out["block_norms"] = torch.stack(factors, 1)
         out["bound"] = out["block_norms"].prod(1)
         if len(blocks) == 1:  # the flow is that block's map, whose norm is measured already

@@ -19,6 +19,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from .blocks import ResBlock
+from .validate import check_count
 
 __all__ = ["TORCHVISION_ARCHS", "ResNetParts", "Weights", "pretrained_torchvision"]
 
@@ -117,8 +118,9 @@ class ResNetParts:
         _check_count("in_channels", in_channels)
         _check_count("num_classes", num_classes)
         _check_count("blocks", blocks)
-        if len(widths) == 0 or any(int(w) < 1 for w in widths):
-            raise ValueError(f"widths must be positive channel counts, got {tuple(widths)}")
+        if len(widths) == 0:
+            raise ValueError("widths must hold at least one channel count, got none")
+        widths = tuple(check_count(w, f"widths[{i}]", 1) for i, w in enumerate(widths))
         conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         stages, channels = [], widths[0]
         for i, width in enumerate(widths):
@@ -186,8 +188,7 @@ def pretrained_torchvision(arch: str, weights: Weights, *, progress: bool = True
 
 
 def _check_count(name: str, value: int) -> None:
-    if int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value}")
+    check_count(value, name, 1)
 
 
 def _basic_block(c_in: int, c_out: int, stride: int) -> ResBlock:

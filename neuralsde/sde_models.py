@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .diffusion import DIFFUSIONS, Diffusion, make_diffusion
 from .models import ODEResNet
+from .validate import check_count, check_seed
 
 __all__ = ["SDEResNet"]
 
@@ -97,7 +98,7 @@ class SDEResNet(ODEResNet):
             diffusion: diffusion kind.
             eval_samples: Brownian paths averaged in eval mode (0: one or none).
             path_seed: seed of a fixed Brownian path shared by every sample in eval
-                mode; None for fresh paths (or no noise when ``eval_samples == 0``).
+                mode (an integer in ``[0, 2**63)``); None for fresh paths (or no noise when ``eval_samples == 0``).
 
         Returns:
             The model itself.
@@ -109,11 +110,8 @@ class SDEResNet(ODEResNet):
         kind = self.diffusion if diffusion is None else diffusion
         new_sigma = self.sigma if sigma is None else sigma
         samples = self.eval_samples if eval_samples is None else eval_samples
-        seed = self.path_seed if path_seed is SDEResNet._KEEP else path_seed
-        if int(samples) != samples or samples < 0:
-            raise ValueError(f"eval_samples must be an integer >= 0, got {samples}")
-        if seed is not None and int(seed) != seed:
-            raise ValueError(f"path_seed must be an integer or None, got {seed!r}")
+        seed = self.path_seed if path_seed is SDEResNet._KEEP else check_seed(path_seed, "path_seed", optional=True)
+        samples = check_count(samples, "eval_samples", 0)
         fresh = [make_diffusion(kind, new_sigma, s.blocks[-1].out_channels) for s in self.stages]
         if kind != self.diffusion:
             for stage, new in zip(self.stages, fresh):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .solvers import ELEMENTWISE_ONLY_SDE_METHODS, check_method
+from .validate import check_count, check_positive
 
 __all__ = ["SolverSettings"]
 
@@ -30,7 +31,8 @@ class SolverSettings:
 
     Raises:
         ValueError: for an unknown method, a method that cannot handle the diffusion,
-            ``steps_per_block < 1``, ``T <= 0``, tolerances <= 0 or an adjoint SDE.
+            ``steps_per_block`` that is not an integer >= 1, ``T`` or tolerances that
+            are not finite numbers > 0, or an adjoint SDE.
     """
 
     method: str = "euler"
@@ -49,13 +51,13 @@ class SolverSettings:
                 f"method {self.method!r} is only right for an element-wise diffusion, and this diffusion is "
                 "not element-wise; use method='euler' (Euler–Maruyama)"
             )
-        if int(self.steps_per_block) != self.steps_per_block or self.steps_per_block < 1:
-            raise ValueError(f"steps_per_block must be an integer >= 1, got {self.steps_per_block}")
-        if self.T is not None and not float(self.T) > 0:
-            raise ValueError(f"T must be > 0, got {self.T}")
+        object.__setattr__(self, "steps_per_block", check_count(self.steps_per_block, "steps_per_block", 1))
+        if self.T is not None:
+            object.__setattr__(self, "T", check_positive(self.T, "T"))
         for name in ("rtol", "atol"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            object.__setattr__(self, name, check_positive(getattr(self, name), name))
+        if not isinstance(self.adjoint, (bool, int)):
+            raise ValueError(f"adjoint must be True or False, got {self.adjoint!r}")
         if self.adjoint and self.sde:
             raise ValueError("adjoint=True is available for ODE stages only; SDE stages back-propagate directly")
         for name, kind in (("steps_per_block", int), ("rtol", float), ("atol", float), ("adjoint", bool)):

@@ -40,6 +40,7 @@ from torch import Tensor
 from . import _backends
 from .brownian import GridBrownian
 from .stepping import EulerStep, fixed_grid, step_count, step_grid
+from .validate import check_positive
 
 __all__ = [
     "ADAPTIVE_ODE_METHODS",
@@ -269,17 +270,31 @@ def integrate(
         final state, shape ``y0.shape``.
 
     Raises:
-        ValueError: for an unknown method, a bad ``ts``, ``dt`` or tolerance, a
-            diffusion that the method cannot handle, a ``bm`` that does not cover
-            ``ts``, or an adjoint solve whose parameters are unknown.
+        ValueError: for an unknown method, a bad ``ts``, ``dt`` or tolerance, a drift
+            or diffusion that is not callable or does not return a tensor of ``y0``'s
+            shape, a diffusion that the method cannot handle, a ``bm`` that is not a
+            torchsde Brownian object or does not cover ``ts``, or an adjoint solve whose
+            parameters are unknown.
         SolverError: if the state stops being finite or an adaptive step size underflows.
     """
     if not torch.is_tensor(y0) or y0.dim() < 1:
         raise ValueError(f"y0 must be a tensor with the batch first, got {type(y0).__name__}")
     if not y0.is_floating_point():
         raise ValueError(f"y0 must be floating point, got dtype {y0.dtype}")
-    if dt is not None and not dt > 0:
-        raise ValueError(f"dt must be positive, got {dt}")
+    if dt is not None:
+        dt = check_positive(dt, "dt")
+    if not callable(drift):
+        raise ValueError(f"drift must be a callable drift(t, y) returning a tensor, got {type(drift).__name__}")
+    if diffusion is not None and not callable(diffusion):
+        raise ValueError(
+            "diffusion must be a callable diffusion(t, y) returning sigma, e.g. neuralsde.MultiplicativeDiffusion(0.2), "
+            f"or None for an ODE; got {type(diffusion).__name__}"
+        )
+    if bm is not None and not isinstance(bm, torchsde.BaseBrownian):
+        raise ValueError(
+            "bm must be a torchsde Brownian object (e.g. neuralsde.brownian.brownian_interval(y0, t0, t1)) or None, "
+            f"got {type(bm).__name__}"
+        )
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if not (float(tol) > 0 and math.isfinite(tol)):
             raise ValueError(f"{name} must be a finite number > 0, got {tol}")

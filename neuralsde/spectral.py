@@ -71,7 +71,8 @@ def lanczos_top(
         op: a symmetric linear map acting on each example of ``(B, ...)`` independently.
         start: the starting vectors, ``(B, ...)`` (random: a vector orthogonal to the top
             eigenvector is never one).
-        iters: the most Lanczos steps (the Krylov space's dimension).
+        iters: the most Lanczos steps (the Krylov space's dimension), >= 1; the basis
+            is allocated as the steps are taken.
         tol: stop once the residual of every example's top Ritz pair is at most ``tol``
             times the operator's largest Ritz value in magnitude.
 
@@ -79,16 +80,24 @@ def lanczos_top(
         ``(value, residual)``, each ``(B,)`` float64: the largest Ritz value and the norm
         of its residual ``||A y - value y||`` (an eigenvalue lies within it of the value).
     """
+    if int(iters) != iters or iters < 1:
+        raise ValueError(f"iters must be an integer >= 1, got {iters}")
     batch, shape = start.shape[0], start.shape
     n = start[0].numel()
-    iters = max(1, min(int(iters), n))
-    basis = start.new_zeros((batch, iters, n))
+    iters = min(int(iters), n)
+    # The basis grows as the iterations run (doubling): memory follows the steps taken,
+    # not the most that ``iters`` allows.
+    basis = start.new_zeros((batch, min(iters, 8), n))
     q = start.reshape(batch, -1)
     q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-30)
     alphas: list[Tensor] = []
     betas: list[Tensor] = []
     gen = torch.Generator().manual_seed(0)
     for j in range(iters):
+        if j == basis.shape[1]:
+            grown = start.new_zeros((batch, min(2 * j, iters), n))
+            grown[:, :j] = basis
+            basis = grown
         basis[:, j] = q
         w = op(q.view(shape)).reshape(batch, -1)
         alphas.append((w * q).sum(1))

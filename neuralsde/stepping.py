@@ -135,8 +135,9 @@ class EulerStep:
             out, what = self.own_step(t, y, dt), "drift.euler_step(t, y, dt)"
         else:
             out, what = self.drift(t, y), "drift(t, y)"
-        if out.shape != y.shape:
-            raise ValueError(f"{what} must return y's shape {tuple(y.shape)}, got {tuple(out.shape)}")
+        if not isinstance(out, Tensor) or out.shape != y.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"{what} must return a tensor of y's shape {tuple(y.shape)}, got {got}")
         return out if self.own_step is not None else torch.add(y, out, alpha=dt)
 
     def step(self, t0: Tensor, t1: Tensor, dt: float, y: Tensor, times: tuple[float, float]) -> Tensor:
@@ -145,8 +146,9 @@ class EulerStep:
             return self._drift_step(t0, y, dt)
         self.stats.nfe_diffusion += 1
         sigma = self.diffusion(t0, y)
-        if sigma.shape != self.shape and not _broadcasts_to(sigma.shape, self.shape):
-            raise ValueError(f"diffusion(t, y) must return y's shape {tuple(self.shape)}, got {tuple(sigma.shape)}")
+        if not isinstance(sigma, Tensor) or (sigma.shape != self.shape and not _broadcasts_to(sigma.shape, self.shape)):
+            got = tuple(sigma.shape) if isinstance(sigma, Tensor) else type(sigma).__name__
+            raise ValueError(f"diffusion(t, y) must return a tensor of y's shape {tuple(self.shape)}, got {got}")
         # The path is queried at the grid's own (float) times: no tensor is read back.
         dW = self.bm(*times).reshape(self.shape)
         return torch.addcmul(self._drift_step(t0, y, dt), sigma, dW)

@@ -157,7 +157,7 @@ def test_solver_settings_are_validated(randomize_bn):
         ode.set_solver(method="milstein")
     with pytest.raises(ValueError, match="steps_per_block"):
         ode.set_solver(steps_per_block=0)
-    with pytest.raises(ValueError, match="T must be > 0"):
+    with pytest.raises(ValueError, match="T must be a finite number > 0"):
         ode.set_solver(T=0.0)
     with pytest.raises(ValueError, match="rtol"):
         ode.set_solver(rtol=-1.0)
