@@ -9,6 +9,7 @@ and, as a module, [`neuralsde.theory`][neuralsde.theory] (Theorem 1's bounds, am
 path.
 """
 
+from . import theory  # a module of the public face: neuralsde.theory.local_bound
 from .attribution import Attribution, attribute
 from .diffusion import (
     AdditiveDiffusion,
@@ -22,7 +23,6 @@ from .models import ODEResNet
 from .sde_models import SDEResNet
 from .solvers import SolverError, SolverStats, integrate
 from .stage import ContinuousStage
-from . import theory  # noqa: E402  (a module of the public face: neuralsde.theory.local_bound)
 
 __version__ = "0.1.0"
 

@@ -287,8 +287,8 @@ def integrate(
         raise ValueError(f"drift must be a callable drift(t, y) returning a tensor, got {type(drift).__name__}")
     if diffusion is not None and not callable(diffusion):
         raise ValueError(
-            "diffusion must be a callable diffusion(t, y) returning sigma, e.g. neuralsde.MultiplicativeDiffusion(0.2), "
-            f"or None for an ODE; got {type(diffusion).__name__}"
+            "diffusion must be a callable diffusion(t, y) returning sigma, e.g. "
+            f"neuralsde.MultiplicativeDiffusion(0.2), or None for an ODE; got {type(diffusion).__name__}"
         )
     if bm is not None and not isinstance(bm, torchsde.BaseBrownian):
         raise ValueError(

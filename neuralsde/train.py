@@ -2,10 +2,11 @@
 
 ODE and SDE models are trained by the same loop (the paper: Adam, learning rate 1e-4,
 cross-entropy); an SDE model draws its noise because it is in train mode. Checkpoints
-hold the weights, the optimizer, the epoch and the history; they are written to a
-temporary file and renamed into place after every epoch, and a run given an existing
-checkpoint continues after its last finished epoch. They load with
-``torch.load(..., weights_only=True)``.
+hold the weights, the optimizer, the epoch and the history, and a checksum of all of it;
+they are written to a temporary file and renamed into place after every epoch, and a run
+given an existing checkpoint continues after its last finished epoch. They load with
+``torch.load(..., weights_only=True)``, and a checkpoint whose contents no longer match
+its checksum is refused (``CheckpointDamaged``).
 
 Under ``torchrun`` (or any initialised ``torch.distributed`` process group) the model is
 wrapped in DistributedDataParallel, each process reads its shard of every epoch
@@ -27,7 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["evaluate", "load_checkpoint", "load_weights", "save_checkpoint", "train"]
+from .models import ODEResNet, checksum_problem, read_weights, state_checksum, weights_mismatch
+
+__all__ = ["CheckpointDamaged", "evaluate", "load_checkpoint", "load_weights", "save_checkpoint", "train"]
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint's contents do not match the checksum it was written with."""
 
 
 def _rank() -> int:
@@ -39,7 +46,14 @@ def _world() -> int:
 
 
 def save_checkpoint(path: str | os.PathLike, **content) -> None:
-    """Write ``content`` (tensors, state dicts, numbers, strings) atomically to ``path``."""
+    """Write ``content`` (tensors, state dicts, numbers, strings) atomically to ``path``.
+
+    The file also holds ``"checksum"``, a SHA-256 of the content
+    ([`state_checksum`][neuralsde.models.state_checksum]), which
+    [`load_checkpoint`][neuralsde.train.load_checkpoint] verifies.
+    """
+    content = {k: v for k, v in content.items() if k != "checksum"}
+    content["checksum"] = state_checksum(content)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -56,26 +70,43 @@ def save_checkpoint(path: str | os.PathLike, **content) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint written by [`save_checkpoint`][neuralsde.train.save_checkpoint] (``weights_only=True``)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load a checkpoint written by [`save_checkpoint`][neuralsde.train.save_checkpoint] (``weights_only=True``).
+
+    Raises:
+        CheckpointDamaged: (a ValueError) if its contents do not match its checksum.
+            Checkpoints written before checkpoints carried one load unverified.
+    """
+    content = torch.load(path, map_location=map_location, weights_only=True)
+    problem = checksum_problem(content) if isinstance(content, dict) else None
+    if problem:
+        raise CheckpointDamaged(f"checkpoint {os.fspath(path)}: {problem}")
+    return content
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load weights from a file into ``model``.
 
     The file may hold a plain state dict (e.g. torchvision's ``resnet50-*.pth``, which
-    an ODE/SDE twin loads unchanged) or a checkpoint of [`train`][neuralsde.train.train] (its ``"model"``).
+    an ODE/SDE twin loads unchanged) or a checkpoint of [`train`][neuralsde.train.train]
+    (its ``"model"``): the files ``ODEResNet(arch, weights=path)`` takes
+    ([`read_weights`][neuralsde.models.read_weights]).
 
     Raises:
-        ValueError: if the file does not exist or holds no state dict.
+        ValueError: naming the file, if it does not exist, holds no state dict (a
+            whole pickled model, text, a damaged file...), or its weights do not fit
+            ``model``.
     """
-    if not Path(path).is_file():
-        raise ValueError(f"weights file {path} does not exist")
-    content = load_checkpoint(path)
-    state = content.get("model", content) if isinstance(content, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds no state dict")
-    model.load_state_dict(state)
+    state = read_weights(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        what = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]  # the first problem
+        if isinstance(model, ODEResNet) and model.arch not in ("small", "torchvision"):
+            mismatch = weights_mismatch(state, model.arch)
+            if mismatch is not None:
+                what = mismatch[0] + (f"; it fits {' or '.join(mismatch[1])}" if mismatch[1] else "")
+        raise ValueError(f"the weights in {os.fspath(path)} do not fit the {type(model).__name__}: {what}") from None
     return model
 
 

@@ -1,9 +1,10 @@
 """The library's rules for the numbers it takes: seeds, counts, positive finite numbers.
 
-One rule for seeds, wherever the library takes one: a seed is an integer in ``[0, 2**63)``: a Python ``int``, a NumPy integer or a 0-d
-integer tensor, each giving the same draws as the equal Python ``int``. Booleans,
-floats (even integral ones), strings and values out of range are refused with one
-``ValueError`` that names the argument, so a seed is never silently truncated.
+One rule for seeds, wherever the library takes one: a seed is an integer in
+``[0, 2**63)``: a Python ``int``, a NumPy integer or a 0-d integer tensor, each giving
+the same draws as the equal Python ``int``. Booleans, floats (even integral ones),
+strings and values out of range are refused with one ``ValueError`` that names the
+argument, so a seed is never silently truncated.
 """
 
 from __future__ import annotations
