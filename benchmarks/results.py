@@ -411,6 +411,10 @@ def _verdicts(cfg: Config, models: dict, sens: dict, th: dict, comp: dict, loc: 
                     if s["output_change"] > 0
                 ]
                 note += f"median {statistics.median(coarse):.3g})"
+            elif cfg.arch != "small":
+                # torchvision's stem max-pool: Captum's DeepLIFT rule for it is not conservative,
+                # so with these non-zero baselines the residual is the pool's, not round-off.
+                note += "; cause: the stem's max-pool, whose DeepLIFT rule in Captum is not conservative"
             row(
                 "completeness (eq. 9)",
                 f"{title}, noise off; Euler on every seed, every solver on the first",
