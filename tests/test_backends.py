@@ -75,6 +75,8 @@ def test_the_wheel_holds_neuralsde_only(tmp_path):
         capture_output=True,
     )
     (wheel,) = tmp_path.glob("*.whl")
+    # The distribution's name (the index refuses "neuralsde": it folds it onto "neural-sde").
+    assert wheel.name.startswith("neuralsde_resnets-")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"neuralsde"}
