@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
+from .validate import check_seed
+
 __all__ = ["SHAPE_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "digits", "image_folder", "shapes"]
 
 SHAPE_CLASSES: tuple[str, ...] = ("disc", "square", "triangle", "cross")
@@ -49,7 +51,7 @@ def digits(split: str = "train", *, test_fraction: float = 0.25, seed: int = 0) 
     labels = torch.tensor(raw.target, dtype=torch.int64)
     if split == "all":
         return TensorDataset(images, labels)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(check_seed(seed))
     test_idx = []
     for c in range(10):
         idx = torch.nonzero(labels == c).flatten()
@@ -121,7 +123,7 @@ def shapes(n: int = 2000, *, size: int = 16, seed: int = 0) -> ShapesDataset:
     """
     if n < 1 or size < 8:
         raise ValueError(f"need n >= 1 and size >= 8, got n={n}, size={size}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(check_seed(seed))
 
     def uniform(lo, hi):
         return lo + (hi - lo) * torch.rand((), generator=gen).item()

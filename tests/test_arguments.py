@@ -79,6 +79,16 @@ def test_path_seeds_follow_the_same_rule():
             local_bound(stage, x1, iters=3, **{key: 1.5})
 
 
+def test_data_set_seeds_follow_the_same_rule():
+    from neuralsde.data import digits, shapes
+
+    assert torch.equal(digits("test", seed=np.int64(2)).tensors[1], digits("test", seed=2).tensors[1])
+    assert torch.equal(shapes(8, seed=torch.tensor(2)).masks, shapes(8, seed=2).masks)
+    for make in (lambda s: digits("test", seed=s), lambda s: shapes(8, seed=s)):
+        with pytest.raises(ValueError, match="^seed " + SEED_MESSAGE):
+            make(1.5)
+
+
 # -- local_bound --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stage_and_input():

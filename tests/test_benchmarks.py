@@ -181,6 +181,9 @@ def test_imagefolder_protocol_runs_end_to_end(gpu_dry_run):
     assert results["sensitivity"]["comparisons"]["sde-0.5"]["methods"]
     assert results["theorem1"]["all_hold"]
     assert (work / "run" / "figures" / "imagefolder-deeplift.png").exists()
+    # The completeness rows of a torchvision architecture name the max-pool as DeepLIFT's cause.
+    rows = [r for r in results["verdicts"] if r["claim"].startswith("completeness") and "DeepLIFT" in r["setting"]]
+    assert rows and all("max-pool" in r["note"] for r in rows)
     # The paper's values stand beside ours where the architecture matches.
     results["sensitivity"]["paper"] = PAPER_SENSITIVITY["resnet50"]
     assert "0.5952 → 0.5510" in tables(results)
