@@ -114,11 +114,16 @@ def _image_folder(root: Path, classes=2, per_class=6):
 
 @pytest.fixture(scope="module")
 def gpu_dry_run(tmp_path_factory):
-    """``python -m benchmarks.gpu --device cpu --budget 60``, its protocol's run kept: (folder, record, work)."""
+    """``python -m benchmarks.gpu --device cpu``, its protocol's run kept: (folder, record, work).
+
+    The budget is ten times what the dry run needs on an idle machine (about 40 s), so
+    that no section reaches its share however loaded the machine is: the test checks
+    that every code path runs, not how fast.
+    """
     root = tmp_path_factory.mktemp("gpu")
     out, work = root / "out", root / "work"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu", "--device", "cpu", "--out", str(out), "--budget", "60",
+        [sys.executable, "-m", "benchmarks.gpu", "--device", "cpu", "--out", str(out), "--budget", "600",
          "--work", str(work)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -133,7 +138,7 @@ def test_the_gpu_command_dry_run_runs_every_section(gpu_dry_run):
     sections = record["sections"]
     assert set(sections) == {"environment", "correctness", "speed", "protocol", "record"}
     assert {s["status"] for s in sections.values()} == {"ok"}, {n: s.get("error") for n, s in sections.items()}
-    assert record["tiny"] and record["elapsed_s"] < 120
+    assert record["tiny"] and record["budget_s"] == 600
     # Correctness: every test marked cuda was collected, and without a GPU each was skipped.
     tests = sections["correctness"]["result"]["tests"]
     assert len(tests) >= 15 and {t["outcome"] for t in tests.values()} == {"skipped"}

@@ -25,6 +25,9 @@ next one runs; a section over its share stops at the next line it would start, s
 far it got, and is cut off by an alarm if one step alone overruns. The subprocesses' logs
 are kept beside: at most four files, no sub-folder.
 
+The exit status is 1 if a section failed, 0 otherwise (a section stopped by its share is
+not a failure).
+
 On a CPU (``--device cpu``) the command is a dry run at tiny sizes (ResNet-18 at 32x32,
 a few images, ``torch.compile``'s "eager" backend): every code path runs, and the
 figures mean nothing. ``--tiny`` forces those sizes on a GPU too.
@@ -54,8 +57,12 @@ SHARES = {"environment": 0.02, "correctness": 0.25, "speed": 0.37, "protocol": 0
 GRACE = 0.25
 
 
-class OverBudget(Exception):
-    """Raised inside a section by its alarm when it runs past its share and the grace."""
+class OverBudget(BaseException):
+    """Raised inside a section by its alarm when it runs past its share and the grace.
+
+    A BaseException, as KeyboardInterrupt is: the handlers inside a section that record
+    one line's error and go on must not swallow it.
+    """
 
 
 @dataclass

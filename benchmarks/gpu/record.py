@@ -156,6 +156,12 @@ def speed_md(res: dict) -> str:
         f"at most of {sizes.get('inner')} calls each, timed by the {timer} after a warm-up. Ratios: median of the "
         "per-round ratios, with quartiles. Peak memory: what one call adds to the memory allocated before it."
     )
+    tf32 = res.get("tf32")
+    if tf32 is not None:
+        on = [k for k in ("convolutions", "matmul") if tf32.get(k)]
+        intro += f" fp32 lines: TF32 {'on for ' + ' and '.join(on) if on else 'off'} (PyTorch's settings as found)."
+    if res.get("cudnn_benchmark"):
+        intro += " cuDNN chooses its algorithms by measuring (`cudnn.benchmark`), during the warm-up."
     ratio_rows, model_rows, errors = [], [], []
     for line in lines:
         if "error" in line:

@@ -199,13 +199,16 @@ def measure_line(models: Models, precision: str, phase: str, sizes: dict, deadli
     x = torch.randn(batch, 3, sizes["size"], sizes["size"], device=device, generator=gen)
     x = x.contiguous(memory_format=layout)
     runs, notes = _callables(models, phase, precision, x, sizes["compile"])
+    for fn in runs.values():  # warm-up first: cuDNN's algorithm search must not count as peak memory
+        fn()
+        fn()
     memory = {name: peak_memory(fn, device) for name, fn in runs.items()}
     bar = tqdm(total=sizes["rounds"], desc=f"speed: {precision} {phase}", leave=False, file=sys.stderr)
     timing = paired_ratios(
         runs,
         PAIRS[phase],
         rounds=sizes["rounds"],
-        warmup=2,
+        warmup=1,
         device=device,
         inner=sizes["inner"],
         deadline=deadline,
@@ -247,6 +250,23 @@ MIN_LINE = {"compiled forward": 60.0}
 def run(section) -> None:
     sizes = SIZES["tiny" if section.tiny else "gpu"]
     section.result.update(sizes={k: v for k, v in sizes.items()}, lines=[])
+    # What "fp32" means on this GPU: TF32 convolutions and matrix products, or not.
+    section.result["tf32"] = {
+        "convolutions": bool(torch.backends.cudnn.allow_tf32),
+        "matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+    }
+    # cuDNN picks its fastest algorithm per shape, as training scripts on GPUs set it (the
+    # warm-up rounds pay for the search); the setting is restored afterwards.
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = section.device.type == "cuda"
+    section.result["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+    try:
+        _lines(section, sizes)
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def _lines(section, sizes: dict) -> None:
     models = Models(sizes["arch"], section.device)
     lines = section.result["lines"]
     for i, (precision, phase) in enumerate(LINES):
