@@ -13,13 +13,17 @@ noise 0.1, 0.25, 0.5 and 0.75 identically, then measures
 * the noise sweep, and attribution figures,
 
 and writes ``DIR/results.json``, ``DIR/tables.md`` and ``DIR/figures/*.png`` (default
-``results/``). Every finished piece is saved at once: an interrupted run, started again
-with the same options, resumes without recomputing it.
+``results/``). Every finished piece is saved at once: an interrupted run (Ctrl-C,
+SIGTERM, a full disk), started again with the same options, resumes without recomputing
+it. A folder's networks are never replaced by networks trained under other options: such
+a run is refused, so give each set of network options its own ``--out`` (or pass
+``--retrain``).
 
 ImageNet protocol (GPU):
 
     python -m benchmarks --arch resnet50 --data /path/to/imagenet/val \\
-        --weights resnet50.pth --train-data /path/to/imagenet/train --device cuda
+        --weights resnet50.pth --train-data /path/to/imagenet/train --device cuda \\
+        --out results-resnet50
 
 fine-tunes the ODE twin and its SDE twin from the weights identically (Adam 1e-4), or
 takes ``--sde-weights FILE`` instead of ``--train-data``, and runs the paper's protocol

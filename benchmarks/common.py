@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_write_text", "environment", "paired_ratios", "quartiles", "save_png", "write_json"]
+__all__ = ["atomic_write_text", "environment", "paired_ratios", "progress_bar", "quartiles", "save_png", "write_json"]
 
 
 def environment(device: str | torch.device = "cpu") -> dict:
@@ -74,9 +75,29 @@ def save_png(fig, path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
 
     tmp = f"{path}.{os.getpid()}.tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+
+
+def progress_bar(total: int, desc: str, *, quiet: bool = False):
+    """A progress bar on stderr (tqdm).
+
+    On a terminal it redraws itself in place. When stderr is a file or a pipe each redraw
+    would be one more line of the log, so it redraws at most every 30 seconds; with
+    ``quiet`` it shows nothing.
+    """
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    slow = {} if tty else {"mininterval": 30.0, "maxinterval": 120.0}
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=quiet, **slow)
 
 
 def _sync(device: torch.device) -> None:

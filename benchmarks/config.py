@@ -92,8 +92,15 @@ class Config:
 
     data: str = _opt("digits", "train", "'digits' (embedded), or an ImageFolder of evaluation images (ImageNet val)")
     arch: str = _opt("small", "train", "'small' (a CIFAR-style ResNet) or a torchvision ResNet name, e.g. resnet50")
-    weights: str | None = _opt(None, "train", "torchvision state dict the ODE network starts from (ImageNet)")
-    sde_weights: str | None = _opt(None, "train", "a trained SDEResNet checkpoint, instead of fine-tuning (ImageNet)")
+    weights: str | None = _opt(
+        None,
+        "train",
+        "the ODE network's starting weights (ImageNet): a state dict file with torchvision's names "
+        "(torch.save(model.state_dict(), path)) or a checkpoint of neuralsde.train.train",
+    )
+    sde_weights: str | None = _opt(
+        None, "train", "the trained SDE network's weights, instead of fine-tuning (ImageNet; files as --weights)"
+    )
     train_data: str | None = _opt(None, "train", "ImageFolder to fine-tune the ODE and SDE networks on (ImageNet)")
     data_seed: int = _opt(0, "train", "seed of the train/test split, the shapes data set and the SHAP baselines")
     device: str = _opt("cpu", "run", "where to compute: cpu, cuda or cuda:N")
@@ -211,6 +218,11 @@ class Config:
             raise ValueError("--seeds needs at least one seed")
         if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError(f"--seeds must be distinct non-negative integers, got {self.seeds}")
+        from neuralsde.validate import MAX_SEED
+
+        for opt, values in (("seeds", self.seeds), ("data_seed", [self.data_seed])):
+            if any(not 0 <= v <= MAX_SEED for v in values):  # the library's seed rule
+                raise ValueError(f"--{opt.replace('_', '-')} must be integers in [0, 2**63), got {getattr(self, opt)}")
         if not self.sigmas or min(self.sigmas) <= 0 or len(set(self.sigmas)) != len(self.sigmas):
             raise ValueError(f"--sigmas must be distinct positive numbers, got {self.sigmas}")
         if self.table_sigma not in self.sigmas:
@@ -343,20 +355,47 @@ PRESETS = {
 }
 
 
+def _shown(value) -> str:
+    """An option's value as it would be typed on the command line."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(_shown(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None else str(value)
+
+
+def _default_help(name: str, default) -> str:
+    """`` (default: X)``, and the presets' values where they differ (the parser's own defaults are None)."""
+    text = f"default: {_shown(default)}"
+    presets = [f"{p} {_shown(v[name])}" for p, v in sorted(PRESETS.items()) if name in v and v[name] != default]
+    if presets:
+        text += "; --preset " + ", ".join(presets)
+    return f" ({text})".replace("%", "%%")
+
+
 def build_parser(description: str = "") -> argparse.ArgumentParser:
-    """The command line shared by every benchmark entry point (one flag per Config field)."""
-    parser = argparse.ArgumentParser(
-        description=description,
-        allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    """The command line shared by every benchmark entry point (one flag per Config field).
+
+    Every option's parser default is None, so that a preset applies where an option is not
+    given; its help shows the default it gets (``Config``'s) and the presets' values.
+    """
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     run = parser.add_argument_group("the run")
-    run.add_argument("--out", default="results", help="output folder")
-    run.add_argument("--preset", choices=sorted(PRESETS), help="a named set of sizes (options given after it win)")
+    run.add_argument("--out", default="results", help="output folder (default: results)")
+    run.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a named set of sizes (options given after it win); imagenet applies by default to an ImageFolder --data",
+    )
     run.add_argument(
         "--restart", action="store_true", help="discard the stored measurements in --out (the networks are kept)"
     )
     run.add_argument("--retrain", action="store_true", help="discard the stored networks in --out too")
+    run.add_argument(
+        "--quiet", action="store_true", help="no progress bars (warnings, errors and the summary still show)"
+    )
     groups = {
         "train": parser.add_argument_group("networks (changing one retrains)"),
         "measure": parser.add_argument_group("measurements (changing one recomputes what depends on it)"),
@@ -366,7 +405,8 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         value = getattr(defaults, f.name)
-        group, help_text = groups[f.metadata["role"]], f.metadata["help"]
+        group, help_text = groups[f.metadata["role"]], f.metadata["help"].replace("%", "%%")
+        help_text += _default_help(f.name, value)
         if isinstance(value, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif isinstance(value, list):

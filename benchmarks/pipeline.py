@@ -11,12 +11,23 @@ This module knows no part: the part modules define theirs and the entry points
 (``python -m benchmarks``, ``python -m benchmarks.sensitivity``, ...) hand them to
 ``run``. Each measurement seeds its own random draws (see ``benchmarks.store``), so the
 parts' order does not change their numbers.
+
+A run checks its options, its input files and its output folder before it trains
+anything, and ends with one line, not a traceback, when one of them does not do. Ctrl-C
+and SIGTERM stop it the same way, and so does a full disk: what is finished is kept, the
+run is recorded in ``runs.json`` and the folder's lock is released, so the same command
+resumes it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +35,10 @@ from dataclasses import dataclass, field
 from torch import nn
 from tqdm import tqdm
 
-from .common import write_json
+from .common import progress_bar, write_json
 from .config import Config, parse_args
-from .store import Store
-from .train import Data, accuracy, correct_pool, fingerprint, load_data, open_store, trained_model
+from .store import OtherOptions, Store
+from .train import Data, accuracy, check_inputs, correct_pool, fingerprint, load_data, open_store, trained_model
 
 __all__ = ["ALL_PARTS", "Context", "Part", "run"]
 
@@ -103,12 +114,56 @@ class Part:
     finish: Callable[[Context], dict] | None = None
 
 
-def _log_run(store: Store, argv, seconds: float, status: str) -> None:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, which a run handles as it handles Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM raises ``Terminated`` (once: a second one ends the process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, previous)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _disk_full(err: OSError) -> bool:
+    return err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _read_runs(store: Store) -> list:
+    """The run log; a damaged one is set aside (``runs.json.damaged``), with one line saying so."""
     path = store.root / "runs.json"
+    if not path.exists():
+        return []
     try:
         runs = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        runs = []
+        problem = None if isinstance(runs, list) else f"not a list of runs but a {type(runs).__name__}"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        runs, problem = [], f"unreadable (truncated or damaged: {type(err).__name__})"
+    if problem is None:
+        return runs
+    aside = path.with_name("runs.json.damaged")
+    n = 1
+    while aside.exists():
+        aside, n = path.with_name(f"runs.json.damaged.{n}"), n + 1
+    os.replace(path, aside)
+    store.log(store.relative(path), f"{problem}; kept as {aside.name}, a new run log begins")
+    return []
+
+
+def _log_run(store: Store, argv, seconds: float, status: str) -> None:
+    path = store.root / "runs.json"
+    runs = _read_runs(store)
     runs.append(
         {
             "argv": list(argv),
@@ -128,16 +183,17 @@ def _in_order(parts: Sequence[Part]) -> list[Part]:
     return sorted(parts, key=lambda p: ALL_PARTS.index(p.name))
 
 
-def _networks(cfg: Config, store: Store, data: Data, names: list[str], desc: str):
+def _networks(cfg: Config, store: Store, data: Data, names: list[str], desc: str, quiet: bool = False):
     """Train or reuse ``names`` for every seed; returns (nets, fingerprints, pools)."""
     nets: dict[int, dict[str, nn.Module]] = {}
     prints: dict[int, dict[str, str]] = {}
     pools: dict[int, list[int]] = {}
-    with tqdm(total=len(cfg.seeds) * len(names), desc=desc, file=sys.stderr) as bar:
+    epochs = not quiet and sys.stderr.isatty()  # a bar per epoch only where it redraws in place
+    with progress_bar(len(cfg.seeds) * len(names), desc, quiet=quiet) as bar:
         for seed in cfg.seeds:
             nets[seed], prints[seed] = {}, {}
             for name in names:
-                model = trained_model(cfg, store, name, seed, data)
+                model = trained_model(cfg, store, name, seed, data, progress=epochs)
                 nets[seed][name] = model
                 prints[seed][name] = fingerprint(model)
                 accuracy(cfg, store, name, seed, model, data)
@@ -146,9 +202,9 @@ def _networks(cfg: Config, store: Store, data: Data, names: list[str], desc: str
     return nets, prints, pools
 
 
-def _measure(ctx: Context, parts: list[Part]) -> dict | None:
+def _measure(ctx: Context, parts: list[Part], quiet: bool = False) -> dict | None:
     cfg, store = ctx.cfg, ctx.store
-    ctx.bar = tqdm(total=sum(p.cells(ctx) for p in parts), desc="measurements", file=sys.stderr)
+    ctx.bar = progress_bar(sum(p.cells(ctx) for p in parts), "measurements", quiet=quiet)
     for part in parts:
         if part.on_main is not None:
             part.on_main(ctx)
@@ -156,7 +212,7 @@ def _measure(ctx: Context, parts: list[Part]) -> dict | None:
     if cfg.shapes and on_shapes:
         ctx.shape_data = load_data(cfg, "shapes")
         ctx.shape_nets, ctx.shape_prints, ctx.shape_pools = _networks(
-            cfg, store, ctx.shape_data, cfg.shape_names(), "shapes networks"
+            cfg, store, ctx.shape_data, cfg.shape_names(), "shapes networks", quiet
         )
         for part in on_shapes:
             part.on_shapes(ctx)
@@ -179,12 +235,22 @@ def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") ->
     argv = sys.argv[1:] if argv is None else argv
     parts = _in_order(parts)
     cfg, args = parse_args(argv, description)
-    store = open_store(args, cfg)
+    check_inputs(cfg)
+    names = cfg.model_names()
+    if cfg.shapes and any(p.on_shapes is not None for p in parts):
+        names += cfg.shape_names()
+    store = open_store(args, cfg, networks=[(name, seed) for seed in cfg.seeds for name in names])
+    with _sigterm_as_interrupt():
+        return _run(cfg, store, argv, parts, args.quiet)
+
+
+def _run(cfg: Config, store: Store, argv, parts: list[Part], quiet: bool) -> dict | None:
     start = time.perf_counter()
     status = "interrupted"
+    failure = None
     try:
         data = load_data(cfg)
-        nets, prints, pools = _networks(cfg, store, data, cfg.model_names(), "networks")
+        nets, prints, pools = _networks(cfg, store, data, cfg.model_names(), "networks", quiet)
         for seed, pool in pools.items():
             if len(pool) < cfg.n_images:
                 print(
@@ -192,19 +258,40 @@ def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") ->
                     f"{seed} (asked for {cfg.n_images})",
                     file=sys.stderr,
                 )
-        results = _measure(Context(cfg, store, data, nets, prints, pools), parts)
+        results = _measure(Context(cfg, store, data, nets, prints, pools), parts, quiet)
         store.write_manifest()
         status = "finished"
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: finished results are kept in {store.root}; run the same command again to resume",
-            file=sys.stderr,
+    except KeyboardInterrupt as err:
+        status, code = ("terminated", 143) if isinstance(err, Terminated) else ("interrupted", 130)
+        what = "terminated (SIGTERM)" if code == 143 else "interrupted"
+        failure = f"\n{what}: finished results are kept in {store.root}; run the same command again to resume", code
+    except OtherOptions as err:  # checked before training; only a concurrent change of the folder gets here
+        status, failure = "refused", (f"error: {err}", 2)
+    except OSError as err:
+        if not _disk_full(err):
+            raise
+        status = "disk full"
+        where = f" writing {err.filename}" if err.filename else ""
+        failure = (
+            f"error: no space left on the device{where}; finished results are kept in {store.root}: "
+            "free some space and run the same command again to resume",
+            1,
         )
-        raise SystemExit(130) from None
     finally:
         store.log.close()
-        _log_run(store, argv, time.perf_counter() - start, status)
+        try:
+            _log_run(store, argv, time.perf_counter() - start, status)
+        except OSError as err:
+            if not _disk_full(err):
+                raise
+            if failure is None:  # finished (or failing otherwise): only its record is lost
+                failure = (f"error: no space left on the device; the run is not recorded in {err.filename}", 1)
+            else:
+                failure = (failure[0] + " (the run could not be recorded in runs.json)", failure[1])
         store.close()
+    if failure is not None:
+        print(failure[0], file=sys.stderr)
+        raise SystemExit(failure[1])
     took = time.perf_counter() - start
     print(f"{len(store.computed)} results computed, the rest reused; {took:.0f} s")
     if results is not None:

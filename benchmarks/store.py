@@ -3,12 +3,18 @@
 ``DIR/cells/<kind>/s<seed>/<name>.json`` holds one finished measurement each, and
 ``DIR/checkpoints/s<seed>/<network>.pt`` one network. A cell records its key, the
 digest of everything it depends on (the training options of its networks, the
-measurement options of its kind, the images it measured) and the versions of torch,
-torchvision, captum, torchdiffeq and torchsde it was computed under. It is reused only if
-all of them match; otherwise, and when it is truncated or unreadable, it is recomputed,
-with one line naming the file and the reason. A checkpoint carries the digest of the
-training options it depends on, and is retrained when it is missing, damaged, foreign or
-does not fit the network.
+measurement options of its kind, the images it measured), the versions of torch,
+torchvision, captum, torchdiffeq and torchsde it was computed under, and a checksum of
+all of that and of its result. It is reused only if all of them match; otherwise, and
+when it is truncated, unreadable or its contents no longer match its checksum, it is
+recomputed, with one line naming the file and the reason. A checkpoint carries the
+digest of the training options it depends on and a checksum of its contents
+(``neuralsde.train.save_checkpoint``), and is retrained when it is missing, damaged,
+foreign or does not fit the network.
+
+A network is never replaced by one trained under other options unless the run asks for
+it (``retrain``): a run whose training options differ from a checkpoint's in the folder
+is refused before anything is trained (``OtherOptions``).
 
 Cells measured under other library versions are recomputed; checkpoints trained under
 other versions are reused, with a warning (the weights are a valid training run; the
@@ -23,12 +29,14 @@ one is refused while the first holds its lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,10 +44,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neuralsde.train import CheckpointDamaged, load_checkpoint
+
 from .common import environment, save_png, write_json
 from .config import Config, digest
 
-__all__ = ["FolderBusy", "Store", "seeded", "versions"]
+__all__ = ["FolderBusy", "FolderUnusable", "OtherOptions", "Store", "checksum", "seeded", "versions"]
 
 #: The libraries whose versions decide whether a stored measurement is reused.
 LIBRARIES = ("torch", "torchvision", "captum", "torchdiffeq", "torchsde")
@@ -47,6 +57,24 @@ LIBRARIES = ("torch", "torchvision", "captum", "torchdiffeq", "torchsde")
 
 class FolderBusy(RuntimeError):
     """Another run holds the output folder's lock."""
+
+
+class FolderUnusable(RuntimeError):
+    """The output folder cannot be used: it is a file, or it cannot be written."""
+
+
+class OtherOptions(RuntimeError):
+    """The folder holds networks trained under other options, which the run would replace."""
+
+
+def checksum(record: dict) -> str:
+    """The SHA-256 of a cell's canonical JSON (every entry but ``"checksum"``).
+
+    The record goes through JSON once first, so that a result checks the same before it
+    is written and once read back (integer keys become strings, tuples lists).
+    """
+    content = json.loads(json.dumps({k: v for k, v in record.items() if k != "checksum"}))
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def versions() -> dict[str, str]:
@@ -120,20 +148,38 @@ class Store:
         retrain: discard the stored networks too.
         lock: hold the folder's lock (refuse a second concurrent run). Processes of one
             distributed run other than rank 0 pass ``False``.
+        networks: the ``(name, seed)`` of every network the run trains or reuses: checked
+            before anything else is done (unless ``retrain``).
 
     Raises:
         FolderBusy: another run holds the folder.
+        FolderUnusable: ``root`` is a file, or cannot be written (the message names it).
+        OtherOptions: a checkpoint of ``networks`` was trained under other options.
     """
 
     def __init__(
-        self, root: str | Path, cfg: Config, *, restart: bool = False, retrain: bool = False, lock: bool = True
+        self,
+        root: str | Path,
+        cfg: Config,
+        *,
+        restart: bool = False,
+        retrain: bool = False,
+        lock: bool = True,
+        networks: list[tuple[str, int]] = (),
     ):
         self.root = Path(root)
         self.cfg = cfg
         self._lock = None
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.log = _Log()
+        self._prepare_folder()
         if lock:
             self._acquire()
+        if not retrain:
+            try:
+                self._check_networks(networks)
+            except OtherOptions:
+                self.close()
+                raise
         for sub, wanted in (("cells", restart or retrain), ("figures", restart or retrain), ("checkpoints", retrain)):
             if wanted:
                 shutil.rmtree(self.root / sub, ignore_errors=True)
@@ -148,10 +194,25 @@ class Store:
         self.computed: list[str] = []
         self.used: dict[str, dict[str, dict]] = {}  # kind -> name -> result, for this run's report
         self.digests: dict[str, str] = {}  # key -> digest of every cell this run used
-        self.log = _Log()
         self._warned_versions = False
+        self._warned_unverified = False
 
     # -- the folder's lock -------------------------------------------------------------
+    def _prepare_folder(self) -> None:
+        """Make the folder and check that files can be written in it."""
+        if self.root.exists() and not self.root.is_dir():
+            raise FolderUnusable(f"--out {self.root} is a file, not a folder; name a folder (new or existing)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root):
+                pass
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                problem = "cannot be written (permission denied or a read-only file system)"
+            else:
+                problem = f"cannot be used ({err.strerror or type(err).__name__})"
+            raise FolderUnusable(f"--out {self.root} {problem}; name a folder this user can write to") from None
+
     def _acquire(self) -> None:
         path = self.root / ".lock"
         fh = open(path, "a+")
@@ -185,6 +246,30 @@ class Store:
         self.close()
         return False
 
+    def _check_networks(self, networks) -> None:
+        """Refuse to go on if a checkpoint of ``networks`` was trained under other options."""
+        differ = []
+        for name, seed in networks:
+            path = self.checkpoint(name, seed)
+            if not path.is_file():
+                continue
+            try:  # only the metadata is wanted: the tensors stay on disk
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                meta = state["meta"]
+                old = dict(meta["network"])
+            except Exception:  # damaged or foreign: retrained later, with its line
+                continue
+            identity = self.cfg.network(name, seed)
+            if old.get("network") != name or old.get("seed") != seed or meta.get("digest") == digest(identity):
+                continue
+            differ.append(f"{self.relative(path)}: {_changes(old, identity)}")
+        if differ:
+            more = f"; and {len(differ) - 1} more" if len(differ) > 1 else ""
+            raise OtherOptions(
+                f"{self.root} holds networks trained with other options ({differ[0]}{more}); "
+                "a run never replaces them: use another --out, or --retrain to train them again"
+            )
+
     # -- paths -------------------------------------------------------------------------
     def path(self, kind: str, name: str) -> Path:
         return self.root / "cells" / kind / f"{name}.json"
@@ -214,10 +299,14 @@ class Store:
             return None, None
         try:
             content = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             return None, f"unreadable (truncated or damaged: {type(err).__name__})"
         if not isinstance(content, dict) or not isinstance(content.get("result"), dict) or "digest" not in content:
             return None, "not a result of this benchmark"
+        if "checksum" not in content:
+            return None, "no checksum (written by an older version)"
+        if content["checksum"] != checksum(content):
+            return None, "damaged (its checksum does not match its contents: edited or corrupted)"
         if content.get("key") != f"{kind}/{name}":
             return None, f"written for another result ({content.get('key')})"
         if content["digest"] != digest(depends):
@@ -278,18 +367,16 @@ class Store:
     def put(self, kind: str, name: str, result: dict, *, depends: dict, seconds: float | None = None) -> None:
         """Save a result unconditionally (it counts as computed by this run)."""
         self.computed.append(f"{kind}/{name}")
-        write_json(
-            self.path(kind, name),
-            {
-                "key": f"{kind}/{name}",
-                "digest": digest(depends),
-                "depends": depends,
-                "versions": self.versions,
-                "device": self.cfg.device,
-                "seconds": seconds,
-                "result": result,
-            },
-        )
+        record = {
+            "key": f"{kind}/{name}",
+            "digest": digest(depends),
+            "depends": depends,
+            "versions": self.versions,
+            "device": self.cfg.device,
+            "seconds": seconds,
+            "result": result,
+        }
+        write_json(self.path(kind, name), {**record, "checksum": checksum(record)})
 
     def results(self, kind: str) -> dict[str, dict]:
         """The results of a kind that this run used (or, for a report alone, the last run), by key.
@@ -317,35 +404,65 @@ class Store:
             raise ValueError(f"{path} does not exist: no run has finished in {self.root}")
         for key, want in json.loads(path.read_text()).items():
             kind, name = key.split("/", 1)
+            where = self.relative(self.path(kind, name))
             try:
                 content = json.loads(self.path(kind, name).read_text())
-            except (OSError, json.JSONDecodeError):
-                _say(f"{self.relative(self.path(kind, name))}: missing or unreadable; left out of the report")
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                self.log(where, "missing or unreadable; left out of the report", group=f"cells/{kind}")
                 continue
-            if content.get("digest") != want or content.get("key") != key:
-                _say(f"{self.relative(self.path(kind, name))}: changed since the run; left out of the report")
-                continue
-            self.used.setdefault(kind, {})[name] = {**content["result"], "seconds": content.get("seconds")}
+            if not isinstance(content, dict) or content.get("digest") != want or content.get("key") != key:
+                self.log(where, "changed since the run; left out of the report", group=f"cells/{kind}")
+            elif "checksum" not in content:
+                self.log(
+                    where, "no checksum (written by an older version); left out of the report", group=f"cells/{kind}"
+                )
+            elif content["checksum"] != checksum(content) or not isinstance(content.get("result"), dict):
+                self.log(
+                    where,
+                    "damaged (its checksum does not match its contents); left out of the report",
+                    group=f"cells/{kind}",
+                )
+            else:
+                self.used.setdefault(kind, {})[name] = {**content["result"], "seconds": content.get("seconds")}
 
     # -- checkpoints -------------------------------------------------------------------
     def verified_checkpoint(self, name: str, seed: int, identity: dict) -> dict | None:
         """The checkpoint of network ``name`` with ``seed`` if it is this benchmark's for ``identity``.
 
         A damaged or foreign checkpoint is removed, with one line saying why; None means
-        train (again).
+        train (again). A checkpoint written before checkpoints carried a checksum is
+        reused, with a warning.
+
+        Raises:
+            OtherOptions: it is this network's, trained under other options (the run
+                checks this before it trains anything: see ``networks``).
         """
         path = self.checkpoint(name, seed)
         if not path.exists():
             return None
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_checkpoint(path)
+        except CheckpointDamaged:
+            return self.reject(path, "damaged (its checksum does not match its contents)")
         except Exception as err:  # truncated zip, pickle error, not a torch file...
             return self.reject(path, f"unreadable (truncated or damaged: {type(err).__name__})")
         if not isinstance(state, dict) or not isinstance(state.get("meta"), dict) or "model" not in state:
             return self.reject(path, "not a checkpoint of this benchmark")
         meta = state["meta"]
+        old = meta.get("network") if isinstance(meta.get("network"), dict) else {}
+        if old.get("network") != name or old.get("seed") != seed:
+            return self.reject(path, f"written for another network ({_changes(old, identity)})")
         if meta.get("digest") != digest(identity):
-            return self.reject(path, f"trained with other options ({_changes(meta.get('network', {}), identity)})")
+            raise OtherOptions(
+                f"{self.relative(path)} was trained with other options ({_changes(old, identity)}); "
+                "use another --out, or --retrain to train it again"
+            )
+        if "checksum" not in state and not self._warned_unverified:
+            self._warned_unverified = True
+            _say(
+                f"warning: {self.relative(path)} and maybe other networks carry no checksum (written by an older "
+                "version); they are reused unverified"
+            )
         if meta.get("versions") != self.versions and not self._warned_versions:
             self._warned_versions = True
             _say(
@@ -362,10 +479,17 @@ class Store:
 
 
 def _shape_problem(result: dict) -> str | None:
-    """A cell's per-image lists must have one entry per image."""
+    """A cell's per-image lists must have one number per image."""
     images = result.get("images")
+    values = result.get("values")
+    if values is not None:
+        if not isinstance(values, list):
+            return f"values are a {type(values).__name__}, not a list"
+        odd = [v for v in values if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))]
+        if odd:
+            return f"values of type {type(odd[0]).__name__}, not numbers"
     if images is None:
         return None
-    if "values" in result and len(result["values"]) != len(images):
-        return f"{len(result['values'])} values for {len(images)} images"
+    if values is not None and len(values) != len(images):
+        return f"{len(values)} values for {len(images)} images"
     return None

@@ -23,15 +23,17 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from neuralsde import ODEResNet, SDEResNet
 from neuralsde.data import digits, image_folder, shapes
-from neuralsde.train import evaluate, load_checkpoint, load_weights, train
+from neuralsde.models import read_weights, weights_mismatch
+from neuralsde.train import evaluate, load_weights, train
 
 from .config import Config, digest, parse_args, sigma_of
-from .store import FolderBusy, Store
+from .store import FolderBusy, FolderUnusable, OtherOptions, Store
 
 __all__ = [
     "Data",
     "accuracy",
     "build_model",
+    "check_inputs",
     "correct_pool",
     "fingerprint",
     "load_data",
@@ -87,7 +89,7 @@ def load_data(cfg: Config, which: str = "main") -> Data:
     train_set = image_folder(cfg.train_data, size=cfg.image_size) if cfg.train_data else None
     source = train_set if train_set is not None else test_set
     pick = torch.randperm(len(source), generator=gen)[: cfg.shap_baselines]
-    num_classes = _weights_classes(cfg.weights) if cfg.weights else len(image_folder_classes(cfg.data))
+    num_classes = len(image_folder_classes(cfg.data))  # the weights' too (check_inputs)
     # Normalised ImageNet inputs span about [-2.12, 2.64].
     return Data("imagefolder", train_set, test_set, 3, num_classes, (-2.1179, 2.6400), _stack(source, pick))
 
@@ -116,10 +118,66 @@ def image_folder_classes(root: str) -> list[str]:
     return sorted(p.name for p in os.scandir(root) if p.is_dir())
 
 
-def _weights_classes(path: str) -> int:
-    state = load_checkpoint(path)
-    state = state.get("model", state)
-    return int(state["fc.weight"].shape[0])
+def check_inputs(cfg: Config) -> None:
+    """Check an ImageFolder run's folders and weights files before anything is trained.
+
+    The image folders must have classes (the same in ``--train-data`` as in ``--data``),
+    and every weights file must hold a state dict that fits ``--arch``, with as many
+    classes as the image folder. Otherwise: one line saying what does not fit, and exit
+    status 2.
+    """
+    try:
+        _check_inputs(cfg)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _folder_classes(flag: str, root: str) -> list[str]:
+    if not os.path.isdir(root):
+        raise ValueError(f"{flag} {root} is not a folder (an ImageFolder: one sub-folder of images per class)")
+    classes = image_folder_classes(root)
+    if not classes:
+        raise ValueError(f"{flag} {root} has no class folders (an ImageFolder: one sub-folder of images per class)")
+    return classes
+
+
+def _check_inputs(cfg: Config) -> None:
+    if not cfg.imagenet:
+        return
+    classes = _folder_classes("--data", cfg.data)
+    if cfg.train_data:
+        train_classes = _folder_classes("--train-data", cfg.train_data)
+        if train_classes != classes:
+            first = next((a, b) for a, b in zip([*train_classes, None], [*classes, None]) if a != b)
+            raise ValueError(
+                f"--train-data {cfg.train_data} and --data {cfg.data} must hold the same class folders: "
+                f"{len(train_classes)} and {len(classes)} folders, first difference {first[0]!r} / {first[1]!r}"
+            )
+    for opt in ("weights", "sde_weights"):
+        path = getattr(cfg, opt)
+        if not path:
+            continue
+        flag = "--" + opt.replace("_", "-")
+        try:
+            state = read_weights(path)
+        except ValueError as err:
+            raise ValueError(f"{flag}: {err}") from None
+        mismatch = weights_mismatch(state, cfg.arch)
+        if mismatch is not None:
+            what, fits = mismatch
+            hint = f"use --arch {fits[0]}" if fits else "use the --arch they were saved from"
+            raise ValueError(
+                f"{flag} {path} holds weights of another architecture than --arch {cfg.arch}: {what}; {hint}"
+            )
+        n, channels = int(state["fc.weight"].shape[0]), int(state["conv1.weight"].shape[1])
+        if n != len(classes):
+            raise ValueError(
+                f"{flag} {path} has {n} classes, but --data {cfg.data} has {len(classes)} class folders: the "
+                "network's classes must be the image folder's, in the same order"
+            )
+        if channels != 3:
+            raise ValueError(f"{flag} {path} takes images with {channels} channels, not RGB (3)")
 
 
 def build_model(cfg: Config, name: str, seed: int, data: Data) -> nn.Module:
@@ -144,14 +202,19 @@ def build_model(cfg: Config, name: str, seed: int, data: Data) -> nn.Module:
     return model.to(cfg.device)
 
 
-def trained_model(cfg: Config, store: Store, name: str, seed: int, data: Data, *, progress: bool = True) -> nn.Module:
+def trained_model(
+    cfg: Config, store: Store, name: str, seed: int, data: Data, *, progress: bool | None = None
+) -> nn.Module:
     """The network ``name`` trained with ``seed``: from its checkpoint, or trained now (resumably).
 
     ODE and SDE networks are trained by the same loop with the same initial weights, data
     order, optimizer and epochs for one seed; they differ only in the noise. A checkpoint
     is used only if it verifies (``Store.verified_checkpoint``); otherwise the network is
-    trained again, continuing a verified unfinished checkpoint.
+    trained again, continuing a verified unfinished checkpoint. ``progress`` (default: when
+    stderr is a terminal) shows a bar per epoch.
     """
+    if progress is None:
+        progress = sys.stderr.isatty()
     model = build_model(cfg, name, seed, data)
     identity = cfg.network(name, seed)
     meta = {"digest": digest(identity), "network": identity, "versions": store.versions}
@@ -229,12 +292,19 @@ def _record(history: list, source: str) -> dict:
     return {"source": source, "history": history, "epochs": len(history)}
 
 
-def open_store(args, cfg: Config) -> Store:
-    """The run's store, or a one-line error and exit status 2 if another run holds the folder."""
+def open_store(args, cfg: Config, networks: list[tuple[str, int]] = ()) -> Store:
+    """The run's store, for ``networks`` (``(name, seed)``, see ``Store``).
+
+    A one-line error and exit status 2 if another run holds the folder, ``--out`` is a
+    file or cannot be written, or the folder holds networks trained under other options.
+    """
     try:
-        return Store(args.out, cfg, restart=args.restart, retrain=args.retrain)
-    except FolderBusy as err:
+        return Store(args.out, cfg, restart=args.restart, retrain=args.retrain, networks=networks)
+    except (FolderBusy, FolderUnusable, OtherOptions) as err:
         print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as err:  # e.g. a full disk, writing config.json
+        print(f"error: --out {args.out}: {err.strerror or err}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -249,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         valid = ", ".join(cfg.model_names() + cfg.shape_names())
         print(f"error: --model {known.model} is not a network of this run; valid: {valid}", file=sys.stderr)
         raise SystemExit(2)
+    check_inputs(cfg)
     if "WORLD_SIZE" in os.environ and not dist.is_initialized():
         backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
         dist.init_process_group(backend)
@@ -257,13 +328,13 @@ def main(argv: list[str] | None = None) -> None:
             torch.cuda.set_device(cfg.device)
     try:
         rank0 = not dist.is_initialized() or dist.get_rank() == 0
-        store = open_store(args, cfg) if rank0 else None
+        store = open_store(args, cfg, [(known.model, seed) for seed in cfg.seeds]) if rank0 else None
         if dist.is_initialized():
             dist.barrier()
             store = store or Store(args.out, cfg, lock=False)
         data = load_data(cfg, "shapes" if known.model.startswith("shapes-") else "main")
         for seed in cfg.seeds:
-            model = trained_model(cfg, store, known.model, seed, data)
+            model = trained_model(cfg, store, known.model, seed, data, progress=not args.quiet and sys.stderr.isatty())
             if rank0:
                 acc = accuracy(cfg, store, known.model, seed, model, data)
                 print(f"{known.model} (seed {seed}): test accuracy {acc:.4f}")

@@ -69,7 +69,7 @@ class ODEResNet(nn.Module):
             caches) on first use; or the path of a local file: a state dict with
             torchvision's parameter names (``torch.save(model.state_dict(), path)``) or
             a checkpoint of [`train`][neuralsde.train.train] (see
-            [`read_weights`][neuralsde.models.read_weights]).
+            ``neuralsde.models.read_weights``).
         progress: show torchvision's download progress bar.
         num_classes: number of logits; None keeps the pretrained head (1000 without
             weights). With weights and another number, the head is a new

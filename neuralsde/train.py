@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .models import ODEResNet, checksum_problem, read_weights, state_checksum, weights_mismatch
+from .validate import check_count, check_seed
 
 __all__ = ["CheckpointDamaged", "evaluate", "load_checkpoint", "load_weights", "save_checkpoint", "train"]
 
@@ -49,7 +50,7 @@ def save_checkpoint(path: str | os.PathLike, **content) -> None:
     """Write ``content`` (tensors, state dicts, numbers, strings) atomically to ``path``.
 
     The file also holds ``"checksum"``, a SHA-256 of the content
-    ([`state_checksum`][neuralsde.models.state_checksum]), which
+    (``neuralsde.models.state_checksum``), which
     [`load_checkpoint`][neuralsde.train.load_checkpoint] verifies.
     """
     content = {k: v for k, v in content.items() if k != "checksum"}
@@ -89,7 +90,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     The file may hold a plain state dict (e.g. torchvision's ``resnet50-*.pth``, which
     an ODE/SDE twin loads unchanged) or a checkpoint of [`train`][neuralsde.train.train]
     (its ``"model"``): the files ``ODEResNet(arch, weights=path)`` takes
-    ([`read_weights`][neuralsde.models.read_weights]).
+    (``neuralsde.models.read_weights``).
 
     Raises:
         ValueError: naming the file, if it does not exist, holds no state dict (a
@@ -168,8 +169,8 @@ def train(
     """
     from tqdm import tqdm
 
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    epochs = check_count(epochs, "epochs", 1)
+    seed = check_seed(seed)
     device = torch.device(device)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -191,13 +192,13 @@ def train(
     for epoch in range(start, epochs):
         # Shuffling and noise follow (seed, epoch, rank) alone, so a resumed run repeats
         # exactly what an uninterrupted one does; every process draws its own noise.
-        torch.manual_seed((seed * 1_000_003 + epoch) * 1009 + _rank())
+        torch.manual_seed(((seed * 1_000_003 + epoch) * 1009 + _rank()) % 2**63)
         net.train()
         if sampler is not None:
             sampler.set_epoch(epoch)
             loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler)
         else:
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
             loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
         total_loss = correct = seen = 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not show, file=sys.stderr)

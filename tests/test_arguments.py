@@ -231,3 +231,20 @@ def test_attribute_on_an_empty_batch_is_empty_and_shaped_like_a_batch(method):
     assert (empty.delta is None) == (full.delta is None)
     if empty.delta is not None:
         assert empty.delta.shape == (0,)
+
+
+def test_training_and_benchmark_seeds_follow_the_same_rule(capsys):
+    from torch.utils.data import TensorDataset
+
+    from benchmarks.config import parse_args
+    from neuralsde.train import train
+
+    data = TensorDataset(images(4), torch.zeros(4, dtype=torch.long))
+    for bad in (1.5, -1, True):
+        with pytest.raises(ValueError, match="^seed " + SEED_MESSAGE):
+            train(small_sde().train(), data, epochs=1, seed=bad)
+    for argv in (["--data-seed", "-1"], ["--seeds", str(MAX_SEED + 1)]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        err = capsys.readouterr().err
+        assert "must be integers in [0, 2**63)" in err and len(err.strip().splitlines()) == 1

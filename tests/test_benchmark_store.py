@@ -12,7 +12,8 @@ import torch
 
 from benchmarks.__main__ import main
 from benchmarks.config import Config, build_parser, parse_args
-from benchmarks.store import Store
+from benchmarks.store import Store, checksum
+from neuralsde.train import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "quick"]
@@ -64,7 +65,7 @@ def test_deleted_truncated_and_foreign_checkpoints_are_retrained(quick_run, tmp_
     err = capsys.readouterr().err
     assert "checkpoints/s0/ode.pt: missing; training again" in err
     assert "checkpoints/s1/ode.pt: unreadable (truncated or damaged" in err
-    assert "checkpoints/s1/sde-0.5.pt: trained with other options (seed: 0 → 1" in err
+    assert "checkpoints/s1/sde-0.5.pt: written for another network (seed: 0 → 1" in err
     computed = _computed(copy)
     assert {"train/s0/ode", "train/s1/ode", "train/s1/sde-0.5"} <= set(computed)
     assert not any(c.startswith("train/s0/sde") for c in computed)
@@ -81,7 +82,7 @@ def test_a_checkpoint_that_does_not_fit_is_retrained(quick_run, tmp_path, capsys
     path = copy / "checkpoints" / "s0" / "ode.pt"
     state = torch.load(path, weights_only=True)
     state["model"] = {k: v[:1] if v.ndim else v for k, v in state["model"].items()}  # wrongly shaped weights
-    torch.save(state, path)
+    save_checkpoint(path, **state)  # with a checksum of what it now holds
     capsys.readouterr()
     main([*QUICK, "--out", str(copy)])
     assert "checkpoints/s0/ode.pt: its weights do not fit the network" in capsys.readouterr().err
@@ -96,7 +97,8 @@ def test_damaged_foreign_and_stray_cells(quick_run, tmp_path, capsys):
     shutil.copyfile(cells / "s1" / "ode--saliency--rep0.json", cells / "s0" / "ode--saliency--rep0.json")  # foreign
     shutil.copyfile(cells / "s0" / "ode--saliency--rep1.json", cells / "s0" / "ode--saliency--rep7.json")  # stray
     odd = json.loads((cells / "s0" / "sde-0.5--saliency--rep1.json").read_text())
-    odd["result"]["values"] = odd["result"]["values"][:-1]  # one value short
+    odd["result"]["values"] = odd["result"]["values"][:-1]  # one value short, as code that wrote it so would
+    odd["checksum"] = checksum(odd)
     (cells / "s0" / "sde-0.5--saliency--rep1.json").write_text(json.dumps(odd))
     (copy / "cells" / "theorem1" / "s1" / "ode.json").unlink()  # deleted
     capsys.readouterr()
@@ -266,3 +268,298 @@ def test_config_roles_cover_every_option():
     assert cfg.measurement("sensitivity", "integrated_gradients") != Config(ig_steps=99).measurement(
         "sensitivity", "integrated_gradients"
     )
+
+
+# -- the store checks contents, not only provenance ---------------------------------------
+def _edit_cell(path: Path, edit, *, reseal: bool = False) -> None:
+    """Change a stored cell in place; ``reseal`` gives it a matching checksum (as code that wrote it so would)."""
+    content = json.loads(path.read_text())
+    edit(content)
+    if reseal:
+        content["checksum"] = checksum(content)
+    path.write_text(json.dumps(content, indent=2, sort_keys=True))
+
+
+def test_a_cell_with_an_edited_number_is_recomputed_and_named(quick_run, tmp_path, capsys):
+    copy = _copy(quick_run, tmp_path)
+    cell = copy / "cells" / "sensitivity" / "s0" / "ode--saliency--rep0.json"
+    _edit_cell(cell, lambda c: c["result"]["values"].__setitem__(0, 123.0))
+    capsys.readouterr()
+    main([*QUICK, "--out", str(copy)])
+    err = capsys.readouterr().err
+    assert "cells/sensitivity/s0/ode--saliency--rep0.json: damaged (its checksum does not match its contents" in err
+    assert _computed(copy) == ["sensitivity/s0/ode--saliency--rep0"]  # that cell only
+    assert _results(copy) == _results(quick_run[0])  # recomputed as it was
+
+
+def test_cells_with_values_of_the_wrong_type_or_no_checksum_are_recomputed(quick_run, tmp_path, capsys):
+    copy = _copy(quick_run, tmp_path)
+    cells = copy / "cells" / "sensitivity" / "s0"
+
+    def to_strings(content):
+        content["result"]["values"] = [str(v) for v in content["result"]["values"]]
+
+    _edit_cell(cells / "ode--saliency--rep0.json", to_strings)  # edited by hand
+    _edit_cell(cells / "ode--saliency--rep1.json", to_strings, reseal=True)  # written so, with its checksum
+    _edit_cell(cells / "ode--deeplift--rep0.json", lambda c: c.pop("checksum"))  # written by an older version
+    capsys.readouterr()
+    main([*QUICK, "--out", str(copy)])  # no TypeError
+    err = capsys.readouterr().err
+    assert "cells/sensitivity/s0/ode--saliency--rep0.json: damaged (its checksum does not match" in err
+    assert "cells/sensitivity/s0/ode--saliency--rep1.json: wrongly shaped (values of type str, not numbers)" in err
+    assert "cells/sensitivity/s0/ode--deeplift--rep0.json: no checksum (written by an older version)" in err
+    assert sorted(_computed(copy)) == [
+        "sensitivity/s0/ode--deeplift--rep0",
+        "sensitivity/s0/ode--saliency--rep0",
+        "sensitivity/s0/ode--saliency--rep1",
+    ]
+    assert _results(copy) == _results(quick_run[0])
+
+
+def _flip_a_byte(path: Path, tensor: torch.Tensor) -> None:
+    """Flip one bit in the middle of ``tensor``'s bytes in a saved file, as a bad disk or copy would."""
+    data = bytearray(path.read_bytes())
+    needle = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    at = bytes(data).find(needle)
+    assert at > 0 and bytes(data).find(needle, at + 1) < 0  # found once
+    data[at + len(needle) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_with_a_flipped_byte_is_retrained(quick_run, tmp_path, capsys):
+    copy = _copy(quick_run, tmp_path)
+    path = copy / "checkpoints" / "s0" / "ode.pt"
+    _flip_a_byte(path, torch.load(path, weights_only=True)["model"]["fc.weight"])  # torch.load itself notices nothing
+    capsys.readouterr()
+    main([*QUICK, "--out", str(copy)])
+    err = capsys.readouterr().err
+    assert "checkpoints/s0/ode.pt: damaged (its checksum does not match its contents); training again" in err
+    # Retrained from its seed it is the same network: its measurements are reused.
+    assert _computed(copy) == ["train/s0/ode"]
+    assert _results(copy) == _results(quick_run[0]) | {
+        k: v for k, v in _results(copy).items() if k.startswith("train/")
+    }
+
+
+def test_a_damaged_run_log_is_reported_and_set_aside(quick_run, tmp_path, capsys):
+    copy = _copy(quick_run, tmp_path)
+    (copy / "runs.json").write_text('[{"argv": ["--preset", "qu')  # truncated
+    capsys.readouterr()
+    main([*QUICK, "--out", str(copy)])
+    err = capsys.readouterr().err
+    assert "runs.json: unreadable (truncated or damaged: JSONDecodeError); kept as runs.json.damaged" in err
+    assert (copy / "runs.json.damaged").read_text() == '[{"argv": ["--preset", "qu'
+    assert [r["status"] for r in json.loads((copy / "runs.json").read_text())] == ["finished"]
+
+
+# -- nothing trained is thrown away by accident ----------------------------------------------
+def test_a_run_with_other_network_options_is_refused_before_training(quick_run, tmp_path, capsys):
+    copy = _copy(quick_run, tmp_path)
+    before = {p: p.read_bytes() for p in (copy / "checkpoints").rglob("*.pt")}
+    records = {name: (copy / name).read_text() for name in ("config.json", "runs.json", "manifest.json")}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main([*QUICK, "--epochs", "3", "--out", str(copy)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert f"{copy} holds networks trained with other options" in err and "epochs: 2 → 3" in err
+    assert "use another --out, or --retrain" in err
+    # Nothing was trained, replaced or recorded.
+    assert {p: p.read_bytes() for p in (copy / "checkpoints").rglob("*.pt")} == before
+    assert {name: (copy / name).read_text() for name in records} == records
+
+
+# -- the benchmark validates before it trains ------------------------------------------------
+@pytest.fixture(scope="module")
+def weights_inputs(tmp_path_factory):
+    """A two-class ImageFolder and weights files, good and bad: (folder, {name: path})."""
+    import torchvision
+    from PIL import Image
+
+    from neuralsde.train import save_checkpoint
+
+    root = tmp_path_factory.mktemp("inputs")
+    for c in range(2):
+        (root / "images" / f"class{c}").mkdir(parents=True)
+        Image.new("RGB", (8, 8), (255 * c, 0, 0)).save(root / "images" / f"class{c}" / "0.png")
+    torch.manual_seed(0)
+    two = torchvision.models.resnet18(num_classes=2)
+    files = {name: root / f"{name}.pth" for name in ("1000", "2", "model", "empty", "text", "truncated", "ckpt")}
+    torch.save(torchvision.models.resnet18().state_dict(), files["1000"])
+    torch.save(two.state_dict(), files["2"])
+    torch.save(two, files["model"])  # a whole pickled model
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("resnet18 weights\n")
+    files["truncated"].write_bytes(files["2"].read_bytes()[:100_000])
+    save_checkpoint(files["ckpt"], model=two.state_dict(), epoch=1, history=[])  # as neuralsde.train.train writes
+    return root / "images", files
+
+
+@pytest.mark.parametrize(
+    "arch, weights, message",
+    [
+        ("resnet18", "1000", "--weights {path} has 1000 classes, but --data {data} has 2 class folders"),
+        (
+            "resnet50",
+            "2",
+            "--weights {path} holds weights of another architecture than --arch resnet50: 198 missing keys in "
+            "layer1, layer2, layer3, layer4 (e.g. layer1.0.conv3.weight)",
+        ),
+        ("resnet18", "model", "weights file {path} holds a pickled torchvision.models.resnet.ResNet object"),
+        ("resnet18", "empty", "weights file {path} is empty; expected a state dict"),
+        ("resnet18", "text", "weights file {path} is not a file written by torch.save"),
+        ("resnet18", "truncated", "weights file {path} is not a file written by torch.save"),
+    ],
+    ids=["classes", "architecture", "pickled-model", "empty", "text", "truncated"],
+)
+def test_weights_are_checked_before_training_in_one_line(weights_inputs, arch, weights, message, tmp_path, capsys):
+    data, files = weights_inputs
+    argv = ["--arch", arch, "--data", str(data), "--train-data", str(data), "--weights", str(files[weights])]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert message.format(path=files[weights], data=data) in err
+    assert "weights_only" not in err and "Traceback" not in err
+    if weights == "2":
+        assert err.endswith("use --arch resnet18")
+    if weights != "1000":
+        assert "expected a state dict" in err or "--arch" in err
+    assert not (tmp_path / "o").exists()  # refused before the run started
+
+
+def test_a_train_checkpoint_is_a_weights_file_of_the_benchmark(weights_inputs):
+    from benchmarks.train import check_inputs
+
+    data, files = weights_inputs
+    cfg, _ = parse_args(["--arch", "resnet18", "--data", str(data), "--train-data", str(data)])
+    for name in ("2", "ckpt"):
+        cfg.weights = str(files[name])
+        check_inputs(cfg)  # no SystemExit
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "results").write_text("not a folder")
+    with pytest.raises(SystemExit) as info:
+        main([*QUICK, "--out", str(tmp_path / "results")])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1
+    assert err == f"error: --out {tmp_path / 'results'} is a file, not a folder; name a folder (new or existing)"
+
+
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        try:
+            (folder / "probe").write_text("")
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("this user writes into read-only folders (root): chmod cannot make one")
+        for out in (folder, folder / "sub"):
+            with pytest.raises(SystemExit) as info:
+                main([*QUICK, "--out", str(out)])
+            err = capsys.readouterr().err.strip()
+            assert info.value.code == 2 and len(err.splitlines()) == 1
+            assert err.startswith(f"error: --out {out} cannot be written"), err
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_what_is_finished(quick_run, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import benchmarks.common as common
+    from benchmarks.store import Store as Folder
+
+    copy = _copy(quick_run, tmp_path)
+    cells = copy / "cells" / "sensitivity" / "s0"
+    names = ["ode--saliency--rep0", "ode--integrated_gradients--rep0", "ode--smoothgrad_ig--rep0"]
+    for name in names:
+        (cells / f"{name}.json").unlink()
+    write, writes = common.atomic_write_text, []
+
+    def full_after_two_cells(path, text):  # config.json, two cells, then the disk is full
+        writes.append(Path(path).name)
+        if len(writes) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write(path, text)
+
+    monkeypatch.setattr(common, "atomic_write_text", full_after_two_cells)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main([*QUICK, "--out", str(copy)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert info.value.code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"error: no space left on the device writing {cells / names[2]}.json; finished results")
+    assert f"kept in {copy}" in err[0] and "run the same command again to resume" in err[0]
+    monkeypatch.setattr(common, "atomic_write_text", write)
+    # The two finished cells are kept and verify; no temporary file is left; the folder is free.
+    cfg, _ = parse_args(QUICK)
+    with Folder(copy, cfg) as store:
+        for name in names[:2]:
+            depends = json.loads((cells / f"{name}.json").read_text())["depends"]
+            assert store.reusable("sensitivity", f"s0/{name}", depends)
+    assert not (cells / f"{names[2]}.json").exists() and not list(copy.rglob("*.tmp"))
+
+
+TERMINATED = """
+import os, runpy, signal
+import benchmarks.store as store
+
+put = store.Store.put
+def put_then_terminate(self, kind, name, *args, **kwargs):
+    put(self, kind, name, *args, **kwargs)
+    if kind == "sensitivity":
+        os.kill(os.getpid(), signal.SIGTERM)
+
+store.Store.put = put_then_terminate
+runpy.run_module("benchmarks", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(quick_run, tmp_path):
+    copy = _copy(quick_run, tmp_path)
+    for name in ("ode--saliency--rep0", "ode--saliency--rep1"):
+        (copy / "cells" / "sensitivity" / "s0" / f"{name}.json").unlink()
+    proc = subprocess.run(
+        [sys.executable, "-c", TERMINATED, *QUICK, "--out", str(copy)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert f"terminated (SIGTERM): finished results are kept in {copy}; run the same command again" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    run = json.loads((copy / "runs.json").read_text())[-1]
+    assert run["status"] == "terminated" and run["computed"] == ["sensitivity/s0/ode--saliency--rep0"]
+    cfg, _ = parse_args(QUICK)
+    Store(copy, cfg).close()  # the lock was released
+
+
+def test_help_shows_every_options_real_default():
+    text = " ".join(build_parser().format_help().split())
+    assert "default: None" not in text
+    assert "training epochs (the same for every network) (default: 8; --preset imagenet 1, quick 2)" in text
+    assert "(the unit of replication) (default: 0 1 2 3 4; --preset imagenet 0, quick 0 1)" in text
+    assert "Integrated Gradients' steps (default: 20; --preset imagenet 50, quick 4)" in text
+    assert "output folder (default: results)" in text
+
+
+def test_progress_is_a_few_lines_when_stderr_is_no_terminal_and_none_when_quiet(quick_run, tmp_path, capsys):
+    copy = _copy(quick_run, tmp_path)
+    (copy / "checkpoints" / "s0" / "ode.pt").unlink()  # trained again: epochs, networks and measurements
+    capsys.readouterr()
+    main([*QUICK, "--out", str(copy)])  # pytest's stderr is no terminal
+    err = capsys.readouterr().err
+    bars = [line for line in err.splitlines() if "%|" in line]
+    assert "epoch 1/2" not in err  # no bar per epoch
+    assert len(err.splitlines()) < 200 and len(bars) <= 40, len(bars)
+    main([*QUICK, "--out", str(copy), "--quiet"])
+    err = capsys.readouterr().err
+    assert "%|" not in err and "it/s" not in err

@@ -225,6 +225,73 @@ def test_weights_from_a_local_file(tmp_path):
         ODEResNet("resnet18", weights=tmp_path / "other.pth")
 
 
+@pytest.fixture(scope="module")
+def weights_files(tmp_path_factory):
+    """A resnet18 (7 classes) as a state dict and as a checkpoint of train(), and files holding no state dict."""
+    from neuralsde.train import save_checkpoint
+
+    root = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    tv = randomize_batchnorm(torchvision.models.resnet18(num_classes=7)).eval()
+    torch.save(tv.state_dict(), root / "state.pth")
+    save_checkpoint(root / "checkpoint.pt", model=tv.state_dict(), epoch=1, history=[])  # as train() writes
+    torch.save(tv, root / "model.pth")  # a whole pickled model
+    (root / "empty.pth").write_bytes(b"")
+    (root / "text.pth").write_text("resnet18 weights\n")
+    (root / "truncated.pth").write_bytes((root / "state.pth").read_bytes()[:100_000])
+    return root, tv
+
+
+def test_a_state_dict_and_a_train_checkpoint_are_both_weights_files(weights_files):
+    """``weights=`` and ``neuralsde.train.load_weights`` take the same files."""
+    from neuralsde.train import load_weights
+
+    root, tv = weights_files
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = tv(x)
+    for name in ("state.pth", "checkpoint.pt"):
+        for model in (
+            ODEResNet("resnet18", weights=root / name),
+            load_weights(ODEResNet("resnet18", num_classes=7), root / name),
+        ):
+            with torch.no_grad():  # the same weights: the same logits, to float round-off
+                torch.testing.assert_close(model.eval()(x), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("model.pth", "holds a pickled torchvision.models.resnet.ResNet object (a whole model?)"),
+        ("empty.pth", "is empty"),
+        ("text.pth", "is not a file written by torch.save, or is truncated or damaged"),
+        ("truncated.pth", "is not a file written by torch.save, or is truncated or damaged"),
+    ],
+)
+def test_a_file_without_a_state_dict_is_one_value_error_naming_it(weights_files, name, message):
+    from neuralsde.train import load_weights
+
+    path = weights_files[0] / name
+    for load in (
+        lambda: ODEResNet("resnet18", weights=path),
+        lambda: load_weights(ODEResNet("resnet18", num_classes=7), path),
+    ):
+        with pytest.raises(ValueError) as info:
+            load()
+        text = str(info.value)
+        assert f"weights file {path} {message}" in text and "expected a state dict" in text
+        assert "weights_only" not in text and "\n" not in text  # torch's advice does not apply here
+
+
+def test_weights_of_another_architecture_name_the_stages_and_the_one_they_fit(weights_files):
+    path = weights_files[0] / "state.pth"
+    with pytest.raises(ValueError) as info:
+        ODEResNet("resnet50", weights=path)
+    text = str(info.value)
+    assert text.startswith(f"the state dict in {path} does not fit resnet50: 198 missing keys in layer1, layer2, ")
+    assert text.endswith("; it fits resnet18: pass that architecture") and "\n" not in text
+
+
 def test_wrong_weights_are_refused(local_weights):
     from torchvision.models import ResNet50_Weights
 

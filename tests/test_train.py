@@ -12,7 +12,8 @@ from torch.utils.data import Subset
 
 from neuralsde import ODEResNet, SDEResNet
 from neuralsde.data import digits
-from neuralsde.train import evaluate, load_checkpoint, load_weights, train
+from neuralsde.models import state_checksum
+from neuralsde.train import CheckpointDamaged, evaluate, load_checkpoint, load_weights, train
 
 
 def tiny(cls=SDEResNet, **kw):
@@ -60,6 +61,29 @@ def test_weights_file_from_torchvision_loads_into_the_twin(tmp_path):
     assert torch.equal(twin.conv1.weight, tv.conv1.weight)
     with pytest.raises(ValueError, match="does not exist"):
         load_weights(twin, tmp_path / "nope.pth")
+
+
+def test_a_checkpoint_whose_contents_changed_is_refused(tmp_path):
+    data, path = subset(64), tmp_path / "c.pt"
+    train(tiny(sigma=0.5), data, epochs=1, batch_size=32, checkpoint=path, progress=False)
+    state = load_checkpoint(path)
+    assert state["checksum"] == state_checksum(state)  # of the weights, the optimizer, the epoch, the history
+    raw = bytearray(path.read_bytes())
+    needle = state["model"]["fc.weight"].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    at = bytes(raw).find(needle)
+    assert at > 0 and bytes(raw).find(needle, at + 1) < 0
+    raw[at + len(needle) // 2] ^= 0x01  # one flipped bit in the weights, as a bad disk or copy would make
+    path.write_bytes(bytes(raw))
+    torch.load(path, weights_only=True)  # torch notices nothing
+    with pytest.raises(CheckpointDamaged, match=f"checkpoint {path}: its checksum does not match its contents"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointDamaged):  # not resumed from damaged weights
+        train(tiny(sigma=0.5), data, epochs=2, batch_size=32, checkpoint=path, progress=False)
+    with pytest.raises(ValueError, match=f"weights file {path}: its checksum does not match"):
+        load_weights(tiny(sigma=0.5), path)
+    # Checkpoints written before they carried a checksum still load.
+    torch.save({k: v for k, v in state.items() if k != "checksum"}, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["epoch"] == 1
 
 
 def _free_port() -> int:
