@@ -21,6 +21,7 @@ import torch
 import torchvision
 from captum.attr import DeepLift, LayerGradCam
 from conftest import randomize_batchnorm
+from helpers import compiled_equals_eager
 from torch import nn
 
 from neuralsde import ODEResNet, SDEResNet, attribute
@@ -170,25 +171,9 @@ def test_torch_compile_with_fullgraph_on_cuda():
 
     Compiled kernels fuse and reorder float32 operations: 1e-4 of the output scale.
     """
-    import torch._dynamo
-    import torch._inductor.config as inductor
-
     x = images(4)
     for cls, mode in ((ODEResNet, "eval"), (SDEResNet, "train")):
-        model = small(cls).train(mode == "train")
-        torch._dynamo.reset()
-        compiled = torch.compile(model, fullgraph=True)
-        previous, inductor.fallback_random = inductor.fallback_random, True
-        try:
-            torch.manual_seed(3)
-            out = compiled(x)
-            torch.manual_seed(3)
-            ref = model(x)
-        finally:
-            inductor.fallback_random = previous
-        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
-        if mode == "train":
-            out.sum().backward()
+        compiled_equals_eager(small(cls), x, mode, "inductor")
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import torch
 import torch._dynamo
 import torchvision
 from conftest import randomize_batchnorm
+from helpers import compiled_equals_eager
 from torch import nn
 
 from neuralsde import ODEResNet, SDEResNet, SolverError
@@ -388,31 +389,6 @@ def test_autocast_bfloat16_on_the_cpu(randomize_bn):
         assert noisy.dtype == torch.bfloat16 and torch.isfinite(noisy).all()
 
 
-def _compiled_equals_eager(model, x, mode, backend):
-    import torch._dynamo
-    import torch._inductor.config as inductor
-
-    model.train(mode == "train")
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend=backend)  # a graph break raises
-    with torch.random.fork_rng():
-        # The compiled model draws its noise from torch's generator as eager does.
-        previous = inductor.fallback_random
-        inductor.fallback_random = True
-        try:
-            torch.manual_seed(3)
-            out = compiled(x)
-            torch.manual_seed(3)
-            ref = model(x)
-        finally:
-            inductor.fallback_random = previous
-    # Compiled kernels fuse and reorder float32 operations: round-off only.
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
-    if mode == "train":
-        out.sum().backward()  # the compiled backward runs
-        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-
-
 @pytest.mark.slow
 def test_torch_compile_with_fullgraph_in_eval_and_train_mode():
     """One whole graph: the finiteness flags are never read back inside the forward pass.
@@ -426,8 +402,8 @@ def test_torch_compile_with_fullgraph_in_eval_and_train_mode():
     ode = ODEResNet.small(in_channels=3, num_classes=5, widths=(4, 8), blocks=2)
     sde = SDEResNet.small(in_channels=3, num_classes=5, widths=(4, 8), blocks=2, sigma=0.5)
     for model, mode in ((ode, "eval"), (sde, "eval")):
-        _compiled_equals_eager(model, x, mode, "eager")
-    _compiled_equals_eager(sde, x, "train", "inductor")
+        compiled_equals_eager(model, x, mode, "eager")
+    compiled_equals_eager(sde, x, "train", "inductor")
 
 
 # Every fixed-step path: a graph break would be a read of a tensor (a host synchronisation
@@ -456,7 +432,7 @@ def test_every_fixed_step_solve_compiles_without_a_graph_break(cls, settings, re
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8)
     model = cls.small(in_channels=3, num_classes=5, widths=(4,), blocks=2, **settings)
-    _compiled_equals_eager(model, x, "train", "eager")
+    compiled_equals_eager(model, x, "train", "eager")
 
 
 def test_milstein_breaks_the_graph_where_torchsde_differentiates_the_diffusion():
