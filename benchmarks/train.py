@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from neuralsde import ODEResNet, SDEResNet
 from neuralsde.data import digits, image_folder, shapes
-from neuralsde.models import read_weights, weights_mismatch
 from neuralsde.train import evaluate, load_weights, train
+from neuralsde.weights import read_weights, weights_mismatch
 
 from .config import Config, digest, parse_args, sigma_of
 from .store import FolderBusy, FolderUnusable, OtherOptions, Store

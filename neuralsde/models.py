@@ -21,10 +21,7 @@ constructors take them (torchvision downloads them on first use), or from a loca
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
-import pickle
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +35,7 @@ from .diffusion import Diffusion
 from .parts import TORCHVISION_ARCHS, ResNetParts, Weights
 from .solvers import SolverStats, is_adaptive
 from .stage import ContinuousStage
+from .weights import checksum_problem, read_weights, state_checksum, weights_mismatch
 
 __all__ = [
     "DiscreteResNet",
@@ -69,7 +67,7 @@ class ODEResNet(nn.Module):
             caches) on first use; or the path of a local file: a state dict with
             torchvision's parameter names (``torch.save(model.state_dict(), path)``) or
             a checkpoint of [`train`][neuralsde.train.train] (see
-            ``neuralsde.models.read_weights``).
+            [`read_weights`][neuralsde.weights.read_weights]).
         progress: show torchvision's download progress bar.
         num_classes: number of logits; None keeps the pretrained head (1000 without
             weights). With weights and another number, the head is a new
@@ -454,151 +452,6 @@ class DiscreteResNet(nn.Module):
                 block.acts.reset()
                 x = block(x)
         return m.fc(torch.flatten(m.avgpool(x), 1))
-
-
-# -- weights files ---------------------------------------------------------------------
-#: What a weights file must hold, for messages.
-_WANTED = "expected a state dict (torch.save(model.state_dict(), path)) or a checkpoint of neuralsde.train.train"
-
-
-def state_checksum(content: dict) -> str:
-    """A SHA-256 of a checkpoint's content: every tensor's dtype, shape and bytes, and every other value.
-
-    The entry ``"checksum"`` itself is left out, so a checkpoint can carry its own
-    checksum. Tensors count by value, wherever they are (a checkpoint loaded onto a GPU
-    has the checksum it had on the CPU); dictionaries by key, whatever their order.
-    """
-    h = hashlib.sha256()
-    _feed(h, {k: v for k, v in content.items() if k != "checksum"})
-    return h.hexdigest()
-
-
-def _feed(h, value) -> None:
-    if torch.is_tensor(value):
-        t = value.detach().cpu().contiguous()
-        h.update(f"tensor {t.dtype} {tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    elif isinstance(value, dict):
-        h.update(f"dict {len(value)};".encode())
-        for key in sorted(value, key=lambda k: (type(k).__name__, repr(k))):
-            _feed(h, key)
-            _feed(h, value[key])
-    elif isinstance(value, (list, tuple)):
-        h.update(f"sequence {len(value)};".encode())
-        for item in value:
-            _feed(h, item)
-    else:
-        h.update(f"{type(value).__name__} {value!r};".encode())
-
-
-def checksum_problem(content: dict) -> str | None:
-    """Why a checkpoint's content does not match its ``"checksum"``; None if it does or carries none."""
-    stored = content.get("checksum")
-    if stored is None:
-        return None
-    if stored != state_checksum(content):
-        return "its checksum does not match its contents (changed or damaged after it was written)"
-    return None
-
-
-def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The state dict a weights file holds.
-
-    The file may hold a plain state dict (e.g. torchvision's ``resnet50-*.pth``) or a
-    checkpoint of [`train`][neuralsde.train.train] (its ``"model"``, verified against the
-    checkpoint's checksum). It is loaded with ``torch.load(..., weights_only=True)``.
-
-    Raises:
-        ValueError: naming the file, if it does not exist, is empty, is not a torch file
-            (text, truncated, damaged), holds a pickled object such as a whole model,
-            holds anything but a state dict, or is a checkpoint whose checksum fails.
-    """
-    if not Path(path).is_file():
-        raise ValueError(f"weights file {os.fspath(path)} does not exist")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch's own advice (weights_only=False) is not for this API: not shown
-        raise ValueError(f"weights file {os.fspath(path)} {_unreadable(path, err)}; {_WANTED}") from None
-    state = content
-    if isinstance(content, dict) and isinstance(content.get("model"), dict):  # a checkpoint of train()
-        problem = checksum_problem(content)
-        if problem:
-            raise ValueError(f"weights file {os.fspath(path)}: {problem}")
-        state = content["model"]
-    if (
-        not isinstance(state, dict)
-        or not state
-        or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items())
-    ):
-        raise ValueError(f"weights file {os.fspath(path)} holds {_described(state)}, not a state dict; {_WANTED}")
-    return dict(state)
-
-
-def _unreadable(path, err: Exception) -> str:
-    if os.path.getsize(path) == 0:
-        return "is empty"
-    found = re.search(r"GLOBAL ([\w.]+)", str(err))
-    if isinstance(err, pickle.UnpicklingError) and found:
-        return f"holds a pickled {found.group(1)} object (a whole model?), which is not loaded for safety"
-    return f"is not a file written by torch.save, or is truncated or damaged ({type(err).__name__})"
-
-
-def _described(value) -> str:
-    if isinstance(value, dict):
-        if not value:
-            return "an empty dict"
-        keys = ", ".join(map(repr, list(value)[:3])) + (", ..." if len(value) > 3 else "")
-        return f"a dict of other values (keys {keys})"
-    return f"a {type(value).__name__}"
-
-
-def _reference(arch: str, state: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
-    """The parameter shapes of torchvision's ``arch`` with the classes and input channels of ``state``."""
-    fc, conv1 = state.get("fc.weight"), state.get("conv1.weight")
-    classes = int(fc.shape[0]) if fc is not None and fc.dim() == 2 else 1000
-    with torch.device("meta"):
-        model = torchvision.models.get_model(arch, weights=None, num_classes=classes)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if conv1 is not None and conv1.dim() == 4:  # another number of input channels is allowed
-        out, _, kh, kw = shapes["conv1.weight"]
-        shapes["conv1.weight"] = (out, int(conv1.shape[1]), kh, kw)
-    return shapes
-
-
-def _stages(keys: list[str]) -> str:
-    return ", ".join(dict.fromkeys(k.split(".")[0] for k in keys))
-
-
-def weights_mismatch(state: dict[str, Tensor], arch: str) -> tuple[str, list[str]] | None:
-    """How a state dict differs from torchvision's ``arch``, or None if it fits.
-
-    Any number of classes and of input channels fits (the head and the stem follow the
-    weights); learned diffusion parameters (``".diffusion."``) are not compared.
-
-    Returns:
-        A description naming the stages of the missing, unexpected and differently shaped
-        keys, and the architectures of ``TORCHVISION_ARCHS`` the state dict does fit.
-    """
-    got = {k: tuple(v.shape) for k, v in state.items() if ".diffusion." not in k}
-    ref = _reference(arch, state)
-    missing = [k for k in ref if k not in got]
-    unexpected = [k for k in got if k not in ref]
-    shaped = [k for k in ref if k in got and got[k] != ref[k]]
-    if not (missing or unexpected or shaped):
-        return None
-    what = []
-    if missing:
-        what.append(f"{len(missing)} missing keys in {_stages(missing)} (e.g. {missing[0]})")
-    if unexpected:
-        what.append(f"{len(unexpected)} unexpected keys in {_stages(unexpected)} (e.g. {unexpected[0]})")
-    if shaped:
-        k = shaped[0]
-        what.append(
-            f"{len(shaped)} keys of other shapes in {_stages(shaped)} "
-            f"(e.g. {k}: {list(got[k])} in the file, {list(ref[k])} in {arch})"
-        )
-    fits = [a for a in TORCHVISION_ARCHS if a != arch and _reference(a, state) == got]
-    return "; ".join(what), fits
 
 
 def _is_weights_file(weights: Weights) -> bool:

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .models import ODEResNet, checksum_problem, read_weights, state_checksum, weights_mismatch
+from .models import ODEResNet
 from .validate import check_count, check_seed
+from .weights import checksum_problem, read_weights, state_checksum, weights_mismatch
 
 __all__ = ["CheckpointDamaged", "evaluate", "load_checkpoint", "load_weights", "save_checkpoint", "train"]
 
@@ -50,7 +51,7 @@ def save_checkpoint(path: str | os.PathLike, **content) -> None:
     """Write ``content`` (tensors, state dicts, numbers, strings) atomically to ``path``.
 
     The file also holds ``"checksum"``, a SHA-256 of the content
-    (``neuralsde.models.state_checksum``), which
+    ([`state_checksum`][neuralsde.weights.state_checksum]), which
     [`load_checkpoint`][neuralsde.train.load_checkpoint] verifies.
     """
     content = {k: v for k, v in content.items() if k != "checksum"}
@@ -90,7 +91,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     The file may hold a plain state dict (e.g. torchvision's ``resnet50-*.pth``, which
     an ODE/SDE twin loads unchanged) or a checkpoint of [`train`][neuralsde.train.train]
     (its ``"model"``): the files ``ODEResNet(arch, weights=path)`` takes
-    (``neuralsde.models.read_weights``).
+    ([`read_weights`][neuralsde.weights.read_weights]).
 
     Raises:
         ValueError: naming the file, if it does not exist, holds no state dict (a

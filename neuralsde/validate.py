@@ -21,7 +21,7 @@ __all__ = ["MAX_SEED", "check_count", "check_positive", "check_seed"]
 MAX_SEED = 2**63 - 1
 
 
-def check_seed(value, name: str = "seed", *, optional: bool = False) -> int | None:
+def check_seed(value: object, name: str = "seed", *, optional: bool = False) -> int | None:
     """``value`` as a Python int, if it is a valid seed.
 
     Args:
@@ -47,7 +47,7 @@ def check_seed(value, name: str = "seed", *, optional: bool = False) -> int | No
     return seed
 
 
-def check_count(value, name: str, minimum: int = 1) -> int:
+def check_count(value: object, name: str, minimum: int = 1) -> int:
     """``value`` as a Python int, if it is an integer >= ``minimum`` (an integral float such as 2.0 too).
 
     Raises:
@@ -63,7 +63,7 @@ def check_count(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_positive(value, name: str) -> float:
+def check_positive(value: object, name: str) -> float:
     """``value`` as a float, if it is a finite number > 0.
 
     Raises:
@@ -76,7 +76,7 @@ def check_positive(value, name: str) -> float:
     return float(value)
 
 
-def _scalar(value):
+def _scalar(value: object) -> object:
     """A 0-d real tensor as a Python number (anything else as it came)."""
     if torch.is_tensor(value) and value.dim() == 0 and value.dtype != torch.bool and not value.is_complex():
         return value.item()

@@ -12,8 +12,8 @@ from torch.utils.data import Subset
 
 from neuralsde import ODEResNet, SDEResNet
 from neuralsde.data import digits
-from neuralsde.models import state_checksum
 from neuralsde.train import CheckpointDamaged, evaluate, load_checkpoint, load_weights, train
+from neuralsde.weights import state_checksum
 
 
 def tiny(cls=SDEResNet, **kw):
