@@ -142,3 +142,16 @@ def test_publish_of_a_file_that_is_not_a_record_is_one_line(tmp_path, capsys, co
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "docs").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--budget", "-5"], "--budget must be a positive number of seconds, got -5.0"),
+     (["--device", "tpu"], "--device 'tpu' is not a device; use cpu, cuda or cuda:N"),
+     (["--device", "meta"], "--device meta: only cpu and cuda are supported")],
+)  # fmt: skip
+def test_bad_options_end_in_one_line_before_anything_runs(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        gpu.main(["--out", str(tmp_path / "out"), *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
