@@ -19,15 +19,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from .intervals import BlockInterval
+__all__ = ["ActivationPool", "BlockDrift", "Interval", "ResBlock"]
 
-__all__ = ["ActivationPool", "ResBlock"]
+
+class Interval(Protocol):
+    """How a block integrates its time interval (the stage's
+    [BlockInterval][neuralsde.intervals.BlockInterval]): what a block's forward needs of it."""
+
+    def solve(self, block: ResBlock, x: Tensor) -> Tensor:
+        """The state at the interval's end, from ``x`` at its start."""
 
 
 def _inplace_relu() -> nn.Module:
@@ -199,7 +204,7 @@ class ResBlock(nn.Module):
         out += identity  # out is a fresh normalisation output that nothing else keeps
         return acts[-1](out)
 
-    def forward(self, x: Tensor, interval: BlockInterval | None = None) -> Tensor:
+    def forward(self, x: Tensor, interval: Interval | None = None) -> Tensor:
         """The discrete block, or the flow of its drift over its time interval.
 
         A continuous stage calls each of its blocks as a module, ``block(x,
@@ -217,6 +222,7 @@ class ResBlock(nn.Module):
             The block's output, or the state at the end of its interval; shape
             ``(B, C', H', W')``.
         """
+        self.acts.reset()  # every forward pass takes its activation modules from the first set
         if interval is None:
             return self.apply_block(x, self.acts.take())
         return interval.solve(self, x)
@@ -250,3 +256,25 @@ class ResBlock(nn.Module):
         out = self.apply_block(x, self.acts.take())
         # A step computed as the difference of two grid points can miss h by an ulp.
         return out if math.isclose(fraction, 1.0, rel_tol=1e-12) else torch.lerp(x, out, fraction)
+
+
+class BlockDrift:
+    """The drift ``(block(x) - x) / h`` of one block's interval, with the block's own Euler step.
+
+    What [`integrate`][neuralsde.solvers.integrate] is given as the drift of a block
+    interval: a callable ``(t, y)`` and, for Euler and Euler–Maruyama, ``euler_step``
+    (see [`ResBlock.step`][neuralsde.blocks.ResBlock.step]).
+
+    Args:
+        block: the block.
+        h: the length of the time interval the block owns.
+    """
+
+    def __init__(self, block: ResBlock, h: float):
+        self.block, self.h = block, h
+
+    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.block.velocity(y, self.h)
+
+    def euler_step(self, t: Tensor, y: Tensor, dt: float) -> Tensor:
+        return self.block.step(y, dt / self.h)

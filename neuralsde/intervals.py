@@ -21,17 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from .blocks import BlockDrift, ResBlock
 from .brownian import GridBrownian
 from .solvers import SolverStats, integrate, is_adaptive
 from .stepping import step_count, step_grid
-
-if TYPE_CHECKING:
-    from .blocks import ResBlock
 
 __all__ = ["NOISE_OFF_METHOD", "BlockInterval", "ZeroDiffusion", "path_seed"]
 
@@ -54,19 +51,6 @@ class ZeroDiffusion(nn.Module):
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         return x.new_zeros(()).expand_as(x)
-
-
-class _BlockDrift:
-    """The drift of one block's interval, with the block's own Euler step."""
-
-    def __init__(self, block: ResBlock, h: float):
-        self.block, self.h = block, h
-
-    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.block.velocity(y, self.h)
-
-    def euler_step(self, t: Tensor, y: Tensor, dt: float) -> Tensor:
-        return self.block.step(y, dt / self.h)
 
 
 def path_seed(seed: int, stage: int, block: int) -> int:
@@ -151,14 +135,13 @@ class BlockInterval:
             The state at ``t1``, same shape. Its finiteness is not checked here: the
             stage checks every block's output once per forward pass.
         """
-        block.acts.reset()
         bm = None
         if self.diffusion is not None and self.path_seed is not None:
             bm = self._fixed_path(x)
         recording = self.recording is not None and self.adaptive and is_adaptive(self.method)
         stats = SolverStats(times=[]) if recording else self.stats
         x1 = integrate(
-            _BlockDrift(block, self.h),
+            BlockDrift(block, self.h),
             x,
             self.ts,
             diffusion=self.diffusion,

@@ -449,7 +449,6 @@ class DiscreteResNet(nn.Module):
         x = m.stem(x)
         for stage in m.stages:
             for block in stage.blocks:
-                block.acts.reset()
                 x = block(x)
         return m.fc(torch.flatten(m.avgpool(x), 1))
 

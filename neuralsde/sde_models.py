@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .diffusion import DIFFUSIONS, Diffusion, make_diffusion
 from .models import ODEResNet
@@ -147,7 +147,7 @@ class SDEResNet(ODEResNet):
         if self.eval_samples == 0:
             self._set_path(self.path_seed is not None, self.path_seed)
             return super().forward(x)
-        if any(m._forward_hooks or m._forward_pre_hooks for m in self.stages[0].modules()):
+        if any(_hooked(m) for m in self.modules()):
             raise ValueError(
                 "Monte-Carlo prediction (eval_samples > 0) runs every layer several times per forward pass, "
                 "which hook-based attributions cannot follow; set eval_samples=0 and average attributions "
@@ -164,3 +164,10 @@ class SDEResNet(ODEResNet):
             f"{super().extra_repr()}, diffusion={self.diffusion!r}, sigma={self.sigma}, "
             f"eval_samples={self.eval_samples}, path_seed={self.path_seed}"
         )
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a hook is registered on ``module`` (forward, forward pre-, backward or backward pre-hook)."""
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    )

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -39,7 +38,7 @@ from torch import Tensor
 
 from . import _backends
 from .brownian import GridBrownian
-from .stepping import EulerStep, fixed_grid, step_count, step_grid
+from .stepping import EulerStep, SolverStats, fixed_grid, step_count, step_grid
 from .validate import check_positive
 
 __all__ = [
@@ -96,42 +95,6 @@ class SolverError(RuntimeError):
     def in_stage(self, stage: str) -> SolverError:
         """Return the same error, naming the model stage it happened in."""
         return SolverError(self.reason, method=self.method, time=self.time, stage=stage)
-
-
-@dataclass
-class SolverStats:
-    """Counts of the work done by one or more solves.
-
-    Attributes:
-        method: the method of the last solve counted.
-        steps: accepted steps.
-        rejected: rejected steps (adaptive ODE methods only).
-        nfe: drift evaluations.
-        nfe_diffusion: diffusion evaluations (SDE only).
-        times: if a list, the end time of every accepted step of an adaptive ODE
-            method is appended to it (the grid the method chose).
-    """
-
-    method: str = ""
-    steps: int = 0
-    rejected: int = 0
-    nfe: int = 0
-    nfe_diffusion: int = 0
-    times: list[float] | None = None
-
-    def reset(self) -> None:
-        """Set every count back to zero."""
-        self.steps = self.rejected = self.nfe = self.nfe_diffusion = 0
-
-    def add(self, other: SolverStats) -> None:
-        """Add another record's counts (and recorded times) to this one."""
-        self.method = other.method
-        self.steps += other.steps
-        self.rejected += other.rejected
-        self.nfe += other.nfe
-        self.nfe_diffusion += other.nfe_diffusion
-        if self.times is not None and other.times is not None:
-            self.times.extend(other.times)
 
 
 def is_adaptive(method: str) -> bool:

@@ -345,7 +345,6 @@ class ContinuousStage(nn.Module):
         ``stage(x) == stage.flow(stage.transition(x))``.
         """
         for block in self.blocks[: self._split()]:
-            block.acts.reset()
             x = block(x)
         return x
 

@@ -15,15 +15,49 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from .solvers import SolverStats
+__all__ = ["EulerStep", "SolverStats", "Stepper", "fixed_grid", "step_count", "step_grid", "time_dtype"]
 
-__all__ = ["EulerStep", "Stepper", "fixed_grid", "step_count", "step_grid", "time_dtype"]
+
+@dataclass
+class SolverStats:
+    """Counts of the work done by one or more solves.
+
+    Attributes:
+        method: the method of the last solve counted.
+        steps: accepted steps.
+        rejected: rejected steps (adaptive ODE methods only).
+        nfe: drift evaluations.
+        nfe_diffusion: diffusion evaluations (SDE only).
+        times: if a list, the end time of every accepted step of an adaptive ODE
+            method is appended to it (the grid the method chose).
+    """
+
+    method: str = ""
+    steps: int = 0
+    rejected: int = 0
+    nfe: int = 0
+    nfe_diffusion: int = 0
+    times: list[float] | None = None
+
+    def reset(self) -> None:
+        """Set every count back to zero."""
+        self.steps = self.rejected = self.nfe = self.nfe_diffusion = 0
+
+    def add(self, other: SolverStats) -> None:
+        """Add another record's counts (and recorded times) to this one."""
+        self.method = other.method
+        self.steps += other.steps
+        self.rejected += other.rejected
+        self.nfe += other.nfe
+        self.nfe_diffusion += other.nfe_diffusion
+        if self.times is not None and other.times is not None:
+            self.times.extend(other.times)
 
 
 def step_grid(ts: Sequence[float], dt: float | None) -> list[float]:

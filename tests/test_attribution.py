@@ -466,3 +466,24 @@ def test_the_seed_covers_the_methods_own_draws_and_restores_the_callers(method):
     np.random.seed(999)
     assert torch.equal(attribute(model, x, method, target=1, seed=4, **kwargs).attribution, a)
     assert not torch.equal(attribute(model, x, method, target=1, seed=5, **kwargs).attribution, a)
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_monte_carlo_prediction_refuses_hooks_on_any_layer(where):
+    """K noisy passes per forward: a layer method's hook would see the last pass only.
+
+    Before, the guard looked at the first stage only: LayerGradCam on the last stage's
+    last block returned a map from the last of the K passes' activations, silently.
+    """
+    model = tiny(SDEResNet, sigma=0.5)
+    model.set_noise(eval_samples=3)
+    layer = model.stages[0][-1] if where == "first" else model.stages[-1][-1]
+    with pytest.raises(ValueError, match="Monte-Carlo prediction"):
+        LayerGradCam(model, layer).attribute(images(), target=1)
+    handle = model.fc.register_full_backward_hook(lambda *args: None)
+    try:
+        with pytest.raises(ValueError, match="Monte-Carlo prediction"):
+            model(images())
+    finally:
+        handle.remove()
+    assert model(images()).shape == (2, 5)  # no hook: K paths averaged
