@@ -17,9 +17,15 @@ private name                                   used for
 ``torchsde._core.methods.select``              the stepper class of each SDE method
 =============================================  ===========================================
 
-``brownian_span`` also reads the instance attributes ``_start``, ``_end`` and
-``_interval`` of torchsde's Brownian objects, to check that a path covers a solve; where
-they are missing it checks nothing.
+Besides these module-level names it uses three private attributes:
+
+* ``_step_func``, the one-step method of torchdiffeq's fixed-grid solver classes (and of
+  ``_TableauStep`` here, which mimics it), which ``ODEStepper`` calls;
+* ``Tensor._version``, torch's in-place version counter, with which the evaluation memo
+  of the torchsde steppers tells a state changed in place from an unchanged one;
+* the instance attributes ``_start``, ``_end`` and ``_interval`` of torchsde's Brownian
+  objects, which ``brownian_span`` reads to check that a path covers a solve; where they
+  are missing it checks nothing.
 
 Tested with torchdiffeq 0.2.5 and torchsde 0.2.6 (``pyproject.toml`` keeps both
 below their next minor versions). The names are imported on first use, not when

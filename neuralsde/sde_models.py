@@ -112,8 +112,10 @@ class SDEResNet(ODEResNet):
         samples = self.eval_samples if eval_samples is None else eval_samples
         seed = self.path_seed if path_seed is SDEResNet._KEEP else check_seed(path_seed, "path_seed", optional=True)
         samples = check_count(samples, "eval_samples", 0)
-        fresh = [make_diffusion(kind, new_sigma, s.blocks[-1].out_channels) for s in self.stages]
+        make_diffusion(kind, new_sigma, channels=1)  # validates kind and sigma before anything changes
         if kind != self.diffusion:
+            # Built before any stage changes: a kind the solver cannot take changes nothing.
+            fresh = [make_diffusion(kind, new_sigma, s.blocks[-1].out_channels) for s in self.stages]
             for stage, new in zip(self.stages, fresh):
                 stage.set_diffusion(new)
         else:

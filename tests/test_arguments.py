@@ -248,3 +248,25 @@ def test_training_and_benchmark_seeds_follow_the_same_rule(capsys):
             parse_args(argv)
         err = capsys.readouterr().err
         assert "must be integers in [0, 2**63)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_set_noise_builds_no_stage_diffusion_when_the_kind_is_unchanged(monkeypatch):
+    """attribute() calls set_noise twice per call: it must not rebuild every stage's diffusion.
+
+    Only a one-channel diffusion is built, to validate the kind and sigma before anything
+    changes; the stages keep their modules (a learned diffusion keeps its parameters).
+    """
+    import neuralsde.sde_models as sde_models
+
+    model = small_sde(sigma=0.5)
+    kept = [stage.diffusion for stage in model.stages]
+    channels = []
+    real = sde_models.make_diffusion
+    monkeypatch.setattr(sde_models, "make_diffusion", lambda *a, **k: channels.append(a[2:] or k) or real(*a, **k))
+    model.set_noise(sigma=0.25, eval_samples=2)
+    attribute(model, images(), "saliency", target=1)
+    assert [stage.diffusion for stage in model.stages] == kept and kept[0].sigma == 0.25
+    assert all(c == {"channels": 1} for c in channels), channels
+    with pytest.raises(ValueError, match="sigma"):
+        model.set_noise(sigma=-1.0)
+    assert model.sigma == 0.25
