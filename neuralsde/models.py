@@ -21,10 +21,8 @@ constructors take them (torchvision downloads them on first use), or from a loca
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -35,16 +33,12 @@ from .diffusion import Diffusion
 from .parts import TORCHVISION_ARCHS, ResNetParts, Weights
 from .solvers import SolverStats, is_adaptive
 from .stage import ContinuousStage
-from .weights import checksum_problem, read_weights, state_checksum, weights_mismatch
+from .weights import is_weights_file, parts_from_file
 
 __all__ = [
     "DiscreteResNet",
     "ODEResNet",
     "TORCHVISION_ARCHS",
-    "checksum_problem",
-    "read_weights",
-    "state_checksum",
-    "weights_mismatch",
 ]
 
 _Model = TypeVar("_Model", bound="ODEResNet")
@@ -108,8 +102,8 @@ class ODEResNet(nn.Module):
         if _parts is not None:
             parts = _parts
         else:
-            if _is_weights_file(weights):
-                parts, extra = _parts_from_file(arch, weights)
+            if is_weights_file(weights):
+                parts, extra = parts_from_file(arch, weights)
             else:
                 parts = ResNetParts.named(arch, weights=weights, progress=progress)
             parts.adapt(num_classes=num_classes, in_channels=in_channels)
@@ -451,28 +445,3 @@ class DiscreteResNet(nn.Module):
             for block in stage.blocks:
                 x = block(x)
         return m.fc(torch.flatten(m.avgpool(x), 1))
-
-
-def _is_weights_file(weights: Weights) -> bool:
-    return isinstance(weights, os.PathLike) or (isinstance(weights, str) and Path(weights).is_file())
-
-
-def _parts_from_file(arch: str, path: str | os.PathLike) -> tuple[ResNetParts, dict[str, Tensor]]:
-    """torchvision's ``arch`` with a weights file's weights; also the file's diffusion parameters."""
-    if arch not in TORCHVISION_ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; valid architectures: {', '.join(TORCHVISION_ARCHS)}")
-    state = read_weights(path)
-    mismatch = weights_mismatch(state, arch)
-    if mismatch is not None:
-        what, fits = mismatch
-        hint = f"; it fits {' or '.join(fits)}: pass that architecture" if fits else ""
-        raise ValueError(f"the state dict in {os.fspath(path)} does not fit {arch}: {what}{hint}")
-    model = torchvision.models.get_model(arch, weights=None, num_classes=int(state["fc.weight"].shape[0]))
-    channels = int(state["conv1.weight"].shape[1])
-    if channels != model.conv1.in_channels:
-        old = model.conv1
-        model.conv1 = nn.Conv2d(
-            channels, old.out_channels, old.kernel_size, stride=old.stride, padding=old.padding, bias=False
-        )
-    model.load_state_dict({k: v for k, v in state.items() if ".diffusion." not in k})
-    return ResNetParts.from_torchvision(model, arch), {k: v for k, v in state.items() if ".diffusion." in k}

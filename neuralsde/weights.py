@@ -19,11 +19,18 @@ from pathlib import Path
 
 import torch
 import torchvision
-from torch import Tensor
+from torch import Tensor, nn
 
-from .parts import TORCHVISION_ARCHS
+from .parts import TORCHVISION_ARCHS, ResNetParts, Weights
 
-__all__ = ["checksum_problem", "read_weights", "state_checksum", "weights_mismatch"]
+__all__ = [
+    "checksum_problem",
+    "is_weights_file",
+    "parts_from_file",
+    "read_weights",
+    "state_checksum",
+    "weights_mismatch",
+]
 
 
 #: What a weights file must hold, for messages.
@@ -168,3 +175,28 @@ def weights_mismatch(state: dict[str, Tensor], arch: str) -> tuple[str, list[str
         )
     fits = [a for a in TORCHVISION_ARCHS if a != arch and _reference(a, state) == got]
     return "; ".join(what), fits
+
+
+def is_weights_file(weights: Weights) -> bool:
+    return isinstance(weights, os.PathLike) or (isinstance(weights, str) and Path(weights).is_file())
+
+
+def parts_from_file(arch: str, path: str | os.PathLike) -> tuple[ResNetParts, dict[str, Tensor]]:
+    """torchvision's ``arch`` with a weights file's weights; also the file's diffusion parameters."""
+    if arch not in TORCHVISION_ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; valid architectures: {', '.join(TORCHVISION_ARCHS)}")
+    state = read_weights(path)
+    mismatch = weights_mismatch(state, arch)
+    if mismatch is not None:
+        what, fits = mismatch
+        hint = f"; it fits {' or '.join(fits)}: pass that architecture" if fits else ""
+        raise ValueError(f"the state dict in {os.fspath(path)} does not fit {arch}: {what}{hint}")
+    model = torchvision.models.get_model(arch, weights=None, num_classes=int(state["fc.weight"].shape[0]))
+    channels = int(state["conv1.weight"].shape[1])
+    if channels != model.conv1.in_channels:
+        old = model.conv1
+        model.conv1 = nn.Conv2d(
+            channels, old.out_channels, old.kernel_size, stride=old.stride, padding=old.padding, bias=False
+        )
+    model.load_state_dict({k: v for k, v in state.items() if ".diffusion." not in k})
+    return ResNetParts.from_torchvision(model, arch), {k: v for k, v in state.items() if ".diffusion." in k}
