@@ -32,3 +32,20 @@ def compiled_equals_eager(model, x, mode, backend="inductor"):
     if mode == "train":
         out.sum().backward()  # the compiled backward runs
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def assert_no_import_circle(graph: dict[str, set[str]]) -> None:
+    """Fail with the circle's path if the import graph ``module -> modules it imports`` has one."""
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            raise AssertionError("import circle: " + " -> ".join([*path[path.index(module) :], module]))
+        if module in done:
+            return
+        for other in sorted(graph[module]):
+            visit(other, [*path, module])
+        done.add(module)
+
+    for module in graph:
+        visit(module, [])

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import assert_no_import_circle
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "benchmarks"
@@ -76,18 +77,6 @@ def test_no_module_but_the_entry_point_imports_it():
 
 def test_the_imports_form_no_circle():
     graph = {m: _imported(m) for m in MODULES}
-    done: set[str] = set()
-
-    def visit(module: str, path: list[str]) -> None:
-        if module in path:
-            raise AssertionError("import circle: " + " -> ".join([*path[path.index(module) :], module]))
-        if module in done:
-            return
-        for other in sorted(graph[module]):
-            visit(other, [*path, module])
-        done.add(module)
-
-    for module in MODULES:
-        visit(module, [])
+    assert_no_import_circle(graph)
     # The pipeline runs whatever parts it is handed; it imports none of them.
     assert graph["pipeline"] <= {"common", "config", "store", "train"}

@@ -8,6 +8,8 @@ the ones below them.
 import ast
 from pathlib import Path
 
+from helpers import assert_no_import_circle
+
 PACKAGE = Path(__file__).resolve().parents[1] / "neuralsde"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 
@@ -37,17 +39,4 @@ def test_the_modules_are_found():
 
 
 def test_the_library_has_no_import_circle():
-    graph = {m: imported(m) for m in MODULES}
-    done: set[str] = set()
-
-    def visit(module: str, path: list[str]) -> None:
-        if module in path:
-            raise AssertionError("import circle: " + " -> ".join([*path[path.index(module) :], module]))
-        if module in done:
-            return
-        for other in sorted(graph[module]):
-            visit(other, [*path, module])
-        done.add(module)
-
-    for module in MODULES:
-        visit(module, [])
+    assert_no_import_circle({m: imported(m) for m in MODULES})
