@@ -37,6 +37,8 @@ import torchsde
 from torch import Tensor
 
 from . import _backends
+from .adaptive import StepSizeUnderflow
+from .adaptive import odeint as _adaptive_odeint
 from .brownian import GridBrownian
 from .stepping import EulerStep, SolverStats, fixed_grid, step_count, step_grid
 from .validate import check_positive
@@ -313,9 +315,9 @@ def integrate(
 def _odeint(drift, y0, times, grid, method, dt, rtol, atol, adjoint, adjoint_params, stats, options) -> list[Tensor]:
     adaptive = is_adaptive(method)
     try:
-        return _backends.odeint(
+        return _adaptive_odeint(
             drift, y0, times, None if adaptive else grid, method=method, dt=dt, rtol=rtol, atol=atol,
             adjoint=adjoint, adjoint_params=adjoint_params, stats=stats, options=options, adaptive=adaptive,
         )  # fmt: skip
-    except _backends.StepSizeUnderflow as err:
+    except StepSizeUnderflow as err:
         raise SolverError(f"adaptive step size underflow ({err})", method=method) from err
