@@ -24,7 +24,18 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ActivationPool", "BlockDrift", "Interval", "ResBlock"]
+__all__ = ["ActivationPool", "BlockDrift", "Interval", "ResBlock", "has_hooks"]
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether a hook (forward, forward pre-, backward or backward pre-) is registered on ``module`` or inside it.
+
+    The one scan every hook check of the library uses: an attribution method's hooks
+    may sit on any submodule, and Captum's layer methods register backward hooks too.
+    """
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in module.modules()
+    )
 
 
 class Interval(Protocol):
@@ -77,7 +88,7 @@ class ActivationPool(nn.Module):
 
     def hooked(self) -> bool:
         """Whether hooks (an attribution method's) are registered on the pool's modules."""
-        return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in self.sets.modules())
+        return has_hooks(self.sets)
 
     def take(self) -> nn.ModuleList:
         """The next set of ``per_call`` activation modules.

@@ -38,11 +38,10 @@ class _Mode:
 
     def __enter__(self):
         self.saved = (self.stage.noise, self.stage.path_seed)
-        self.stage.noise = self.path_seed is not None
-        self.stage.path_seed = self.path_seed
+        self.stage.set_noise_mode(self.path_seed is not None, self.path_seed)
 
     def __exit__(self, *exc):
-        self.stage.noise, self.stage.path_seed = self.saved
+        self.stage.set_noise_mode(*self.saved)
 
 
 def _empty(x: Tensor, blocks: int, steps: int, pathwise: bool) -> dict[str, Tensor]:
@@ -141,7 +140,7 @@ def local_bound(
         raise ValueError(f"stage must be a neuralsde ContinuousStage, got {type(stage).__name__}{hint}")
     if stage.training:
         raise ValueError("local_bound needs the stage in eval mode (BatchNorm in training mode couples the images)")
-    blocks = stage._continuous_blocks()
+    blocks = stage.continuous_blocks
     if not blocks:
         raise ValueError(f"stage {stage.name!r} has no continuous blocks")
     if not torch.is_tensor(x):

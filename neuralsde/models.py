@@ -29,6 +29,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from .blocks import has_hooks
 from .diffusion import Diffusion
 from .parts import TORCHVISION_ARCHS, ResNetParts, Weights
 from .solvers import SolverStats, is_adaptive
@@ -319,7 +320,7 @@ class ODEResNet(nn.Module):
         """Whether gradients of this pass are wanted for the input or hooked modules."""
         if x.requires_grad:
             return True
-        return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in self.modules())
+        return has_hooks(self)
 
     def _choose_backprop(self, x: Tensor) -> None:
         """With adjoint=True, back-propagate directly while attributions are computed.

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from .blocks import has_hooks
 from .diffusion import DIFFUSIONS, Diffusion, make_diffusion
 from .models import ODEResNet
 from .validate import check_count, check_seed
@@ -128,8 +129,7 @@ class SDEResNet(ODEResNet):
 
     def _set_path(self, noise: bool, seed: int | None) -> None:
         for stage in self.stages:
-            stage.noise = noise
-            stage.path_seed = seed
+            stage.set_noise_mode(noise, seed)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, num_classes)`` for images ``(B, in_channels, H, W)``.
@@ -149,7 +149,7 @@ class SDEResNet(ODEResNet):
         if self.eval_samples == 0:
             self._set_path(self.path_seed is not None, self.path_seed)
             return super().forward(x)
-        if any(_hooked(m) for m in self.modules()):
+        if has_hooks(self):
             raise ValueError(
                 "Monte-Carlo prediction (eval_samples > 0) runs every layer several times per forward pass, "
                 "which hook-based attributions cannot follow; set eval_samples=0 and average attributions "
@@ -166,10 +166,3 @@ class SDEResNet(ODEResNet):
             f"{super().extra_repr()}, diffusion={self.diffusion!r}, sigma={self.sigma}, "
             f"eval_samples={self.eval_samples}, path_seed={self.path_seed}"
         )
-
-
-def _hooked(module: nn.Module) -> bool:
-    """Whether a hook is registered on ``module`` (forward, forward pre-, backward or backward pre-hook)."""
-    return bool(
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
-    )

@@ -225,8 +225,25 @@ class ContinuousStage(nn.Module):
         self.reserve_activations()
 
     # -- how each block interval is solved ---------------------------------------------
-    def _continuous_blocks(self) -> list[ResBlock]:
-        return [b for b, c in zip(self.blocks, self.continuous) if c]
+    @property
+    def continuous_blocks(self) -> list[ResBlock]:
+        """The blocks that are time steps, in order (the last ``num_continuous`` blocks)."""
+        return list(self.blocks[self._split() :])
+
+    @property
+    def transition_blocks(self) -> list[ResBlock]:
+        """The discrete, shape-changing blocks in front of the continuous dynamics."""
+        return list(self.blocks[: self._split()])
+
+    def set_noise_mode(self, noise: bool, path_seed: int | None = None) -> None:
+        """Switch the SDE noise on or off for the next forward passes, along fresh paths or one fixed path.
+
+        Args:
+            noise: whether the noise is on (ignored by a stage without diffusion).
+            path_seed: the seed of a fixed Brownian path, or None for fresh paths.
+        """
+        self.noise = bool(noise)
+        self.path_seed = path_seed
 
     def interval(self, k: int, noise: bool | None = None) -> BlockInterval:
         """How continuous block ``k`` integrates its interval ``[k h, (k + 1) h]``.
@@ -326,7 +343,7 @@ class ContinuousStage(nn.Module):
         Returns:
             dX/dt, shape ``(B, C, H, W)``.
         """
-        blocks = self._continuous_blocks()
+        blocks = self.continuous_blocks
         if not blocks:
             raise ValueError(f"stage {self.name!r} has no continuous blocks")
         k = min(int(float(t) / self.h), len(blocks) - 1)
@@ -344,7 +361,7 @@ class ContinuousStage(nn.Module):
 
         ``stage(x) == stage.flow(stage.transition(x))``.
         """
-        for block in self.blocks[: self._split()]:
+        for block in self.transition_blocks:
             x = block(x)
         return x
 
@@ -371,7 +388,7 @@ class ContinuousStage(nn.Module):
         noise = self.is_sde and self.noise
         track = not _compiling()
         self._finite = []
-        for k, block in enumerate(self.blocks[self._split() :]):
+        for k, block in enumerate(self.continuous_blocks):
             try:
                 x = block(x, interval=self.interval(k, noise))
             except SolverError as err:

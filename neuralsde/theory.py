@@ -138,7 +138,7 @@ def stage_bound(stage: ContinuousStage, input_shape: tuple[int, ...]) -> dict:
         ``bound`` = ``exp(sum C_k h)``, ``bound_max_C`` = ``exp(max C * T)`` and
         ``bound_onesided`` = ``exp(sum L_k)``.
     """
-    blocks = stage.blocks[stage._split() :]
+    blocks = stage.continuous_blocks
     h, T = stage.h, stage.horizon
     L, convs = [], []
     for block in blocks:

@@ -40,3 +40,38 @@ def test_the_modules_are_found():
 
 def test_the_library_has_no_import_circle():
     assert_no_import_circle({m: imported(m) for m in MODULES})
+
+
+def test_no_module_reaches_into_a_stage_private_state():
+    """Other modules use the stage's public doors: ``continuous_blocks``, ``set_noise_mode``, ``has_hooks``."""
+    private = ("._split(", "._continuous_blocks(", "stage.noise =", "stage.path_seed =", "._forward_hooks")
+    for module in MODULES:
+        if module in ("stage", "blocks"):
+            continue
+        text = (PACKAGE / f"{module}.py").read_text()
+        assert not [p for p in private if p in text], module
+
+
+def test_the_stage_doors_do_what_they_say():
+    import torch
+    from torch import nn
+
+    from neuralsde import ODEResNet
+    from neuralsde.blocks import has_hooks
+
+    model = ODEResNet.small(in_channels=1, widths=(4, 8), blocks=2, num_classes=3)
+    stage = model.stages[1]  # a stride-2 transition block, then one continuous block
+    assert stage.transition_blocks + stage.continuous_blocks == list(stage.blocks)
+    assert len(stage.continuous_blocks) == stage.num_continuous == 1
+    stage.set_noise_mode(True, 7)
+    assert (stage.noise, stage.path_seed) == (True, 7)
+    # Every kind of hook, registered deep inside the model, is found by the one scan.
+    for register in ("register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook"):
+        assert not has_hooks(model)
+        handle = getattr(stage.continuous_blocks[0].conv1, register)(lambda *args: None)
+        assert has_hooks(model) and has_hooks(stage) and not has_hooks(model.stages[0])
+        handle.remove()
+    handle = stage.continuous_blocks[0].register_full_backward_pre_hook(lambda *args: None)
+    assert has_hooks(model)
+    handle.remove()
+    assert not has_hooks(nn.Sequential(nn.ReLU())) and torch.is_tensor(model(torch.rand(2, 1, 8, 8)))
