@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import statistics
@@ -270,17 +269,3 @@ class GpuMonitor:
             "gpu_utilisation_max": max(self.samples),
             "samples": len(self.samples),
         }
-
-
-def number(x, digits: int = 4, *, small: float = 1e-3) -> str:
-    """A number for a report table: fixed digits, scientific from 1e4 and below ``small``, "–" if undefined."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    if isinstance(x, float) and (abs(x) >= 1e4 or (x != 0 and abs(x) < small)):
-        return f"{x:.2e}"
-    return f"{x:.{digits}f}"
-
-
-def percent(x) -> str:
-    """A relative change for a report table, e.g. "+4.1%"; "–" if undefined."""
-    return f"{100 * x:+.1f}%" if x is not None and math.isfinite(x) else "–"

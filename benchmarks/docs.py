@@ -20,41 +20,16 @@ import sys
 from pathlib import Path
 
 from .common import atomic_write_text
-from .config import METHOD_TITLES
-from .explain_report import explain_conclusion, section_explains
-from .paper import PAPER_SENSITIVITY
-from .tables import (
-    section_completeness,
-    section_localisation,
-    section_networks,
-    section_noise_sweep,
-    section_robustness,
-    section_sensitivity,
-    section_theorem1,
-    section_verdicts,
-)
+from .report import SECTIONS
+from .report import verdicts as verdict_table
 
 __all__ = ["PAGES", "render_pages"]
 
 TEMPLATES = Path(__file__).with_name("doc_templates")
 PAGES = ("theorem1", "completeness", "sensitivity", "noise", "explains")
-VERDICTS = ("holds", "fails", "depends")
-SECTIONS = {
-    "verdicts": section_verdicts,
-    "networks": section_networks,
-    "sensitivity": section_sensitivity,
-    "robustness": section_robustness,
-    "localisation": section_localisation,
-    "theorem1": section_theorem1,
-    "completeness": section_completeness,
-    "noise_sweep": section_noise_sweep,
-    "explains": section_explains,
-}
-PAPER_TABLES = {
-    "resnet50": "Table 1, ResNet-50",
-    "wide_resnet101_2": "Table 2, WideResNet-101-2",
-    "resnext101_32x8d": "Table 3, ResNeXt-101-32x8d",
-}
+#: The page that holds the verdict table of every claim (under "All claims"); each page
+#: opens with the rows of its own claims.
+FULL_TABLE = "sensitivity"
 
 
 def _provenance(results: dict, runs: list[dict]) -> str:
@@ -81,129 +56,22 @@ def _provenance(results: dict, runs: list[dict]) -> str:
     )
 
 
-def _theorem1_summary(results: dict) -> str:
-    rows = [r for rs in results["theorem1"]["per_model"].values() for r in rs]
-    if not rows:
-        return "No Theorem 1 results in this run."
-    held = sum(r["holds"] for r in rows)
-    seeds = len(results["seeds"])
-    verdict = " — every one, as it must."
-    if held < len(rows):
-        verdict = " — **a violation: a bug in the library or the bound.**"
-    full = [x for r in rows for x in r["bound_over_measured"]]
-    onesided = [s["bound_onesided"] / s["measured_max"] for r in rows for s in r["seeds"].values()]
-    return (
-        f"In {held} of {len(rows)} (network, stage) pairs, for each of {seeds} training seeds, the measured "
-        f"amplification stayed below both bounds"
-        + verdict
-        + rf" The bounds are far from tight: Theorem 1's $e^{{\int_0^T C\,dt}}$ exceeds the largest amplification "
-        f"found by a factor between {min(full):.3g} and {max(full):.3g}, and the one-sided bound by "
-        f"{min(onesided):.3g} to {max(onesided):.3g}. The equality at extreme points that step 4 of the proof "
-        "assumes is nowhere near."
-    )
-
-
-def _claim_summary(results: dict) -> str:
-    claim = results["theorem1"]["claim"]
-    if not claim:
-        return ""
-    counts = {"holds": 0, "fails": 0, "depends": 0}
-    for c in claim.values():
-        for stage in c["stages"].values():
-            counts[stage["verdict"]] += 1
-    n = sum(counts.values())
-    return (
-        f"**The paper's conclusion, measured.** Over {n} (SDE network, stage) comparisons with the ODE network, "
-        f"decided over {len(results['seeds'])} training seeds, the SDE-trained network amplified perturbations "
-        f"less (95% CI over seeds below 0) in {counts['holds']}, more in {counts['fails']}, and neither reliably in "
-        f"{counts['depends']}. Where the SDE networks' attributions are less sensitive (see the "
-        f"[sensitivity page](sensitivity.md)), the measured amplification of their residual flows does not "
-        f"explain it the way the proof's last step says."
-    )
-
-
-def _completeness_summary(results: dict) -> str:
-    comp = results["completeness"]
-    if not comp:
-        return "No completeness results in this run."
-    noise_off = [m for s in comp.values() for solver, m in s.items() if "fixed-path" not in solver]
-    worst_dl = max(m["deeplift"]["mean"] for m in noise_off)
-    ig = [m["integrated_gradients"]["mean"] for s in comp.values() for m in s.values()]
-    ig_fine = [m["integrated_gradients_x10"]["mean"] for s in comp.values() for m in s.values()]
-    steps = results["config"]["ig_steps"]
-    return (
-        f"With the noise off, DeepLIFT's mean residual is at most {worst_dl:.2g} over every network, solver and "
-        f"training seed (round-off). Integrated Gradients' residual is {min(ig):.2g} to {max(ig):.2g} with {steps} "
-        f"steps and {min(ig_fine):.2g} to {max(ig_fine):.2g} with {10 * steps}: eq. 9 holds for it only up to its "
-        f"quadrature error."
-    )
-
-
-def _sensitivity_summary(results: dict) -> str:
-    comps = results["sensitivity"]["comparisons"]
-    if not comps:
-        return "No sensitivity results in this run."
-    parts = []
-    for sde, comp in comps.items():
-        by = {v: [METHOD_TITLES.get(m, m) for m, r in comp["methods"].items() if r["verdict"] == v] for v in VERDICTS}
-        text = (
-            f"{sde}: less sensitive than the ODE network for {len(by['holds'])} of {len(comp['methods'])} methods"
-            + (f" ({', '.join(by['holds'])})" if by["holds"] else "")
-        )
-        if by["fails"]:
-            text += f", more sensitive for {', '.join(by['fails'])}"
-        if comp["accuracy_flags"]:
-            text += f" (unequal accuracy in seed(s) {', '.join(map(str, comp['accuracy_flags']))})"
-        parts.append(text)
-    return (
-        f"Over {len(results['seeds'])} training seeds, with the 95% CI of the per-seed relative change — "
-        + "; ".join(parts)
-        + "."
-    )
-
-
-def _sweep_summary(results: dict) -> str:
-    rows = results["noise_sweep"]
-    if len(rows) < 2:
-        return "No noise sweep in this run."
-    acc = [r["test_accuracy"]["mean"] for r in rows]
-    first, last = rows[0], rows[-1]
-    drops = [
-        f"{METHOD_TITLES.get(m, m)} {first['sensitivity'][m]['mean']:.3f} → {last['sensitivity'][m]['mean']:.3f}"
-        for m in first["sensitivity"]
-        if m in last["sensitivity"]
-    ]
-    return (
-        rf"From $\sigma = {first['sigma']:g}$ to $\sigma = {last['sigma']:g}$ the mean test accuracy over seeds ranges "
-        f"over {min(acc):.4f}–{max(acc):.4f}, while the mean max-sensitivity goes {', '.join(drops)}."
-    )
-
-
-def _paper_tables() -> str:
-    lines = ["| architecture | method | ODE | SDE |", "|---|---|---|---|"]
-    for arch, methods in PAPER_SENSITIVITY.items():
-        for method, (ode, sde) in methods.items():
-            lines.append(f"| {PAPER_TABLES[arch]} | {METHOD_TITLES.get(method, method)} | {ode:.4f} | {sde:.4f} |")
-    return "\n".join(lines)
-
-
 def render_pages(results: dict, runs: list[dict]) -> dict[str, str]:
     """Fill every page template; returns page name -> Markdown."""
-    fills = {
-        "provenance": _provenance(results, runs),
-        "theorem1_summary": _theorem1_summary(results),
-        "claim_summary": _claim_summary(results),
-        "completeness_summary": _completeness_summary(results),
-        "sensitivity_summary": _sensitivity_summary(results),
-        "sweep_summary": _sweep_summary(results),
-        "paper_tables": _paper_tables(),
-        "explain_conclusion": explain_conclusion(results),
-    }
+    fills = {"provenance": _provenance(results, runs)}
+    tables = {"verdicts": verdict_table.full}
+    for section in SECTIONS:
+        fills.update({key: make(results) for key, make in section.fills.items()})
+        tables[section.name] = section.tables
+    for page in PAGES:
+        rows = [row for section in SECTIONS if section.page == page for row in section.verdicts(results)]
+        link = "#all-claims" if page == FULL_TABLE else f"{FULL_TABLE}.md#all-claims"
+        fills[f"verdicts:{page}"] = "\n".join(verdict_table.page_rows(rows, results, link))
 
     def fill(match: re.Match) -> str:
         key = match.group(1)
         if key.startswith("section:"):
-            return "\n".join(SECTIONS[key.split(":", 1)[1]](results)).strip()
+            return "\n".join(tables[key.split(":", 1)[1]](results)).strip()
         return fills[key]
 
     pages = {}

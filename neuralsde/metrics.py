@@ -1,4 +1,4 @@
-"""Robustness metrics of attributions, and the statistics to compare them.
+"""Robustness metrics of attributions.
 
 * [`sensitivity`][neuralsde.metrics.sensitivity]: Captum's max-sensitivity (Yeh et al., NeurIPS 2019), the metric of
   the paper's Tables 1-3: ``max over ||d||_inf <= r of ||A(x + d) - A(x)|| / ||A(x)||``,
@@ -11,14 +11,12 @@
   for the perturbation that moves the most attribution mass out of the original top-k
   pixels while the predicted label stays.
 * [`localisation`][neuralsde.metrics.localisation]: the fraction of attribution mass inside a ground-truth mask.
-* [`mean_ci`][neuralsde.metrics.mean_ci] and [`paired_test`][neuralsde.metrics.paired_test] for the tables.
 
 An *importance map* is ``sum over channels of |A|``, one number per pixel.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -28,8 +26,6 @@ __all__ = [
     "importance",
     "kendall_tau",
     "localisation",
-    "mean_ci",
-    "paired_test",
     "sensitivity",
     "smooth_relu",
     "topk_attack",
@@ -236,50 +232,3 @@ def topk_attack(
             keep = model(candidate).argmax(dim=1) == label
         x = torch.where(keep.view(-1, *([1] * (x.dim() - 1))), candidate, x).detach()
     return x
-
-
-def mean_ci(values, level: float = 0.95) -> dict:
-    """Mean with a Student-t confidence interval.
-
-    Returns:
-        ``{"mean", "low", "high", "sd", "n"}`` (low = high = mean for n < 2).
-    """
-    from scipy import stats
-
-    v = torch.as_tensor(values, dtype=torch.float64).flatten()
-    v = v[torch.isfinite(v)]
-    n = v.numel()
-    if n == 0:
-        return {"mean": math.nan, "low": math.nan, "high": math.nan, "sd": math.nan, "n": 0}
-    mean = v.mean().item()
-    if n < 2:
-        return {"mean": mean, "low": mean, "high": mean, "sd": 0.0, "n": 1}
-    sd = v.std().item()
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "sd": sd, "n": n}
-
-
-def paired_test(a, b) -> dict:
-    """Paired comparison of ``a`` and ``b`` (same examples): is ``a - b`` centred on 0?
-
-    Returns:
-        ``{"mean_diff", "ci_low", "ci_high", "t_p", "wilcoxon_p", "n"}``: the mean
-        difference with its 95% t-interval, the paired t-test p-value and the Wilcoxon
-        signed-rank p-value (two-sided).
-    """
-    from scipy import stats
-
-    a = torch.as_tensor(a, dtype=torch.float64).flatten()
-    b = torch.as_tensor(b, dtype=torch.float64).flatten()
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples must have the same length, got {a.numel()} and {b.numel()}")
-    ok = torch.isfinite(a) & torch.isfinite(b)
-    d = (a - b)[ok]
-    ci = mean_ci(d)
-    out = {"mean_diff": ci["mean"], "ci_low": ci["low"], "ci_high": ci["high"], "n": int(d.numel())}
-    if d.numel() >= 2 and d.abs().max() > 0:
-        out["t_p"] = float(stats.ttest_rel(a[ok].numpy(), b[ok].numpy()).pvalue)
-        out["wilcoxon_p"] = float(stats.wilcoxon(d.numpy()).pvalue)
-    else:
-        out["t_p"] = out["wilcoxon_p"] = math.nan if d.numel() < 2 else 1.0
-    return out

@@ -15,7 +15,7 @@ import torchvision
 from benchmarks.__main__ import main
 from benchmarks.common import quartiles
 from benchmarks.paper import PAPER_SENSITIVITY
-from benchmarks.tables import tables
+from benchmarks.report import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "quick"]
@@ -80,7 +80,7 @@ def test_main_job_writes_tables_figures_and_records(quick_run):
 
 
 def test_seed_level_verdicts():
-    from benchmarks.results import seed_effect, verdict
+    from benchmarks.report.stats import seed_effect, verdict
 
     assert verdict(-2.0, -1.0, -1) == "holds" and verdict(1.0, 2.0, -1) == "fails"
     assert verdict(-1.0, 1.0, -1) == "depends" and verdict(float("nan"), 1.0, 1) == "depends"

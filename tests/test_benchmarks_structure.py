@@ -11,7 +11,17 @@ from helpers import assert_no_import_circle
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "benchmarks"
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
+#: Every module of benchmarks/, a subpackage's as ``report.sensitivity`` (its ``__init__`` as ``report``).
+MODULES = sorted(
+    ".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+    for p in PACKAGE.rglob("*.py")
+    if p.relative_to(PACKAGE).parts[0] != "gpu"
+)
+
+
+def _source(module: str) -> Path:
+    path = PACKAGE.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 # The commands that hand parts to the pipeline, and the report each of them imports: where
 # a circle between the parts and the entry points would show (each interpreter costs about
@@ -22,28 +32,35 @@ ALONE = ("sensitivity", "theorem1", "figures", "noise_sweep", "report", "__main_
 def _imported(module: str) -> set[str]:
     """The modules of ``benchmarks`` that ``module`` imports, anywhere in its source."""
     found = set()
-    for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
+    path = _source(module)
+    # The package a relative import starts from: the module's own for a package's __init__.
+    here = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level == 1:
-                base = f"benchmarks.{base}" if base else "benchmarks"
-            elif node.level > 1:
-                continue
+            if node.level:
+                anchor = here[: len(here) - (node.level - 1)] if node.level > 1 else here
+                base = ".".join(["benchmarks", *anchor, *([node.module] if node.module else [])])
+            else:
+                base = node.module or ""
             names = [base] + [f"{base}.{alias.name}" for alias in node.names]
         else:
             continue
         for name in names:
-            parts = name.split(".")
-            if len(parts) == 2 and parts[0] == "benchmarks" and parts[1] in MODULES:
-                found.add(parts[1])
+            if name.startswith("benchmarks."):
+                inner = name.removeprefix("benchmarks.")
+                if inner in MODULES:
+                    found.add(inner)
     return found - {module}
 
 
 def test_the_modules_are_found():
-    assert {"__main__", "pipeline", "report", "results", "tables", "plots"} <= set(MODULES)
+    assert {"__main__", "pipeline", "report", "report.section", "report.sensitivity", "report.stats"} <= set(MODULES)
     assert set(ALONE) <= set(MODULES)
+    assert {"report.section", "report.stats", "report.sensitivity"} <= _imported("report.sensitivity") | {
+        "report.sensitivity"
+    }  # the parser resolves a subpackage's relative imports
 
 
 @pytest.mark.slow
@@ -68,11 +85,11 @@ def test_each_module_imports_alone_in_a_fresh_interpreter():
 
 
 def test_no_module_but_the_entry_point_imports_it():
-    importers = {m for m in MODULES if m != "__main__" and "__main__" in _imported(m)}
+    importers = {m for m in MODULES if not m.endswith("__main__") and "__main__" in _imported(m)}
     assert not importers
     for module in MODULES:
         if module != "__main__":
-            assert "benchmarks.__main__" not in (PACKAGE / f"{module}.py").read_text(), module
+            assert "benchmarks.__main__" not in _source(module).read_text(), module
 
 
 def test_the_imports_form_no_circle():
@@ -80,3 +97,7 @@ def test_the_imports_form_no_circle():
     assert_no_import_circle(graph)
     # The pipeline runs whatever parts it is handed; it imports none of them.
     assert graph["pipeline"] <= {"common", "config", "store", "train"}
+    # The report reads the store; it imports no part (the measuring side) and no entry point.
+    for module in (m for m in MODULES if m == "report" or m.startswith("report.")):
+        outside = {m for m in graph[module] if m != "report" and not m.startswith("report.")}
+        assert outside <= {"common", "config", "store", "pipeline", "paper"}, (module, outside)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.explain import _correlation, _pearson
 from benchmarks.mechanism import activation_stats
+from benchmarks.report.stats import correlation, pearson
 from neuralsde.metrics import sensitivity
 
 
@@ -80,16 +80,16 @@ def test_sensitivity_parts_are_its_numerator_and_denominator():
 
 def test_correlation_and_its_seed_bootstrap():
     line = [(s, float(i), 2.0 * i + 1.0) for s in range(4) for i in range(3 * s, 3 * s + 3)]
-    c = _correlation(line, seed=0)
+    c = correlation(line, seed=0)
     # A perfect line has r = 1 in every resample (rounding aside).
     assert c["r"] == pytest.approx(1.0, abs=1e-12)
     assert c["low"] == pytest.approx(1.0, abs=1e-12) and c["high"] == pytest.approx(1.0, abs=1e-12)
     anti = [(s, x, -y) for s, x, y in line]
-    assert _correlation(anti, seed=0)["r"] == pytest.approx(-1.0, abs=1e-12)
+    assert correlation(anti, seed=0)["r"] == pytest.approx(-1.0, abs=1e-12)
     # Reproducible from its seed; undefined below three points or without spread.
     noisy = [(s, x, y + (-1) ** int(x) * 5.0) for s, x, y in line]
-    assert _correlation(noisy, seed=3) == _correlation(noisy, seed=3)
-    assert math.isnan(_pearson([1.0, 2.0], [1.0, 2.0])) and math.isnan(_pearson([1.0] * 4, [1.0, 2.0, 3.0, 4.0]))
+    assert correlation(noisy, seed=3) == correlation(noisy, seed=3)
+    assert math.isnan(pearson([1.0, 2.0], [1.0, 2.0])) and math.isnan(pearson([1.0] * 4, [1.0, 2.0, 3.0, 4.0]))
 
 
 def test_main_job_measures_local_bounds_and_mechanisms(quick_run):
