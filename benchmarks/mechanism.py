@@ -16,8 +16,8 @@ uniform in the L-infinity ball of ``radius``):
 
 The sensitivity cells hold each max-sensitivity's numerator ``max ||A(x+d) - A(x)||``
 and denominator ``||A(x)||``; the theorem1 cells the local Jacobian norms and bounds.
-[`summarise`][benchmarks.mechanism.summarise] puts them side by side (``results.json``'s
-``mechanism`` and ``local_bound``).
+The report's ``mechanism`` and ``local_bound`` sections (``benchmarks/report/``) put
+them side by side (``results.json``'s ``mechanism`` and ``local_bound``).
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from .config import Config
-from .pipeline import Context, Part, run
+from .pipeline import Cell, Context, Part, run
 from .report import REPORT
 from .sensitivity import chosen_images
-from .train import _stack
 
 __all__ = ["MECHANISM", "activation_stats", "run_mechanism"]
 
@@ -123,15 +122,15 @@ def _logit_stats(model: nn.Module, x: Tensor) -> dict[str, list[float]]:
     }
 
 
-def _mechanism_cell(cfg: Config, name: str, seed: int, model: nn.Module, x: Tensor, chosen: list[int]) -> dict:
-    model.eval()
-    gen = torch.Generator().manual_seed(seed * 1000 + 41)
+def _mechanism_cell(cfg: Config, cell: Cell) -> dict:
+    model, x = cell.model.eval(), cell.x
+    gen = torch.Generator().manual_seed(cell.seed * 1000 + 41)
     noise = (2 * torch.rand((cfg.n_perturb, *x.shape), generator=gen) - 1) * cfg.radius
     perturbed = x.unsqueeze(0) + noise.to(x)  # Captum's max-sensitivity perturbs without clamping
     return {
-        "model": name,
-        "seed": seed,
-        "images": chosen,
+        "model": cell.name,
+        "seed": cell.seed,
+        "images": cell.images,
         "stages": activation_stats(model, x, perturbed),
         **_logit_stats(model, x),
     }
@@ -140,14 +139,11 @@ def _mechanism_cell(cfg: Config, name: str, seed: int, model: nn.Module, x: Tens
 def run_mechanism(ctx: Context) -> None:
     """One cell per seed and network, on the seed's first sensitivity repetition's images."""
     cfg = ctx.cfg
-    for seed in cfg.seeds:
-        chosen = chosen_images(ctx.pools[seed], cfg.n_images, seed, 0)
-        x = _stack(ctx.data.test, chosen).to(cfg.device)
-        for name, model in ctx.nets[seed].items():
-            depends = ctx.depends("mechanism", {name: ctx.prints[seed][name]}, chosen)
-            compute = partial(_mechanism_cell, cfg, name, seed, model, x, chosen)
-            ctx.store.cell("mechanism", f"s{seed}/{name}", compute, depends=depends)
-            ctx.tick()
+    ctx.measure(
+        "mechanism",
+        partial(_mechanism_cell, cfg),
+        images=lambda seed, rep: chosen_images(ctx.pools[seed], cfg.n_images, seed, 0),
+    )
 
 
 MECHANISM = Part("mechanism", cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.model_names()), on_main=run_mechanism)

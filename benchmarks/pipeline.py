@@ -31,16 +31,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from .common import progress_bar, write_json
 from .config import Config, parse_args
 from .store import OtherOptions, Store
-from .train import Data, accuracy, check_inputs, correct_pool, fingerprint, load_data, open_store, trained_model
+from .train import Data, _stack, accuracy, check_inputs, correct_pool, fingerprint, load_data, open_store, trained_model
 
-__all__ = ["ALL_PARTS", "Context", "Part", "run"]
+__all__ = ["ALL_PARTS", "Cell", "Context", "Part", "run"]
 
 #: Every part of the main job, in the order they run.
 ALL_PARTS = (
@@ -53,6 +54,39 @@ ALL_PARTS = (
     "figures",
     "report",
 )
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What one measurement computes on: a network of one training seed and its images.
+
+    Attributes:
+        seed: the training seed.
+        name: the network's name (``ode``, ``sde-0.5``, ``shapes-ode``, ...).
+        model: the network.
+        images: indices of the test images.
+        x: those images, stacked on the run's device.
+        data: the data set they come from.
+        method: the attribution method (None where the cell has none).
+        variant: a further label of the cell (a solver), or None.
+        rep: the repetition (None where the measurement has none).
+    """
+
+    seed: int
+    name: str
+    model: nn.Module
+    images: list[int]
+    x: Tensor
+    data: Data
+    method: str | None = None
+    variant: str | None = None
+    rep: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Its name in the store: ``s<seed>/<network>[--<method>][--<variant>][--rep<r>]``."""
+        parts = [f"s{self.seed}/{self.name}", self.method, self.variant, None if self.rep is None else f"rep{self.rep}"]
+        return "--".join(p for p in parts if p is not None)
 
 
 @dataclass
@@ -85,6 +119,65 @@ class Context:
     def depends(self, kind: str, prints: dict[str, str], images: list[int], method: str | None = None, **more) -> dict:
         """What a cell depends on: its networks' weights, its measurement options and its images."""
         return {"networks": prints, "options": self.cfg.measurement(kind, method), "images": images, **more}
+
+    def measure(
+        self,
+        kind: str,
+        compute: Callable[[Cell], dict],
+        *,
+        images: Callable[[int, int | None], list[int]],
+        methods: Sequence[str | None] = (None,),
+        variants: Callable[[int, str, nn.Module], Sequence[str]] | None = None,
+        repetitions: int | None = None,
+        networks: Callable[[int], dict[str, nn.Module]] | None = None,
+        shapes: bool = False,
+        rng: Callable[[Cell], str] | None = None,
+        more: Callable[[Cell], dict] | None = None,
+    ) -> None:
+        """One stored cell of ``kind`` per seed, (repetition,) network, method (and variant): every part's loop.
+
+        For each training seed (and repetition) the images are chosen and stacked once;
+        each cell is reused from the store if it verifies, else ``compute(cell)`` makes it.
+        A cell depends on its network's weights, its kind's (and method's) measurement
+        options and its images, so a change of any of them recomputes it; the progress
+        bar moves one step per cell.
+
+        Args:
+            kind: the kind of measurement (see ``benchmarks.config.MEASURE_OPTIONS``).
+            compute: makes one cell's result.
+            images: ``(seed, rep) -> image indices`` (``rep`` None without repetitions).
+            methods: the attribution methods, or ``(None,)``.
+            variants: ``(seed, name, model) -> labels`` of further cells per network and
+                method (the solvers of the completeness table); their options are the kind's.
+            repetitions: draws of images per seed (None: one, and no ``--rep`` in the key).
+            networks: ``seed -> {name: network}`` (default: every network of the seed).
+            shapes: measure the shapes networks on the shapes data instead.
+            rng: ``cell -> key`` the cell's random draws are seeded from (default: its own key).
+            more: ``cell -> {...}``, what else the cell depends on.
+        """
+        cfg = self.cfg
+        data = self.shape_data if shapes else self.data
+        all_nets, prints = (self.shape_nets, self.shape_prints) if shapes else (self.nets, self.prints)
+        for seed in cfg.seeds:
+            nets = networks(seed) if networks is not None else all_nets[seed]
+            for rep in range(repetitions) if repetitions is not None else (None,):
+                chosen = images(seed, rep)
+                x = _stack(data.test, chosen).to(cfg.device)
+                for name, model in nets.items():
+                    for method in methods:
+                        labels = variants(seed, name, model) if variants is not None else (None,)
+                        for variant in labels:
+                            cell = Cell(seed, name, model, chosen, x, data, method, variant, rep)
+                            extra = more(cell) if more is not None else {}
+                            depends = self.depends(kind, {name: prints[seed][name]}, chosen, method, **extra)
+                            self.store.cell(
+                                kind,
+                                cell.key,
+                                partial(compute, cell),
+                                depends=depends,
+                                rng=rng(cell) if rng is not None else None,
+                            )
+                            self.tick()
 
     def tick(self, n: int = 1) -> None:
         if self.bar is not None:

@@ -28,9 +28,9 @@ from neuralsde.metrics import kendall_tau, localisation, sensitivity, topk_attac
 
 from .common import GpuMonitor
 from .config import Config
-from .pipeline import Context, Part, run
+from .pipeline import Cell, Context, Part, run
 from .report import REPORT
-from .train import Data, _stack
+from .train import Data
 
 __all__ = [
     "LOCALISATION",
@@ -44,12 +44,14 @@ __all__ = [
 ]
 
 
-def explainer(model: nn.Module, method: str, cfg: Config, data: Data) -> Callable[[Tensor, Tensor], Tensor]:
-    """``(inputs, target) -> attributions`` for one of the benchmark's methods."""
+def explainer(
+    model: nn.Module, method: str, cfg: Config, data: Data, *, ig_steps: int | None = None
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``(inputs, target) -> attributions`` for one of the benchmark's methods (IG with ``ig_steps``, if given)."""
     lo, hi = data.value_range
     kwargs: dict = {}
     if method == "integrated_gradients":
-        kwargs = dict(n_steps=cfg.ig_steps)
+        kwargs = dict(n_steps=ig_steps or cfg.ig_steps)
     elif method == "smoothgrad_ig":
         kwargs = dict(n_steps=cfg.sg_ig_steps, nt_samples=cfg.sg_samples, stdevs=cfg.sg_noise * (hi - lo))
     elif method == "deeplift_shap":
@@ -96,15 +98,14 @@ def _chunks(n: int, size: int):
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _sensitivity_cell(
-    cfg: Config, data: Data, name: str, seed: int, model: nn.Module, method: str, rep: int, chosen, x_all: Tensor
-) -> dict:
-    explain = explainer(model, method, cfg, data)
+def _sensitivity_cell(cfg: Config, cell: Cell) -> dict:
+    model, chosen = cell.model, cell.images
+    explain = explainer(model, cell.method, cfg, cell.data)
     parts: dict[str, list[float]] = {"values": [], "change": [], "norm": []}
     with torch.no_grad():
-        target_all = model(x_all).argmax(1)
+        target_all = model(cell.x).argmax(1)
     for idx in _chunks(len(chosen), cfg.chunk):
-        x, target = x_all[list(idx)], target_all[list(idx)]
+        x, target = cell.x[list(idx)], target_all[list(idx)]
         s = sensitivity(
             explain,
             x,
@@ -117,7 +118,7 @@ def _sensitivity_cell(
         for key, part in (("values", "sensitivity"), ("change", "change"), ("norm", "norm")):
             parts[key].extend(s[part].detach().float().cpu().tolist())
     # values = change / norm: the numerator and the denominator of each max-sensitivity.
-    return {"model": name, "seed": seed, "method": method, "rep": rep, "images": chosen, **parts}
+    return {"model": cell.name, "seed": cell.seed, "method": cell.method, "rep": cell.rep, "images": chosen, **parts}
 
 
 def chosen_images(pool: list[int], n: int, seed: int, rep: int) -> list[int]:
@@ -132,48 +133,42 @@ def run_sensitivity(ctx: Context) -> None:
     Every network and method of one seed and repetition sees the same images and the
     same perturbations (the cells share their random draws).
     """
-    cfg, store = ctx.cfg, ctx.store
-    for seed in cfg.seeds:
-        for rep in range(cfg.repetitions):
-            chosen = chosen_images(ctx.pools[seed], cfg.n_images, seed, rep)
-            x_all = _stack(ctx.data.test, chosen).to(cfg.device)
-            for name, model in ctx.nets[seed].items():
-                for method in cfg.methods:
-                    compute = partial(_sensitivity_cell, cfg, ctx.data, name, seed, model, method, rep, chosen, x_all)
-                    store.cell(
-                        "sensitivity",
-                        f"s{seed}/{name}--{method}--rep{rep}",
-                        compute,
-                        depends=ctx.depends("sensitivity", {name: ctx.prints[seed][name]}, chosen, method),
-                        rng=f"sensitivity/s{seed}/rep{rep}",
-                    )
-                    ctx.tick()
+    cfg = ctx.cfg
+    ctx.measure(
+        "sensitivity",
+        partial(_sensitivity_cell, cfg),
+        images=lambda seed, rep: chosen_images(ctx.pools[seed], cfg.n_images, seed, rep),
+        methods=cfg.methods,
+        repetitions=cfg.repetitions,
+        rng=lambda cell: f"sensitivity/s{cell.seed}/rep{cell.rep}",
+    )
 
 
-def _robustness_cell(cfg: Config, data: Data, name, seed, model, method, x, chosen, attack: bool) -> dict:
+def _robustness_cell(cfg: Config, pairs: dict, cell: Cell) -> dict:
+    x, data, method, seed = cell.x, cell.data, cell.method, cell.seed
     lo, hi = data.value_range
     k = min(cfg.topk, x[0, 0].numel())
-    explain = explainer(model, method, cfg, data)
+    explain = explainer(cell.model, method, cfg, data)
     with torch.no_grad():
-        target = model(x).argmax(1)
+        target = cell.model(x).argmax(1)
     base = explain(x, target)
     gen = torch.Generator().manual_seed(seed * 1000 + 17)
     noise = (2 * torch.rand(x.shape, generator=gen) - 1).to(x) * cfg.attack_eps
     x_rand = (x + noise).clamp(lo, hi)
     a_rand = explain(x_rand, target)
     out = {
-        "model": name,
+        "model": cell.name,
         "seed": seed,
         "method": method,
-        "images": chosen,
+        "images": cell.images,
         "k": k,
         "epsilon": cfg.attack_eps,
         "random": {"kendall": kendall_tau(base, a_rand).tolist(), "topk": topk_intersection(base, a_rand, k).tolist()},
     }
-    if attack:
-        diff = differentiable_explainer(model, method, cfg)
+    if cell.name in pairs[seed]:  # the top-k attack, on the pair of the tables only
+        diff = differentiable_explainer(cell.model, method, cfg)
         x_adv = topk_attack(
-            model,
+            cell.model,
             lambda inp, graph: diff(inp, graph, target),
             x,
             k=k,
@@ -191,33 +186,31 @@ def _robustness_cell(cfg: Config, data: Data, name, seed, model, method, x, chos
 
 def run_robustness(ctx: Context) -> None:
     """Kendall's tau and top-k intersection under random perturbation and (for the pair) the top-k attack."""
-    cfg, store = ctx.cfg, ctx.store
-    for seed in cfg.seeds:
-        chosen = ctx.pools[seed][: cfg.robust_images]
-        x = _stack(ctx.data.test, chosen).to(cfg.device)
-        attack_models = set(ctx.pair(seed))
-        for name, model in ctx.nets[seed].items():
-            for method in cfg.robust_methods:
-                attack = name in attack_models
-                compute = partial(_robustness_cell, cfg, ctx.data, name, seed, model, method, x, chosen, attack)
-                depends = ctx.depends("robustness", {name: ctx.prints[seed][name]}, chosen, method, attack=attack)
-                store.cell("robustness", f"s{seed}/{name}--{method}", compute, depends=depends)
-                ctx.tick()
+    cfg = ctx.cfg
+    pairs = {seed: set(ctx.pair(seed)) for seed in cfg.seeds}
+    ctx.measure(
+        "robustness",
+        partial(_robustness_cell, cfg, pairs),
+        images=lambda seed, rep: ctx.pools[seed][: cfg.robust_images],
+        methods=cfg.robust_methods,
+        more=lambda cell: {"attack": cell.name in pairs[cell.seed]},
+    )
 
 
-def _localisation_cell(cfg: Config, data: Data, name, seed, model, method, x, masks, chosen) -> dict:
-    explain = explainer(model, method, cfg, data)
+def _localisation_cell(cfg: Config, cell: Cell) -> dict:
+    explain = explainer(cell.model, cell.method, cfg, cell.data)
+    masks = cell.data.masks[cell.images].to(cfg.device)
     with torch.no_grad():
-        target = model(x).argmax(1)
+        target = cell.model(cell.x).argmax(1)
     values = []
-    for idx in _chunks(len(chosen), cfg.chunk):
-        values.extend(localisation(explain(x[list(idx)], target[list(idx)]), masks[list(idx)]).float().tolist())
+    for idx in _chunks(len(cell.images), cfg.chunk):
+        values.extend(localisation(explain(cell.x[list(idx)], target[list(idx)]), masks[list(idx)]).float().tolist())
     object_share = masks.flatten(1).float().mean(1).tolist()
     return {
-        "model": name,
-        "seed": seed,
-        "method": method,
-        "images": chosen,
+        "model": cell.name,
+        "seed": cell.seed,
+        "method": cell.method,
+        "images": cell.images,
         "values": values,
         "object_share": object_share,
     }
@@ -225,19 +218,15 @@ def _localisation_cell(cfg: Config, data: Data, name, seed, model, method, x, ma
 
 def run_localisation(ctx: Context) -> None:
     """Fraction of the attribution mass on the object, per seed, shapes network and method."""
-    cfg, store, data = ctx.cfg, ctx.store, ctx.shape_data
-    for seed in cfg.seeds:
-        chosen = ctx.shape_pools[seed][: 2 * cfg.n_images]
-        x = _stack(data.test, chosen).to(cfg.device)
-        masks = data.masks[chosen].to(cfg.device)
-        for name, model in ctx.shape_nets[seed].items():
-            for method in cfg.methods:
-                compute = partial(_localisation_cell, cfg, data, name, seed, model, method, x, masks, chosen)
-                depends = ctx.depends("localisation", {name: ctx.shape_prints[seed][name]}, chosen, method)
-                store.cell(
-                    "localisation", f"s{seed}/{name}--{method}", compute, depends=depends, rng=f"localisation/s{seed}"
-                )
-                ctx.tick()
+    cfg = ctx.cfg
+    ctx.measure(
+        "localisation",
+        partial(_localisation_cell, cfg),
+        images=lambda seed, rep: ctx.shape_pools[seed][: 2 * cfg.n_images],
+        methods=cfg.methods,
+        shapes=True,
+        rng=lambda cell: f"localisation/s{cell.seed}",
+    )
 
 
 def _sensitivity(ctx: Context) -> None:

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import sys
 from functools import partial
 
@@ -30,10 +29,9 @@ from neuralsde.attribution import noise_path
 from neuralsde.theory import amplification, completeness_residual, local_bound, stage_bound, stage_inputs
 
 from .config import Config
-from .pipeline import Context, Part, run
+from .pipeline import Cell, Context, Part, run
 from .report import REPORT
 from .sensitivity import explainer
-from .train import Data, _stack
 
 __all__ = ["COMPLETENESS", "SOLVERS", "THEOREM1", "path_seed_of", "run_completeness", "run_theorem1"]
 
@@ -63,8 +61,8 @@ def _local(stage, state: torch.Tensor, cfg: Config, seed: int, path: int | None)
     return {k: v.tolist() for k, v in out.items() if v.dim() == 1}
 
 
-def _theorem1_cell(cfg: Config, name: str, seed: int, model: nn.Module, x: torch.Tensor, chosen) -> dict:
-    model.eval()
+def _theorem1_cell(cfg: Config, cell: Cell) -> dict:
+    model, x = cell.model.eval(), cell.x
     with torch.no_grad():
         model(x)  # an SDE network in eval mode switches its stages' noise off
     stages = []
@@ -72,25 +70,20 @@ def _theorem1_cell(cfg: Config, name: str, seed: int, model: nn.Module, x: torch
         if stage.num_continuous == 0:
             continue
         bound = stage_bound(stage, tuple(state.shape[1:]))
-        amp = amplification(stage.flow, state, seed=seed)
-        row = {**bound, **{k: v.tolist() for k, v in amp.items()}, "local": _local(stage, state, cfg, seed, None)}
+        amp = amplification(stage.flow, state, seed=cell.seed)
+        row = {**bound, **{k: v.tolist() for k, v in amp.items()}, "local": _local(stage, state, cfg, cell.seed, None)}
         if stage.is_sde:
-            row["pathwise"] = _local(stage, state, cfg, seed, path_seed_of(seed))
+            row["pathwise"] = _local(stage, state, cfg, cell.seed, path_seed_of(cell.seed))
         stages.append(row)
-    return {"model": name, "seed": seed, "images": chosen, "stages": stages}
+    return {"model": cell.name, "seed": cell.seed, "images": cell.images, "stages": stages}
 
 
 def run_theorem1(ctx: Context) -> None:
     """One cell per seed and network: bounds and measured amplification of every stage."""
     cfg = ctx.cfg
-    for seed in cfg.seeds:
-        chosen = ctx.pools[seed][: cfg.theorem_images]
-        x = _stack(ctx.data.test, chosen).to(cfg.device)
-        for name, model in ctx.nets[seed].items():
-            depends = ctx.depends("theorem1", {name: ctx.prints[seed][name]}, chosen)
-            compute = partial(_theorem1_cell, cfg, name, seed, model, x, chosen)
-            ctx.store.cell("theorem1", f"s{seed}/{name}", compute, depends=depends)
-            ctx.tick()
+    ctx.measure(
+        "theorem1", partial(_theorem1_cell, cfg), images=lambda seed, rep: ctx.pools[seed][: cfg.theorem_images]
+    )
 
 
 def _with_target(explain, target, inputs):
@@ -101,41 +94,31 @@ def _target_logit(net, target, inputs):
     return net(inputs).gather(1, target[:, None])[:, 0]
 
 
-def _solver_variants(model: nn.Module, x: torch.Tensor):
-    """(solver name, network, fixed path seed or None) for the completeness table."""
+def _solver_variant(model: nn.Module, solver: str, x: torch.Tensor) -> tuple[nn.Module, int | None]:
+    """The network under one solver of the completeness table, and its fixed path seed (or None)."""
     if isinstance(model, SDEResNet):
-        for solver, seed in SDE_SOLVERS.items():
-            yield solver, model, seed
-        return
-    for solver, settings in SOLVERS.items():
-        variant = copy.deepcopy(model).set_solver(**settings)
-        if solver.endswith("frozen"):
-            variant.freeze_grid(x)
-        yield solver, variant, None
+        return model, SDE_SOLVERS[solver]
+    variant = copy.deepcopy(model).set_solver(**SOLVERS[solver])
+    if solver.endswith("frozen"):
+        variant.freeze_grid(x)
+    return variant, None
 
 
-def _completeness_cell(
-    cfg: Config,
-    data: Data,
-    name: str,
-    seed: int,
-    solver: str,
-    net: nn.Module,
-    path_seed: int | None,
-    target: torch.Tensor,
-    x: torch.Tensor,
-    x_hat: torch.Tensor,
-    chosen: list[int],
-) -> dict:
-    out = {"model": name, "seed": seed, "solver": solver, "images": chosen, "methods": {}}
+def _completeness_cell(cfg: Config, cell: Cell) -> dict:
+    x, seed = cell.x, cell.seed
+    lo, hi = cell.data.value_range
+    gen = torch.Generator().manual_seed(seed * 1000 + 23)
+    x_hat = (x + cfg.radius * (2 * torch.rand(x.shape, generator=gen) - 1).to(x)).clamp(lo, hi)
+    with torch.no_grad():
+        target = cell.model.eval()(x).argmax(1)
+    net, path_seed = _solver_variant(cell.model, cell.variant, torch.cat([x, x_hat]))
+    out = {"model": cell.name, "seed": seed, "solver": cell.variant, "images": cell.images, "methods": {}}
     with noise_path(net, path_seed):
         for method in COMPLETE_METHODS:
             if method == "integrated_gradients_x10":
-                explain = explainer(
-                    net, "integrated_gradients", dataclasses.replace(cfg, ig_steps=10 * cfg.ig_steps), data
-                )
+                explain = explainer(net, "integrated_gradients", cfg, cell.data, ig_steps=10 * cfg.ig_steps)
             else:
-                explain = explainer(net, method, cfg, data)
+                explain = explainer(net, method, cfg, cell.data)
             res = completeness_residual(
                 partial(_with_target, explain, target), partial(_target_logit, net, target), x, x_hat
             )
@@ -151,28 +134,14 @@ def _solvers_of(cfg: Config, model: nn.Module, seed: int) -> list[str]:
 
 def run_completeness(ctx: Context) -> None:
     """One cell per seed and (network of the pair, solver): the completeness residual of each method."""
-    cfg, store = ctx.cfg, ctx.store
-    lo, hi = ctx.data.value_range
-    for seed in cfg.seeds:
-        chosen = ctx.pools[seed][: cfg.completeness_images]
-        x = _stack(ctx.data.test, chosen).to(cfg.device)
-        gen = torch.Generator().manual_seed(seed * 1000 + 23)
-        x_hat = (x + cfg.radius * (2 * torch.rand(x.shape, generator=gen) - 1).to(x)).clamp(lo, hi)
-        for name, model in ctx.pair(seed).items():
-            depends = ctx.depends("completeness", {name: ctx.prints[seed][name]}, chosen)
-            solvers = _solvers_of(cfg, model, seed)
-            missing = [s for s in solvers if not store.reusable("completeness", f"s{seed}/{name}--{s}", depends)]
-            with torch.no_grad():
-                target = model.eval()(x).argmax(1)
-            variants = _solver_variants(model, torch.cat([x, x_hat])) if missing else ()
-            built = {solver: (net, path_seed) for solver, net, path_seed in variants if solver in missing}
-            for solver in solvers:
-                net, path_seed = built.get(solver, (None, None))
-                compute = partial(
-                    _completeness_cell, cfg, ctx.data, name, seed, solver, net, path_seed, target, x, x_hat, chosen
-                )
-                store.cell("completeness", f"s{seed}/{name}--{solver}", compute, depends=depends)
-                ctx.tick()
+    cfg = ctx.cfg
+    ctx.measure(
+        "completeness",
+        partial(_completeness_cell, cfg),
+        images=lambda seed, rep: ctx.pools[seed][: cfg.completeness_images],
+        networks=ctx.pair,
+        variants=lambda seed, name, model: _solvers_of(cfg, model, seed),
+    )
 
 
 THEOREM1 = Part("theorem1", cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.model_names()), on_main=run_theorem1)
