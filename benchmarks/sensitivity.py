@@ -74,7 +74,7 @@ ATTACK_IG_STEPS = 5
 
 def differentiable_explainer(model: nn.Module, method: str, cfg: Config) -> Callable[[Tensor, bool], Tensor]:
     """Saliency or IG (zero baseline, right Riemann sum of ``ATTACK_IG_STEPS``) with an optional graph, for attacks."""
-    steps = min(cfg.ig_steps, ATTACK_IG_STEPS)
+    steps = min(cfg.ig_steps, ATTACK_IG_STEPS) if method != "saliency" else 0  # Saliency has no steps
 
     def grad(x: Tensor, target: Tensor, graph: bool) -> Tensor:
         x = x if x.requires_grad else x.clone().requires_grad_(True)

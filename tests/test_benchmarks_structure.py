@@ -23,6 +23,7 @@ def _source(module: str) -> Path:
     path = PACKAGE.joinpath(*module.split("."))
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
+
 # The commands that hand parts to the pipeline, and the report each of them imports: where
 # a circle between the parts and the entry points would show (each interpreter costs about
 # 4 s of CPU, for torch and the library, so the rest is left to the static check below).
