@@ -64,9 +64,9 @@ def render_pages(results: dict, runs: list[dict]) -> dict[str, str]:
         fills.update({key: make(results) for key, make in section.fills.items()})
         tables[section.name] = section.tables
     for page in PAGES:
-        rows = [row for section in SECTIONS if section.page == page for row in section.verdicts(results)]
         link = "#all-claims" if page == FULL_TABLE else f"{FULL_TABLE}.md#all-claims"
-        fills[f"verdicts:{page}"] = "\n".join(verdict_table.page_rows(rows, results, link))
+        own = [section for section in SECTIONS if section.page == page]
+        fills[f"verdicts:{page}"] = "\n".join(verdict_table.page(own, results, link))
 
     def fill(match: re.Match) -> str:
         key = match.group(1)

@@ -13,6 +13,7 @@ __all__ = [
     "diff",
     "effect",
     "flags",
+    "in_run_order",
     "markdown_table",
     "number",
     "percent",
@@ -64,6 +65,12 @@ def effect(c: dict, unit: str) -> str:
 def title(method: str) -> str:
     """An attribution method's name as the tables write it."""
     return METHOD_TITLES.get(method, method)
+
+
+def in_run_order(by_method: dict, results: dict) -> list[tuple[str, object]]:
+    """``by_method``'s items in the run's order of methods (results.json sorts its keys)."""
+    order = {m: i for i, m in enumerate(results["config"]["methods"])}
+    return sorted(by_method.items(), key=lambda kv: order.get(kv[0], len(order)))
 
 
 def sigma_label(sigma: float) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import sigma_of
 from ..store import Store
-from .formatting import VERDICT_MARK, ci, flags, markdown_table, title
+from .formatting import VERDICT_MARK, ci, flags, in_run_order, markdown_table, title
 from .section import Section, verdict_row
 from .stats import accuracy_flags, by_seed, finite_mean, mean_ci, seed_effect
 
@@ -53,7 +53,7 @@ def verdicts(results: dict) -> list[dict]:
             r["seeds"],
             note,
         )
-        for method, r in loc.get("comparisons", {}).items()
+        for method, r in in_run_order(loc.get("comparisons", {}), results)
     ]
 
 

@@ -189,14 +189,40 @@ def conclusion(results: dict) -> str:
     return "\n\n".join(parts)
 
 
+def _effect_lines(ax, mech: dict, series: list[tuple[str, str]], ylabel: str, heading: str) -> None:
+    """Per candidate, its effect (SDE vs ODE, %) against σ with its 95% interval over seeds."""
+    sigmas = sdes(mech)
+    xs = [sigma_of(s) for s in sigmas]
+    spread = 0.012 * max(xs)
+    for i, (key, label) in enumerate(series):
+        e = [mech["effects"][key][s] for s in sigmas]
+        ax.errorbar(
+            [x + (i - (len(series) - 1) / 2) * spread for x in xs],
+            [100 * num(v["mean"]) for v in e],
+            yerr=[
+                [100 * (num(v["mean"]) - num(v["low"])) for v in e],
+                [100 * (num(v["high"]) - num(v["mean"])) for v in e],
+            ],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_xlabel("noise σ")
+    ax.set_ylabel(ylabel)
+    ax.set_title(heading, fontsize=10)
+    ax.legend(fontsize=7)
+
+
 def plot(results: dict, store: Store) -> str | None:
+    """The sensitivity's two factors, and each candidate's effect per stage (not averaged over stages)."""
     mech = results.get("mechanism")
     if not mech:
         return None
     sigmas = sdes(mech)
     xs = [sigma_of(s) for s in sigmas]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    ax = axes[0]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.2))
+    ax = axes[0][0]
     styles = {"sens": "-", "change": "--", "norm": ":"}
     names = {"sens": "max-sensitivity", "change": "numerator (change)", "norm": "denominator (norm)"}
     for i, method in enumerate(methods_of(mech)):
@@ -210,31 +236,15 @@ def plot(results: dict, store: Store) -> str | None:
     ax.axhline(0, color="0.3", lw=0.8)
     ax.set_xlabel("noise σ")
     ax.set_ylabel("SDE vs ODE (%), mean over seeds")
-    ax.set_title("Max-sensitivity and its two factors")
-    ax.legend(fontsize=6)
-    ax = axes[1]
-    for i, key in enumerate(["flip", "margin", "jacobian", "grad_norm", "logit_margin"]):
-        e = [mech["effects"][key][s] for s in sigmas]
-        ax.errorbar(
-            [x + (i - 2) * 0.01 for x in xs],
-            [100 * num(v["mean"]) for v in e],
-            yerr=[
-                [100 * (num(v["mean"]) - num(v["low"])) for v in e],
-                [100 * (num(v["high"]) - num(v["mean"])) for v in e],
-            ],
-            marker="o",
-            capsize=3,
-            label={
-                "flip": "ReLU flips",
-                "margin": "margin ÷ change",
-                "jacobian": "‖∂F/∂x‖ of the stages",
-                "grad_norm": "‖∇x logit‖",
-                "logit_margin": "logit margin",
-            }[key],
-        )
-    ax.axhline(0, color="0.3", lw=0.8)
-    ax.set_xlabel("noise σ")
-    ax.set_ylabel("SDE vs ODE (%), 95% CI over seeds")
-    ax.set_title("Candidate mechanisms")
+    ax.set_title("Max-sensitivity and its two factors", fontsize=10)
     ax.legend(fontsize=7)
+    stages = mech["stages"]
+    ci = "SDE vs ODE (%), 95% CI over seeds"
+    _effect_lines(axes[0][1], mech, [(f"flip:{s}", s) for s in stages], ci, "Fraction of ReLUs that flip, per stage")
+    _effect_lines(
+        axes[1][0], mech, [(f"margin:{s}", s) for s in stages], ci, "Pre-activation margin ÷ its change, per stage"
+    )
+    others = [("jacobian", "‖∂F/∂x‖ of the stages"), ("grad_norm", "‖∇x logit‖"), ("logit_margin", "logit margin")]
+    _effect_lines(axes[1][1], mech, others, ci, "Amplification, gradient and logit margin")
+    fig.tight_layout()
     return store.save_figure(fig, "mechanism.png")

@@ -33,6 +33,8 @@ class Section:
         tables: ``results -> lines`` of ``tables.md`` (empty: nothing to show).
         plots: figure name -> ``(results, store) -> path or None``.
         fills: page placeholder -> ``results -> Markdown``.
+        page_table: ``results -> lines``, its verdicts as its page shows them (None: the
+            rows of ``verdicts`` as a plain verdict table).
     """
 
     name: str
@@ -42,6 +44,7 @@ class Section:
     tables: Callable[[dict], list[str]] = _nothing
     plots: Mapping[str, Callable[[dict, Store], str | None]] = field(default_factory=dict)
     fills: Mapping[str, Callable[[dict], str]] = field(default_factory=dict)
+    page_table: Callable[[dict], list[str]] | None = None
 
 
 def verdict_row(claim, setting, v, effect, unit, agree=None, seeds=None, note="") -> dict:

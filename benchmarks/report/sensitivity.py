@@ -5,10 +5,22 @@ from __future__ import annotations
 from ..config import sigma_of
 from ..paper import PAPER_SENSITIVITY
 from ..store import Store
-from .formatting import VERDICT_MARK, ci, diff, effect, flags, markdown_table, percent, seeds_phrase, title
+from .formatting import (
+    VERDICT_MARK,
+    ci,
+    diff,
+    effect,
+    flags,
+    in_run_order,
+    markdown_table,
+    percent,
+    seeds_phrase,
+    title,
+)
 from .plotting import plt
 from .section import Section, verdict_row
 from .stats import accuracy_flags, by_seed, finite_mean, mean_ci, seed_effect
+from .verdicts import counts
 
 __all__ = ["SENSITIVITY"]
 
@@ -74,7 +86,7 @@ def verdicts(results: dict) -> list[dict]:
     for sde, comp in results["sensitivity"]["comparisons"].items():
         flagged = comp["accuracy_flags"]
         note = f"unequal accuracy in seed(s) {', '.join(map(str, flagged))}" if flagged else ""
-        for method, r in comp["methods"].items():
+        for method, r in in_run_order(comp["methods"], results):
             rows.append(
                 verdict_row(
                     "SDE attributions are less sensitive",
@@ -124,6 +136,42 @@ def tables(results: dict) -> list[str]:
     return lines
 
 
+def page_table(results: dict) -> list[str]:
+    """The sensitivity verdicts as a method × σ table: effect [95% CI over seeds], verdict, seeds lower."""
+    comps = results["sensitivity"]["comparisons"]
+    if not comps:
+        return []
+    sdes = sorted(comps, key=sigma_of)
+    methods = [m for m, _ in in_run_order({m: 0 for s in sdes for m in comps[s]["methods"]}, results)]
+    rows = []
+    for m in methods:
+        cells = []
+        for s in sdes:
+            r = comps[s]["methods"].get(m)
+            one = " (image CI)" if r and r["level"] == "images" else ""
+            cells.append(
+                f"{VERDICT_MARK[r['verdict']]}: {effect(r['effect'], 'relative')}, {r['agree']}/{r['seeds']}{one}"
+                if r
+                else "–"
+            )
+        rows.append([title(m), *cells])
+    header = ["SDE attributions less sensitive?", *(f"σ = {sigma_of(s):g}" for s in sdes)]
+    flagged = sorted({seed for s in sdes for seed in comps[s]["accuracy_flags"]})
+    lines = [*markdown_table(header, rows), ""]
+    lines.append(
+        "Each cell: the verdict, the SDE network's max-sensitivity against the ODE network's (per-seed relative "
+        "change, 95% CI over seeds) and the seeds whose own change is a decrease."
+        + (
+            f" Seed(s) {', '.join(map(str, flagged))}: the two networks' accuracies differ by more than "
+            f"{100 * results['accuracy_gap']:g} points for at least one σ (see Networks below)."
+            if flagged
+            else ""
+        )
+    )
+    lines += ["", counts([r for s in sdes for r in comps[s]["methods"].values()])]
+    return lines
+
+
 def summary(results: dict) -> str:
     """One sentence per SDE network: for how many methods it is less (or more) sensitive, over seeds."""
     comps = results["sensitivity"]["comparisons"]
@@ -158,71 +206,110 @@ def paper_tables(results: dict) -> str:
     return "\n".join(markdown_table(["architecture", "method", "ODE", "SDE"], rows))
 
 
+def _sigmas(comps: dict) -> list[str]:
+    """The SDE networks of the comparisons, by σ."""
+    return sorted(comps, key=sigma_of)
+
+
 def _noise_robustness(results: dict, store: Store) -> str | None:
-    """Does noise make attributions more robust? Relative sensitivity and accuracy against σ."""
+    """Does noise make attributions more robust? The effect per method against σ, and the accuracy beside it."""
     comps = results["sensitivity"]["comparisons"]
     sweep = results["noise_sweep"]
     if not comps:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    methods = list(next(iter(comps.values()))["methods"])
-    offsets = {m: (i - (len(methods) - 1) / 2) * 0.008 for i, m in enumerate(methods)}
-    for m in methods:
-        xs, ys, lo, hi = [0.0], [0.0], [0.0], [0.0]
-        for sde, comp in sorted(comps.items(), key=lambda kv: float(kv[0].rsplit("-", 1)[1])):
-            if m in comp["methods"]:
-                e = comp["methods"][m]["effect"]
-                xs.append(float(sde.rsplit("-", 1)[1]))
-                ys.append(100 * e["mean"])
-                lo.append(100 * (e["mean"] - e["low"]))
-                hi.append(100 * (e["high"] - e["mean"]))
-        ax.errorbar([x + offsets[m] for x in xs], ys, yerr=[lo, hi], marker="o", capsize=3, label=title(m))
+    sdes = _sigmas(comps)
+    methods = list(comps[sdes[0]]["methods"])
+    fig, (ax, acc_ax) = plt.subplots(
+        2, 1, figsize=(8.4, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1.2], "hspace": 0.08}
+    )
+    spread = 0.012 * max(sigma_of(s) for s in sdes)
+    for i, m in enumerate(methods):
+        shift = (i - (len(methods) - 1) / 2) * spread
+        rows = [(sigma_of(s), comps[s]["methods"][m]) for s in sdes if m in comps[s]["methods"]]
+        xs = [0.0] + [x + shift for x, _ in rows]
+        ys = [0.0] + [100 * r["effect"]["mean"] for _, r in rows]
+        ax.plot(xs, ys, color=f"C{i}", lw=1.2, label=title(m))
+        for x, r in rows:
+            e = r["effect"]
+            decided = r["verdict"] != "depends"
+            ax.errorbar(
+                x + shift,
+                100 * e["mean"],
+                yerr=[[100 * (e["mean"] - e["low"])], [100 * (e["high"] - e["mean"])]],
+                color=f"C{i}",
+                marker="o",
+                ms=7 if decided else 6,
+                mfc=f"C{i}" if decided else "white",
+                capsize=3,
+                lw=1,
+            )
     ax.axhline(0, color="0.3", lw=0.8)
-    ax.set_xlabel(r"noise $\sigma$ (0: the ODE network)")
-    ax.set_ylabel("max-sensitivity vs ODE (%), 95% CI over seeds")
+    ax.set_ylabel("max-sensitivity, SDE vs ODE (%)\n95% CI over seeds")
     ax.set_title(f"Does noise make attributions more robust? ({len(results['seeds'])} training seeds)")
-    acc_ax = ax.twinx()
+    ax.plot([], [], "o", color="0.3", mfc="0.3", label="decided (interval excludes 0)")
+    ax.plot([], [], "o", color="0.3", mfc="white", label="depends")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     sig = [r["sigma"] for r in sweep]
     acc = [r["test_accuracy"] for r in sweep]
     acc_ax.errorbar(
         sig,
         [100 * a["mean"] for a in acc],
         yerr=[[100 * (a["mean"] - a["low"]) for a in acc], [100 * (a["high"] - a["mean"]) for a in acc]],
-        color="0.45",
+        color="0.35",
         ls="--",
         marker="s",
         capsize=3,
-        label="test accuracy (right)",
     )
-    acc_ax.set_ylabel("test accuracy (%)", color="0.35")
-    handles = ax.get_legend_handles_labels()
-    extra = acc_ax.get_legend_handles_labels()
-    ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7, loc="best")
+    acc_ax.set_ylabel("test accuracy (%)\n95% CI over seeds")
+    acc_ax.set_xlabel(r"noise $\sigma$ (0: the ODE network)")
     return store.save_figure(fig, "noise_robustness.png")
 
 
 def _sensitivity(results: dict, store: Store) -> str | None:
+    """The max-sensitivity of each network, one panel per method, with each SDE network's effect above its bar."""
     comps = results["sensitivity"]["comparisons"]
     if not comps:
         return None
-    sde = results["config"]["table_sigma"]
-    comp = comps.get(f"sde-{sde:g}") or next(iter(comps.values()))
-    methods = list(comp["methods"])
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for j, (key, label) in enumerate((("ode", "ODE"), ("sde", rf"SDE $\sigma$={sde:g}"))):
-        cs = [comp["methods"][m][key] for m in methods]
+    sdes = _sigmas(comps)
+    methods = list(comps[sdes[0]]["methods"])
+    fig, axes = plt.subplots(1, len(methods), figsize=(2.3 * len(methods) + 0.6, 3.6), squeeze=False)
+    labels = ["ODE", *(f"{sigma_of(s):g}" for s in sdes)]
+    for ax, m in zip(axes[0], methods):
+        rows = [comps[s]["methods"].get(m) for s in sdes]
+        ode = next(r["ode"] for r in rows if r)
+        cs = [ode] + [r["sde"] if r else None for r in rows]
         ax.bar(
-            [i + (j - 0.5) * 0.38 for i in range(len(methods))],
-            [c["mean"] for c in cs],
-            0.38,
-            yerr=[[c["mean"] - c["low"] for c in cs], [c["high"] - c["mean"] for c in cs]],
+            range(len(cs)),
+            [c["mean"] if c else 0 for c in cs],
+            0.7,
+            yerr=[[c["mean"] - c["low"] if c else 0 for c in cs], [c["high"] - c["mean"] if c else 0 for c in cs]],
             capsize=3,
-            label=label,
+            color=["0.55"] + [f"C{k}" for k in range(len(sdes))],
         )
-    ax.set_xticks(range(len(methods)))
-    ax.set_xticklabels([title(m) for m in methods], fontsize=8)
-    ax.set_ylabel("max-sensitivity (95% CI over seeds)")
-    ax.legend()
+        top = max(c["high"] for c in cs if c)
+        for k, r in enumerate(rows, start=1):
+            if r:
+                decided = r["verdict"] != "depends"
+                ax.text(
+                    k,
+                    top * 1.04,
+                    percent(r["effect"]["mean"]),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    rotation=90,
+                    fontweight="bold" if decided else "normal",
+                )
+        ax.set_ylim(0, top * 1.35)
+        ax.set_xticks(range(len(cs)))
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_title(title(m), fontsize=9)
+        ax.set_xlabel(r"network ($\sigma$)", fontsize=8)
+    axes[0][0].set_ylabel("max-sensitivity (95% CI over seeds)")
+    fig.suptitle(
+        "Max-sensitivity per network; above each SDE bar its effect against the ODE (bold: decided)", fontsize=10
+    )
+    fig.tight_layout()
     return store.save_figure(fig, "sensitivity.png")
 
 
@@ -234,4 +321,5 @@ SENSITIVITY = Section(
     tables=tables,
     plots={"noise_robustness": _noise_robustness, "sensitivity": _sensitivity},
     fills={"sensitivity_summary": summary, "paper_tables": paper_tables},
+    page_table=page_table,
 )

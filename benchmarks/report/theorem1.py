@@ -112,12 +112,18 @@ def verdicts(results: dict) -> list[dict]:
     return rows
 
 
-def _span(row: dict, key: str) -> str:
-    """The median over seeds (smallest to largest seed)."""
+def _median_span(row: dict, key: str) -> tuple[float, float, float]:
+    """(median, smallest, largest) over seeds, as the table gives them."""
     values = sorted(s[key] for s in row["seeds"].values())
     mid = len(values) // 2
     median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-    return f"{number(median, 3)} ({number(values[0], 3)} to {number(values[-1], 3)})"
+    return median, values[0], values[-1]
+
+
+def _span(row: dict, key: str) -> str:
+    """The median over seeds (smallest to largest seed)."""
+    median, low, high = _median_span(row, key)
+    return f"{number(median, 3)} ({number(low, 3)} to {number(high, 3)})"
 
 
 def tables(results: dict) -> list[str]:
@@ -230,27 +236,41 @@ def claim_summary(results: dict) -> str:
 
 
 def _plot(results: dict, store: Store) -> str | None:
+    """One panel per stage: Theorem 1's bound, the one-sided bound and the measured amplification per network."""
     th = results["theorem1"]["per_model"]
     if not th:
         return None
-    labels, bound, onesided, measured = [], [], [], []
-    for model, rows in th.items():
-        for r in rows:
-            labels.append(f"{model}\n{r['stage']}")
-            bound.append(r["bound"]["mean"])
-            onesided.append(r["bound_onesided"]["mean"])
-            measured.append(r["measured_max"]["mean"])
-    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(labels)), 3.8))
-    xs = range(len(labels))
-    ax.bar([x - 0.27 for x in xs], bound, 0.27, label=r"$e^{\int C\,dt}$ (Theorem 1)")
-    ax.bar(list(xs), onesided, 0.27, label=r"one-sided bound $e^{\sum L_k}$")
-    ax.bar([x + 0.27 for x in xs], measured, 0.27, label="measured amplification")
-    ax.set_yscale("log")
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels(labels, fontsize=6)
-    ax.set_ylabel(r"$\|F(x+\delta) - F(x)\| / \|\delta\|$")
-    ax.legend(fontsize=7)
-    ax.set_title("Theorem 1: bound vs measured, per network and stage (mean over seeds)")
+    stages = list(dict.fromkeys(r["stage"] for rows in th.values() for r in rows))
+    fig, axes = plt.subplots(1, len(stages), figsize=(3.6 * len(stages), 3.9), sharey=True, squeeze=False)
+    series = (
+        ("bound", r"Theorem 1: $e^{\int C\,dt}$"),
+        ("bound_onesided", r"one-sided bound $e^{\sum L_k}$"),
+        ("measured_max", "measured (max over images)"),
+    )
+    for ax, stage in zip(axes[0], stages):
+        names = [m for m, rows in th.items() if any(r["stage"] == stage for r in rows)]
+        rows = [next(r for r in th[m] if r["stage"] == stage) for m in names]
+        for j, (key, label) in enumerate(series):
+            spans = [_median_span(r, key) for r in rows]
+            ax.bar(
+                [x + (j - 1) * 0.27 for x in range(len(rows))],
+                [med for med, _, _ in spans],
+                0.27,
+                yerr=[[med - lo for med, lo, _ in spans], [hi - med for med, _, hi in spans]],
+                capsize=2,
+                label=label,
+            )
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(["ODE" if m == "ode" else f"σ {sigma_of(m):g}" for m in names], fontsize=9)
+        ax.set_title(stage, fontsize=10)
+    axes[0][0].set_ylabel(r"$\|F(x+\delta) - F(x)\| / \|\delta\|$")
+    axes[0][-1].legend(fontsize=8, loc="upper right")
+    fig.suptitle(
+        "Theorem 1: bound vs measured amplification, per stage (median over seeds; bars: smallest to largest)",
+        fontsize=10,
+    )
+    fig.tight_layout()
     return store.save_figure(fig, "theorem1.png")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .formatting import VERDICT_MARK, effect, markdown_table, seeds_phrase
 
-__all__ = ["VERDICT_RULE", "console_summary", "counts", "full", "page_rows", "section", "verdict_table"]
+__all__ = ["VERDICT_RULE", "console_summary", "counts", "full", "page", "section", "verdict_table"]
 
 VERDICT_RULE = (
     "Every network is trained once per training seed; a seed's ODE and SDE networks share initial weights, data "
@@ -39,10 +39,13 @@ def counts(rows: list[dict]) -> str:
     return f"{n['holds']} hold, {n['fails']} fail, {n['depends']} depend."
 
 
-def verdict_table(rows: list[dict]) -> list[str]:
-    """The rows as a Markdown table, with the count of each verdict under it."""
+def verdict_table(rows: list[dict], *, notes: bool = True) -> list[str]:
+    """The rows as a Markdown table, with the count of each verdict under it (``notes``: with the note column)."""
     header = ["claim", "setting", "verdict", "effect [95% CI]", "seeds", "note"]
-    return [*markdown_table(header, [_cells(r) for r in rows]), "", counts(rows)]
+    cells = [_cells(r) for r in rows]
+    if not notes:
+        header, cells = header[:-1], [c[:-1] for c in cells]
+    return [*markdown_table(header, cells), "", counts(rows)]
 
 
 def full(results: dict) -> list[str]:
@@ -59,17 +62,26 @@ def section(results: dict) -> list[str]:
     return ["## Verdicts", "", *body] if body else []
 
 
-def page_rows(rows: list[dict], results: dict, link: str) -> list[str]:
-    """One page's own claims: a line on how they are decided, their rows, and a link to every claim."""
-    if not rows:
-        return ["This run has no verdicts for this page's claims."]
+def page(sections, results: dict, link: str) -> list[str]:
+    """One page's own claims: how they are decided, each section's verdicts, and a link to every claim.
+
+    Args:
+        sections: the sections that show their claims on the page.
+        results: the run's results.
+        link: where the rule and every claim are (``page.md#anchor``).
+    """
     seeds = len(results["seeds"])
     level = f"over {seeds} training seeds" if seeds > 1 else "over images (one training seed)"
-    return [
-        f"Decided {level} by a 95% interval; the rule and every other claim are in [all claims]({link}).",
-        "",
-        *verdict_table(rows),
-    ]
+    lines = [f"Decided {level} by a 95% interval; the rule and every other claim are in [all claims]({link})."]
+    for section in sections:
+        if section.page_table is not None:
+            body = section.page_table(results)
+        else:
+            rows = section.verdicts(results)
+            body = verdict_table(rows, notes=any(r["note"] for r in rows)) if rows else []
+        if body:
+            lines += ["", *body]
+    return lines if len(lines) > 1 else ["This run has no verdicts for this page's claims."]
 
 
 def console_summary(results: dict) -> str:
