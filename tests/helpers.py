@@ -3,6 +3,46 @@
 import torch
 import torch._dynamo
 import torch._inductor.config as inductor
+from torch import nn
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters (in place).
+
+    Freshly initialised BatchNorms are identities in eval mode, which would hide
+    mistakes in how they are applied.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(0.2 * torch.rand(n, generator=gen) - 0.1)
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                m.bias.copy_(0.2 * torch.rand(n, generator=gen) - 0.1)
+    return model
+
+
+def tiny_model(
+    cls,
+    seed: int = 0,
+    *,
+    in_channels: int = 1,
+    num_classes: int = 5,
+    widths=(4, 8),
+    blocks: int = 2,
+    trained_bn: bool = True,
+    **settings,
+) -> nn.Module:
+    """A small ODEResNet / SDEResNet with weights drawn from ``seed``.
+
+    ``trained_bn``: BatchNorm statistics as after training (``randomize_batchnorm``) and
+    eval mode; otherwise as constructed, in train mode. ``settings`` go to ``cls.small``.
+    """
+    torch.manual_seed(seed)
+    model = cls.small(in_channels=in_channels, num_classes=num_classes, widths=widths, blocks=blocks, **settings)
+    return randomize_batchnorm(model, seed).eval() if trained_bn else model
 
 
 def compiled_equals_eager(model, x, mode, backend="inductor"):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import randomize_batchnorm
+from helpers import randomize_batchnorm
 
 import neuralsde
 from neuralsde import ODEResNet, SDEResNet, SolverError, attribute, integrate

@@ -22,7 +22,7 @@ from captum.attr import (
     Saliency,
 )
 from captum.metrics import sensitivity_max
-from conftest import randomize_batchnorm
+from helpers import randomize_batchnorm, tiny_model
 from torch import nn
 
 from neuralsde import ODEResNet, SDEResNet, attribute
@@ -44,9 +44,7 @@ SOLVER_IDS = ["ode-euler", "ode-rk4", "ode-dopri5", "sde-euler_maruyama", "sde-m
 
 
 def tiny(cls, seed=0, **settings):
-    torch.manual_seed(seed)
-    model = cls.small(in_channels=1, num_classes=5, widths=(4, 8), blocks=2, **settings)
-    return randomize_batchnorm(model, seed).eval()  # non-trivial statistics, as after training
+    return tiny_model(cls, seed, **settings)  # non-trivial BatchNorm statistics, as after training
 
 
 def images(n=2, seed=1):

@@ -20,8 +20,7 @@ import pytest
 import torch
 import torchvision
 from captum.attr import DeepLift, LayerGradCam
-from conftest import randomize_batchnorm
-from helpers import compiled_equals_eager
+from helpers import compiled_equals_eager, randomize_batchnorm, tiny_model
 from torch import nn
 
 from neuralsde import ODEResNet, SDEResNet, attribute
@@ -49,8 +48,7 @@ def tv_model(arch: str, seed: int = 0) -> nn.Module:
 
 
 def small(cls, **kwargs) -> nn.Module:
-    torch.manual_seed(0)
-    return cls.small(in_channels=3, num_classes=10, widths=(8, 16), blocks=2, **kwargs).to(DEVICE)
+    return tiny_model(cls, 0, in_channels=3, num_classes=10, widths=(8, 16), trained_bn=False, **kwargs).to(DEVICE)
 
 
 def images(n: int, size: int = 32, seed: int = 1) -> torch.Tensor:

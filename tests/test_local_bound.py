@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import randomize_batchnorm
+from helpers import tiny_model
 from torch import nn
 
 from neuralsde import ContinuousStage, ODEResNet, SDEResNet
@@ -316,9 +316,7 @@ def test_different_symmetric_drifts_per_block_give_the_dense_products(T):
 
 def small_model(cls, seed, **kw):
     """A random float64 'small' model in eval mode, with non-trivial BatchNorm statistics."""
-    torch.manual_seed(seed)
-    model = cls.small(in_channels=1, num_classes=5, widths=(4, 8), blocks=3, **kw)
-    return randomize_batchnorm(model, seed).double().eval()
+    return tiny_model(cls, seed, blocks=3, **kw).double()
 
 
 def images(n, seed):

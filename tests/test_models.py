@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch._dynamo
 import torchvision
-from conftest import randomize_batchnorm
-from helpers import compiled_equals_eager
+from helpers import compiled_equals_eager, randomize_batchnorm
 from torch import nn
 
 from neuralsde import ODEResNet, SDEResNet, SolverError

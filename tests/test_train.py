@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torchvision
+from helpers import tiny_model
 from torch.utils.data import Subset
 
 from neuralsde import ODEResNet, SDEResNet
@@ -17,8 +18,7 @@ from neuralsde.weights import state_checksum
 
 
 def tiny(cls=SDEResNet, **kw):
-    torch.manual_seed(0)
-    return cls.small(in_channels=1, num_classes=10, widths=(4, 8), blocks=2, **kw)
+    return tiny_model(cls, 0, num_classes=10, trained_bn=False, **kw)  # as constructed, to be trained
 
 
 def subset(n=256):
