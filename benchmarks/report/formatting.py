@@ -10,6 +10,7 @@ from ..config import METHOD_TITLES
 __all__ = [
     "VERDICT_MARK",
     "ci",
+    "defined",
     "diff",
     "effect",
     "flags",
@@ -17,6 +18,7 @@ __all__ = [
     "markdown_table",
     "number",
     "percent",
+    "ratio",
     "seeds_phrase",
     "sigma_label",
     "title",
@@ -32,6 +34,16 @@ def number(x, digits: int = 4, *, small: float = 1e-3) -> str:
     if isinstance(x, float) and (abs(x) >= 1e4 or (x != 0 and abs(x) < small)):
         return f"{x:.2e}"
     return f"{x:.{digits}f}"
+
+
+def ratio(x, digits: int = 2) -> str:
+    """A correlation or a ratio: fixed digits, never scientific for small values ("0.00", not 6e-04)."""
+    return number(x, digits, small=0.0)
+
+
+def defined(x) -> bool:
+    """A number, not None (an undefined value in results.json) nor NaN."""
+    return x is not None and math.isfinite(x)
 
 
 def percent(x) -> str:

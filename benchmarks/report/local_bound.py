@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 from ..config import sigma_of
 from ..store import Store
-from .formatting import markdown_table, number
+from .formatting import defined, markdown_table, ratio
 from .plotting import plt
 from .section import Section
 from .stats import clean, median, quantiles
@@ -35,15 +33,6 @@ STATEMENT_TITLES = {
     "flow_log_norm": "flow, log-norm",
     "flow_blocks": "flow, block product",
 }
-
-
-def _f(x, digits=2) -> str:
-    return number(x, digits, small=0.0)  # ratios: "0.00", never 6e-04
-
-
-def _ok(x) -> bool:
-    """A number, not None (an undefined value in results.json) nor NaN."""
-    return x is not None and math.isfinite(x)
 
 
 def local_bounds(store: Store) -> dict:
@@ -115,7 +104,7 @@ def summarise(store: Store, results: dict) -> dict:
 
 def _bound_table(lb: dict) -> list[str]:
     rows = [
-        [stage, title, _f(q["q50"]), _f(q["q10"]), _f(q["q90"]), _f(q["q0"], 3), _f(q["q100"]), q["n"]]
+        [stage, title, ratio(q["q50"]), ratio(q["q10"]), ratio(q["q90"]), ratio(q["q0"], 3), ratio(q["q100"]), q["n"]]
         for stage, by_statement in lb["stages"].items()
         for s, title in STATEMENT_TITLES.items()
         for q in [by_statement.get(s)]
@@ -139,14 +128,14 @@ def tables(results: dict) -> list[str]:
 
 def paragraph(results: dict, lb: dict) -> str:
     def medians(statement: str) -> str:
-        return "; ".join(f"{s} {_f(r[statement]['q50'])}" for s, r in lb["stages"].items() if statement in r)
+        return "; ".join(f"{s} {ratio(r[statement]['q50'])}" for s, r in lb["stages"].items() if statement in r)
 
     below = lb["below"]
     th = results.get("theorem1", {}).get("bound_over_measured", {})
     text = (
         "**Local bounds.** Along each image's own trajectory, the product of the block Jacobian norms bounds "
         f"the network's stage Jacobian norm within a median factor of {medians('network')} "
-        f"(goal ≤ {_f(lb['goal'], 0)}: {'met' if lb['meets_goal']['network'] else 'not met'} in every stage). "
+        f"(goal ≤ {ratio(lb['goal'], 0)}: {'met' if lb['meets_goal']['network'] else 'not met'} in every stage). "
         f"For the continuous flow of the drift, the integrated logarithmic norm is within {medians('flow_log_norm')} "
         f"({'met' if lb['meets_goal']['flow_log_norm'] else 'not met'} in every stage), and the product of the "
         f"blocks' flow maps within {medians('flow_blocks')}. The gap between the last two is the logarithmic "
@@ -158,10 +147,10 @@ def paragraph(results: dict, lb: dict) -> str:
         if not sum(below.values())
         else f"Bounds below their measured value: {below}."
     )
-    if th and _ok(th.get("min")):
+    if th and defined(th.get("min")):
         text += (
-            f" Theorem 1's global bound exceeds the measured amplification {_f(th['min'], 1)} to "
-            f"{_f(th['max'], 1)} times."
+            f" Theorem 1's global bound exceeds the measured amplification {ratio(th['min'], 1)} to "
+            f"{ratio(th['max'], 1)} times."
         )
     return text
 

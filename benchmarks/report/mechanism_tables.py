@@ -5,24 +5,15 @@ from __future__ import annotations
 import math
 
 from ..config import sigma_of
-from .formatting import markdown_table, number, percent, title
+from .formatting import defined, markdown_table, percent, ratio, title
 
-__all__ = ["f2", "methods_of", "num", "ok", "rel", "sdes", "sigma", "sure", "tables"]
+__all__ = ["methods_of", "num", "rel", "sdes", "sigma", "sure", "tables"]
 
 PARTS = ("sens", "change", "norm")
 
 
-def ok(x) -> bool:
-    """A number, not None (an undefined value in results.json) nor NaN."""
-    return x is not None and math.isfinite(x)
-
-
 def num(x) -> float:
-    return x if ok(x) else math.nan
-
-
-def f2(x, digits=2) -> str:
-    return number(x, digits, small=0.0)  # correlations and ratios: "0.00", never 6e-04
+    return x if defined(x) else math.nan
 
 
 def rel(e: dict) -> str:
@@ -32,7 +23,7 @@ def rel(e: dict) -> str:
 def sure(e: dict) -> int:
     """+1 / -1 where the seed interval lies above / below 0, else 0."""
     low, high = e["log"]["low"], e["log"]["high"]
-    if not (ok(low) and ok(high)):
+    if not (defined(low) and defined(high)):
         return 0
     return 1 if low > 0 else -1 if high < 0 else 0
 
@@ -61,7 +52,7 @@ def _decomposition_table(mech: dict) -> list[str]:
 
 
 def _interval(v: dict, digits: int) -> str:
-    return f"{f2(v['mean'], digits)} [{f2(v['low'], digits)}, {f2(v['high'], digits)}]"
+    return f"{ratio(v['mean'], digits)} [{ratio(v['low'], digits)}, {ratio(v['high'], digits)}]"
 
 
 def _levels_table(mech: dict) -> list[str]:
@@ -91,7 +82,7 @@ def _margins_table(mech: dict) -> list[str]:
     """Per stage, the distribution of pre-activation margins against the change a perturbation makes."""
     digits = {"zmedian": 3, "zq10": 3, "dz": 4, "margin": 2, "flip": 4}
     rows = [
-        [stage, name, *(f2(mech["levels"][f"{k}:{stage}"][name]["mean"], d) for k, d in digits.items())]
+        [stage, name, *(ratio(mech["levels"][f"{k}:{stage}"][name]["mean"], d) for k, d in digits.items())]
         for stage in mech["stages"]
         for name in mech["levels"]["flip"]
     ]
@@ -106,7 +97,7 @@ def _correlation_table(mech: dict) -> list[str]:
 
 
 def _r(c: dict) -> str:
-    return f"{f2(c['r'])} [{f2(c['low'])}, {f2(c['high'])}]"
+    return f"{ratio(c['r'])} [{ratio(c['low'])}, {ratio(c['high'])}]"
 
 
 def tables(results: dict) -> list[str]:

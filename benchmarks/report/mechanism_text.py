@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ..config import sigma_of
 from ..store import Store
-from .formatting import title
+from .formatting import defined, ratio, title
 from .local_bound import paragraph as bound_paragraph
-from .mechanism_tables import f2, methods_of, num, ok, rel, sdes, sigma, sure
+from .mechanism_tables import methods_of, num, rel, sdes, sigma, sure
 from .plotting import plt
 
 __all__ = ["conclusion", "plot"]
@@ -33,12 +33,12 @@ def _amplification_paragraph(mech: dict) -> str:
         "classifier, changes by " + ", ".join(f"{rel(grad[s])}" for s in sigmas) + " at the same σ."
     )
     corr = mech["correlations"]["jacobian"]
-    rs = [c["r"] for c in corr.values() if ok(c["r"])]
+    rs = [c["r"] for c in corr.values() if defined(c["r"])]
     if rs:
         sign = "negative" if max(rs) < 0 else "positive" if min(rs) > 0 else "mixed in sign"
         text += (
             f" Across seeds and σ, the stage amplification's effect correlates with the sensitivity's effect "
-            f"with r from {f2(min(rs))} to {f2(max(rs))} over the methods ({sign})."
+            f"with r from {ratio(min(rs))} to {ratio(max(rs))} over the methods ({sign})."
         )
     if up and rs and max(rs) < 0:
         text += " Stage amplification therefore cannot be the mechanism: it moves the other way."
@@ -56,7 +56,7 @@ def _decomposition_paragraph(mech: dict) -> str:
     change_down = [c for c in lower if sure(c[2]["change"]) < 0]
     norm_up = [c for c in lower if sure(c[2]["norm"]) > 0]
     norm_down = [c for c in lower if sure(c[2]["norm"]) < 0]
-    norm_not_up = [c for c in lower if ok(c[2]["norm"]["mean"]) and c[2]["norm"]["mean"] <= 0]
+    norm_not_up = [c for c in lower if defined(c[2]["norm"]["mean"]) and c[2]["norm"]["mean"] <= 0]
     names = [f"{title(m)} at {sigma(s)}" for m, s, _ in lower]
     text = (
         f"**The two factors.** Of {len(cases)} (method, σ) cases, {len(lower)} have a max-sensitivity lower for "
@@ -94,12 +94,12 @@ def _predictor_paragraph(mech: dict) -> str:
             if "{method}" in pred:
                 continue  # the numerator and denominator are the sensitivity itself
             c = mech["correlations"][pred][method]
-            if ok(c["low"]) and (c["low"] > 0 or c["high"] < 0):
+            if defined(c["low"]) and (c["low"] > 0 or c["high"] < 0):
                 ranked.append((abs(c["r"]), name, c))
         if ranked:
             _, name, c = max(ranked, key=lambda t: t[0])
-            interval = f"[{f2(c['low'])}, {f2(c['high'])}]"
-            best.append(f"{title(method)}: {name} (r = {f2(c['r'])} {interval})")
+            interval = f"[{ratio(c['low'])}, {ratio(c['high'])}]"
+            best.append(f"{title(method)}: {name} (r = {ratio(c['r'])} {interval})")
         else:
             best.append(f"{title(method)}: none whose interval excludes 0")
     return (
@@ -118,7 +118,7 @@ def _best_predictors(mech: dict) -> dict[str, str]:
             for pred, _ in mech["predictors"]
             if "{method}" not in pred
             for c in [mech["correlations"][pred][method]]
-            if ok(c["low"]) and (c["low"] > 0 or c["high"] < 0)
+            if defined(c["low"]) and (c["low"] > 0 or c["high"] < 0)
         ]
         if ranked:
             out[method] = max(ranked)[1]
@@ -133,7 +133,7 @@ def _short(mech: dict) -> str:
     change = (
         lower
         and all(sure(p["change"]) < 0 for p in lower)
-        and all(ok(p["norm"]["mean"]) and p["norm"]["mean"] <= 0 for p in lower)
+        and all(defined(p["norm"]["mean"]) and p["norm"]["mean"] <= 0 for p in lower)
     )
     best = _best_predictors(mech)
     text = "**In short.** "
