@@ -69,7 +69,8 @@ def test_main_job_writes_tables_figures_and_records(quick_run):
                 assert methods["deeplift"]["mean"] < 1e-4 * methods["output_change"]["mean"] + 1e-6
     claims = {r["claim"] for r in results["verdicts"]}
     assert claims == {
-        "SDE attributions are less sensitive",
+        "sensitivity falls as σ grows (primary)",
+        "SDE attributions are less sensitive (secondary, per σ)",
         "Theorem 1's bound holds",
         "the SDE amplifies perturbations less",
         "completeness (eq. 9)",

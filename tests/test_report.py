@@ -57,3 +57,88 @@ def test_the_registry_and_the_page_templates_agree():
         text = (TEMPLATES / f"{page}.md").read_text()
         assert f"{{{{verdicts:{page}}}}}" in text, page
     assert Path(TEMPLATES).is_dir()
+
+
+def test_log_effect_decides_over_seeds_and_over_images_with_one_seed():
+    from benchmarks.report.stats import log_effect
+
+    ode = {s: [1.0 + 0.1 * i for i in range(6)] for s in range(4)}
+    sde = {s: [0.9 * v for v in vals] for s, vals in ode.items()}  # every image 10% lower, in every seed
+    r = log_effect(sde, ode, sign=-1)
+    assert r["verdict"] == "holds" and r["agree"] == 4 and r["level"] == "seeds"
+    assert r["effect"]["mean"] == pytest.approx(-0.1, abs=1e-12) and r["image"]["n"] == 24
+    # Seeds that disagree: depends, whatever the images say.
+    mixed = {s: [v * (0.8 if s % 2 else 1.25) for v in vals] for s, vals in ode.items()}
+    assert log_effect(mixed, ode, sign=-1)["verdict"] == "depends"
+    # One seed: the paired images decide and give the interval (not a zero-width one over one seed).
+    noisy = {0: [v * (0.85 + 0.02 * (i % 3)) for i, v in enumerate(ode[0])]}
+    one = log_effect(noisy, {0: ode[0]}, sign=-1)
+    assert one["level"] == "images" and one["verdict"] == "holds"
+    assert one["effect"]["low"] < one["effect"]["mean"] < one["effect"]["high"] < 0
+
+
+def test_holm_and_the_slope_by_hand():
+    from benchmarks.report.dose import holm, slope
+
+    # Sorted 0.01, 0.03, 0.04: 3 x 0.01, max(0.03, 2 x 0.03), max(0.06, 1 x 0.04).
+    assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06})
+    assert math.isnan(holm({"a": float("nan"), "b": 0.2})["a"]) and holm({"b": 0.2})["b"] == 0.2
+    assert slope([0.0, 0.5, 1.0], [1.0, 0.0, -1.0]) == pytest.approx(-2.0) and math.isnan(slope([1.0], [2.0]))
+
+
+class _Store:
+    """What a report section reads from a run: its configuration and its cells of one kind."""
+
+    def __init__(self, cfg, cells):
+        self.cfg, self.cells = cfg, cells
+
+    def results(self, kind):
+        return self.cells if kind == "sensitivity" else {}
+
+
+def _dose_cells(falls: dict[int, float], sigmas=(0.5, 1.0)) -> dict:
+    """Sensitivity cells whose SDE values are the ODE's times exp(-k σ), k per seed: slope -k exactly."""
+    cells = {}
+    for seed, k in falls.items():
+        base = [0.5 + 0.1 * i for i in range(4)]
+        for name, sigma in [("ode", 0.0), *((f"sde-{s:g}", s) for s in sigmas)]:
+            values = [v * math.exp(-k * sigma) for v in base]
+            cells[f"s{seed}/{name}"] = {"model": name, "seed": seed, "method": "saliency", "rep": 0, "values": values}
+    return cells
+
+
+def test_the_dose_response_row_is_each_seeds_slope_decided_over_seeds():
+    from benchmarks.config import Config
+    from benchmarks.report.dose import summarise, verdicts
+
+    cfg = Config(seeds=[0, 1, 2], sigmas=[0.5, 1.0], methods=["saliency"])
+    falls = {0: 0.2, 1: 0.3, 2: 0.25}
+    out = summarise(_Store(cfg, _dose_cells(falls)), {})["dose_response"]
+    row = out["methods"]["saliency"]
+    assert row["per_seed"] == pytest.approx({str(s): -k for s, k in falls.items()})
+    assert row["slope"]["mean"] == pytest.approx(-0.25)
+    assert row["p"] == pytest.approx(stats.ttest_1samp([-0.2, -0.3, -0.25], 0.0).pvalue)
+    assert row["p_holm"] == row["p"]  # a family of one
+    assert row["verdict"] == "holds" and row["effect"]["mean"] == pytest.approx(math.expm1(-0.025))
+    rows = verdicts({"dose_response": out, "config": cfg.to_dict()})
+    assert [r["verdict"] for r in rows] == ["holds"] and rows[0]["agree"] == 3
+    # Seeds that disagree in sign: depends.
+    mixed = summarise(_Store(cfg, _dose_cells({0: 0.3, 1: -0.3, 2: 0.05})), {})["dose_response"]
+    assert mixed["methods"]["saliency"]["verdict"] == "depends"
+
+
+def test_the_allocation_is_the_narrowest_for_its_cost_and_meets_the_target():
+    from benchmarks.report.power import TARGET, _plan
+
+    # tau^2 = 0.01, s^2 = 0.04, a seed costs 4 images: n* = sqrt(4 x 0.04 / 0.01) = 4 images.
+    rows = {"x": {"sigma": 0.5, "training": 0.01, "image_variance": 0.04}}
+    plan = _plan(rows, 4.0, 1.0)
+    assert plan["images"] == 4
+
+    def half(seeds):
+        return stats.t.ppf(0.975, seeds - 1) * math.sqrt((0.01 + 0.04 / 4) / seeds)
+
+    assert half(plan["seeds"]) <= TARGET < half(plan["seeds"] - 1)  # the fewest seeds that reach it
+    assert plan["seconds"] == pytest.approx(plan["seeds"] * (4.0 + 4 * 1.0))
+    # A row below the smallest σ judged is not planned for.
+    assert _plan({"x": {**rows["x"], "sigma": 0.1}}, 4.0, 1.0) == {}

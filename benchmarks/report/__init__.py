@@ -23,11 +23,13 @@ from ..pipeline import Part
 from ..store import Store
 from . import verdicts as verdict_table
 from .completeness import COMPLETENESS
+from .dose import DOSE
 from .formatting import seeds_phrase
 from .local_bound import LOCAL_BOUND
 from .localisation import LOCALISATION
 from .mechanism import MECHANISM
 from .networks import NETWORKS
+from .power import POWER
 from .robustness import ROBUSTNESS
 from .section import Section
 from .sensitivity import SENSITIVITY
@@ -40,7 +42,9 @@ __all__ = ["REPORT", "SECTIONS", "Section", "build", "console_summary", "plots",
 #: read the summaries of the sections before it.
 SECTIONS: tuple[Section, ...] = (
     NETWORKS,
+    DOSE,
     SENSITIVITY,
+    POWER,
     ROBUSTNESS,
     LOCALISATION,
     THEOREM1,

@@ -63,7 +63,7 @@ def diff(c: dict, digits: int = 4) -> str:
 
 def effect(c: dict, unit: str) -> str:
     """An effect with its interval, in its unit (a verdict row's ``unit``)."""
-    if unit == "relative":
+    if unit == "relative" or unit.startswith("relative per"):
         return f"{percent(c['mean'])} [{percent(c['low'])}, {percent(c['high'])}]"
     if unit == "bound ÷ measured (range)":
         return f"{number(c['low'], 1)} to {number(c['high'], 1)}"

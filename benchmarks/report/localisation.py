@@ -51,7 +51,7 @@ def verdicts(results: dict) -> list[dict]:
             "mass on object",
             r["agree"],
             r["seeds"],
-            note,
+            note + (" (one seed: image-level CI)" if r.get("level") == "images" else ""),
         )
         for method, r in in_run_order(loc.get("comparisons", {}), results)
     ]

@@ -8,7 +8,6 @@ from ..store import Store
 from .formatting import (
     VERDICT_MARK,
     ci,
-    diff,
     effect,
     flags,
     in_run_order,
@@ -19,7 +18,7 @@ from .formatting import (
 )
 from .plotting import plt
 from .section import Section, verdict_row
-from .stats import accuracy_flags, by_seed, finite_mean, mean_ci, seed_effect
+from .stats import accuracy_flags, by_seed, finite_mean, log_effect, mean_ci
 from .verdicts import counts
 
 __all__ = ["SENSITIVITY"]
@@ -60,7 +59,7 @@ def summarise(store: Store, results: dict) -> dict:
                 comp["methods"][method] = {
                     "ode": per_model["ode"][method],
                     "sde": per_model[sde][method],
-                    **seed_effect(a, b, sign=-1),
+                    **log_effect(a, b, sign=-1),
                 }
         comparisons[sde] = comp
     seconds: dict[str, float] = {}
@@ -89,7 +88,7 @@ def verdicts(results: dict) -> list[dict]:
         for method, r in in_run_order(comp["methods"], results):
             rows.append(
                 verdict_row(
-                    "SDE attributions are less sensitive",
+                    "SDE attributions are less sensitive (secondary, per σ)",
                     f"{title(method)}, σ = {sigma_of(sde):g}",
                     r["verdict"],
                     r["effect"],
@@ -113,20 +112,22 @@ def tables(results: dict) -> list[str]:
         "",
         f"{sens['images_per_cell']} correctly classified test images × {sens['repetitions']} repetition(s) per "
         f"seed, {seeds_phrase(results)}; perturbation radius {cfg['radius']} (L∞, input units), {cfg['n_perturb']} "
-        "perturbations. ODE and SDE: the mean over seeds of each seed's mean [95% CI over seeds]. 'SDE vs ODE': "
-        "the per-seed relative change, its 95% CI over seeds and its seed-to-seed standard deviation. "
-        "'Images': the SDE − ODE difference with the CI over all images pooled, which ignores training-run "
-        "variation and is shown for comparison only.",
+        "perturbations. ODE and SDE: the mean over seeds of each seed's mean [95% CI over seeds], as the paper "
+        "reports them. 'SDE vs ODE': per seed, the SDE network's geometric mean over images ÷ the ODE network's, "
+        "minus 1, with its 95% CI over seeds and the seed-to-seed standard deviation of its logarithm; this "
+        "decides the verdict. 'Images': the same ratio with the CI over the paired images of all seeds pooled, "
+        "which ignores training-run variation"
+        + (" and decides with one training seed." if len(results["seeds"]) < 2 else "; for comparison only."),
         "",
     ]
     paper = sens["paper"]
     header = ["method", "ODE", "SDE", "SDE vs ODE [95% CI over seeds]", "seed sd", "seeds lower"]
-    header += ["images: SDE − ODE [95% CI]", "verdict"] + (["paper ODE → SDE"] if paper else [])
+    header += ["images: SDE vs ODE [95% CI]", "verdict"] + (["paper ODE → SDE"] if paper else [])
     for sde, comp in sens["comparisons"].items():
         rows = []
         for method, r in comp["methods"].items():
             row = [title(method), ci(r["ode"]), ci(r["sde"]), effect(r["effect"], "relative")]
-            row += [percent(r["effect"]["sd"]), f"{r['agree']}/{r['seeds']}", diff(r["image"])]
+            row += [percent(r["effect"]["sd"]), f"{r['agree']}/{r['seeds']}", effect(r["image"], "relative")]
             row += [VERDICT_MARK[r["verdict"]]]
             if paper:
                 pv = paper.get(method)
@@ -159,8 +160,8 @@ def page_table(results: dict) -> list[str]:
     flagged = sorted({seed for s in sdes for seed in comps[s]["accuracy_flags"]})
     lines = [*markdown_table(header, rows), ""]
     lines.append(
-        "Each cell: the verdict, the SDE network's max-sensitivity against the ODE network's (per-seed relative "
-        "change, 95% CI over seeds) and the seeds whose own change is a decrease."
+        "Each cell: the verdict, the SDE network's max-sensitivity against the ODE network's (per seed the ratio "
+        "of geometric means over images, minus 1; 95% CI over seeds) and the seeds whose own change is a decrease."
         + (
             f" Seed(s) {', '.join(map(str, flagged))}: the two networks' accuracies differ by more than "
             f"{100 * results['accuracy_gap']:g} points for at least one σ (see Networks below)."

@@ -23,6 +23,7 @@ __all__ = [
     "clean",
     "correlation",
     "finite_mean",
+    "log_effect",
     "log_gm",
     "mean_ci",
     "median",
@@ -123,8 +124,8 @@ def seed_effect(a: dict[int, list[float]], b: dict[int, list[float]], *, sign: i
         ``per_seed`` (each seed's means and effect), ``effect`` (mean, 95% CI over seeds,
         ``sd`` the seed-to-seed spread, ``n`` seeds), ``agree`` (seeds whose effect has the
         claimed sign), ``image`` (the paired test over images pooled across seeds, in the
-        units of ``a - b``) and ``verdict``. With one seed the verdict follows the image
-        interval (``level`` says which).
+        units of ``a - b``) and ``verdict``. With one seed the image interval decides and
+        is reported as ``effect`` (``level`` says which).
     """
     seeds = sorted(set(a) & set(b))
     per_seed = []
@@ -138,7 +139,11 @@ def seed_effect(a: dict[int, list[float]], b: dict[int, list[float]], *, sign: i
     if len(seeds) >= 2:
         level, v = "seeds", verdict(ci["low"], ci["high"], sign)
     else:
+        # One seed: the interval over its images decides, and is the one reported (in the
+        # effect's units: relative to the seed's mean of ``b`` where the effect is relative).
         level, v = "images", verdict(image["ci_low"], image["ci_high"], sign)
+        scale = per_seed[0]["b"] if relative and per_seed and per_seed[0]["b"] else 1.0
+        ci = {**ci, **{k: image[f] / scale for k, f in (("mean", "mean_diff"), ("low", "ci_low"), ("high", "ci_high"))}}
     return {
         "per_seed": per_seed,
         "effect": ci,
@@ -148,6 +153,56 @@ def seed_effect(a: dict[int, list[float]], b: dict[int, list[float]], *, sign: i
         "image": image,
         "level": level,
         "verdict": v,
+    }
+
+
+def _relative(ci: dict) -> dict:
+    """An interval on the log scale as relative changes (``exp - 1``), its spread and count kept."""
+    rel = {k: math.expm1(ci[k]) if math.isfinite(ci[k]) else math.nan for k in ("mean", "low", "high")}
+    return {**rel, "sd": ci["sd"], "n": ci["n"]}
+
+
+def log_effect(a: dict[int, list[float]], b: dict[int, list[float]], *, sign: int) -> dict:
+    """The relative effect of ``a`` against ``b`` as a ratio of geometric means, decided over seeds.
+
+    Per seed the effect is ``log gm(a) - log gm(b)`` (geometric means over the seed's
+    images, positive finite values only); its 95% Student-t interval over seeds is
+    reported as relative changes (``exp - 1``). Log ratios add up: a ratio's effect is its
+    numerator's minus its denominator's. With one seed the interval over the seed's
+    images (paired log ratios, ``image``) decides, and ``level`` says so.
+
+    Args:
+        a, b: seed -> values of the same images, in the same order.
+        sign: the claimed direction (-1: ``a`` lower).
+
+    Returns:
+        ``per_seed`` (each seed's geometric means, log ratio and relative effect),
+        ``log`` (the interval over seeds of the log ratios), ``effect`` (the deciding
+        interval as relative changes, ``sd`` the spread of the log ratios), ``image`` (the
+        interval over images pooled across seeds, relative), ``agree``, ``seeds``,
+        ``level`` and ``verdict``.
+    """
+    seeds = sorted(set(a) & set(b))
+    per_seed = []
+    for s in seeds:
+        la, lb = log_gm(a[s]), log_gm(b[s])
+        per_seed.append(
+            {"seed": s, "a": math.exp(la), "b": math.exp(lb), "log": la - lb, "effect": math.expm1(la - lb)}
+        )
+    logs = mean_ci([p["log"] for p in per_seed])
+    pairs = [(x, y) for s in seeds for x, y in zip(a[s], b[s])]
+    image = mean_ci([math.log(x / y) for x, y in pairs if x and y and x > 0 and y > 0 and math.isfinite(x / y)])
+    level, deciding = ("seeds", logs) if len(seeds) >= 2 else ("images", image)
+    return {
+        "per_seed": per_seed,
+        "log": logs,
+        "effect": _relative(deciding),
+        "image": _relative(image),
+        "relative": True,
+        "agree": sum(1 for p in per_seed if p["log"] * sign > 0),
+        "seeds": len(seeds),
+        "level": level,
+        "verdict": verdict(deciding["low"], deciding["high"], sign),
     }
 
 

@@ -8,9 +8,11 @@ __all__ = ["VERDICT_RULE", "console_summary", "counts", "full", "page", "section
 
 VERDICT_RULE = (
     "Every network is trained once per training seed; a seed's ODE and SDE networks share initial weights, data "
-    "order and test images. Each row's effect is formed within each seed (for sensitivity and amplification: "
-    "the SDE network's mean over the ODE network's, minus 1) and the 95% interval is Student's t over the seeds' "
-    "effects. A claim **holds** where that interval lies entirely on the claimed side of zero, **fails** where it "
+    "order and test images. Each row's effect is formed within each seed (for sensitivity: the SDE network's "
+    "geometric mean over images ÷ the ODE network's, minus 1, with the interval formed on its logarithm; for "
+    "amplification: the ratio of means, minus 1) and the 95% interval is Student's t over the seeds' "
+    "effects (with one training seed: over the paired images, and the row says so). "
+    "A claim **holds** where that interval lies entirely on the claimed side of zero, **fails** where it "
     "lies entirely on the other side, and *depends* otherwise (the seeds disagree, or the effect is too small to "
     "tell). 'seeds' counts the seeds whose own effect points the claimed way. Theorem 1's bound holds if no "
     "measured amplification exceeds it; completeness holds where the mean residual is at most "
