@@ -77,14 +77,15 @@ def summarise(store: Store, results: dict) -> dict:
                 "training": tau2,
                 "image_variance": s2,
             }
+    # Everything derived from timings has "seconds" in its key: it differs from run to run.
     return {
         "power": {
             "rows": rows,
-            "cost_seed": c_seed,
-            "cost_image": c_image,
+            "seconds_per_seed": c_seed,
+            "seconds_per_image": c_image,
             "target": TARGET,
             "smallest_sigma": SMALLEST,
-            "plan": _plan(rows, c_seed, c_image),
+            "plan_by_seconds": _plan(rows, c_seed, c_image),
         }
     }
 
@@ -148,7 +149,7 @@ def tables(results: dict) -> list[str]:
 
 def summary(results: dict) -> str:
     power = results.get("power") or {}
-    plan = power.get("plan") or {}
+    plan = power.get("plan_by_seconds") or {}
     if not plan:
         return "This run has too few seeds to split the spread of its effects."
     judged = [r for r in power["rows"].values() if r["sigma"] >= power["smallest_sigma"]]
@@ -158,11 +159,11 @@ def summary(results: dict) -> str:
         f"Over the {len(judged)} per-σ rows at σ ≥ {power['smallest_sigma']:g}, training-run variation makes "
         f"{100 * share[0]:.0f}% to {100 * share[-1]:.0f}% (median {100 * share[len(share) // 2]:.0f}%) of the "
         f"variance of a seed's effect with this run's {images} images per seed. A seed's networks cost "
-        f"{power['cost_seed']:.1f} s to train and an image {power['cost_image']:.2f} s to measure (every network and "
-        f"method) on this run's machine, so the narrowest interval for a given time comes from about "
-        f"{plan['images']} images per seed; with them, {plan['seeds']} seeds would bring every such row's 95% interval "
-        f"to ±{100 * plan['half_width']:.1f}% or less (target ±{100 * power['target']:.0f}%), for about "
-        f"{plan['seconds'] / 60:.0f} minutes of training and sensitivity measurement."
+        f"{power['seconds_per_seed']:.1f} s to train and an image {power['seconds_per_image']:.2f} s to measure "
+        f"(every network and method) on this run's machine, so the narrowest interval for a given time comes "
+        f"from about {plan['images']} images per seed; with them, {plan['seeds']} seeds would bring every such "
+        f"row's 95% interval to ±{100 * plan['half_width']:.1f}% or less (target ±{100 * power['target']:.0f}%), "
+        f"for about {plan['seconds'] / 60:.0f} minutes of training and sensitivity measurement."
     )
 
 
