@@ -116,7 +116,7 @@ class ODEResNet(nn.Module):
         self.num_stages = len(parts.stages)
         for i, blocks in enumerate(parts.stages):
             name = f"layer{i + 1}"
-            diffusion = self._make_diffusion(blocks[-1].out_channels)
+            diffusion = self._make_diffusion(blocks[-1].out_channels, name)
             stage = ContinuousStage(
                 blocks,
                 method=method,
@@ -140,7 +140,8 @@ class ODEResNet(nn.Module):
             nn.Module.load_state_dict(self, fit, strict=False)
 
     # -- construction -------------------------------------------------------------
-    def _make_diffusion(self, channels: int) -> Diffusion | None:
+    def _make_diffusion(self, channels: int, stage: str) -> Diffusion | None:
+        """The diffusion of the stage named ``stage`` (None: an ODE network has none)."""
         return None
 
     @classmethod

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,7 +15,51 @@ from .diffusion import DIFFUSIONS, Diffusion, make_diffusion
 from .models import ODEResNet
 from .validate import check_count, check_seed
 
-__all__ = ["SDEResNet"]
+__all__ = ["SDEResNet", "Sigma"]
+
+#: A noise magnitude: one number for every stage, one per stage in order, or a mapping
+#: from stage names (``"layer1"``, ...) to numbers, stages left out having 0.
+Sigma = float | Sequence[float] | Mapping[str, float]
+
+
+def _check_sigma_values(sigma: Sigma) -> None:
+    """Every value a finite number >= 0, and the form one of the three (before any work)."""
+    if isinstance(sigma, Mapping):
+        values = list(sigma.values())
+        bad = [k for k in sigma if not isinstance(k, str)]
+        if bad:
+            raise ValueError(f"sigma maps stage names (e.g. 'layer1') to numbers; got the key(s) {bad}")
+    elif isinstance(sigma, Sequence) and not isinstance(sigma, str):
+        values = list(sigma)
+        if not values:
+            raise ValueError("sigma is an empty sequence; give one number, one per stage, or a mapping by stage name")
+    else:
+        values = [sigma]
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"sigma must be numbers >= 0, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"sigma must be a finite number >= 0, got {float(value)}")
+
+
+def _per_stage(sigma: Sigma, names: list[str]) -> tuple[float, ...]:
+    """The noise magnitude of each stage, in order.
+
+    Raises:
+        ValueError: for a mapping naming a stage the network does not have, a sequence
+            of another length than the stages, or a value that is not a number >= 0.
+    """
+    _check_sigma_values(sigma)
+    if isinstance(sigma, Mapping):
+        unknown = sorted(set(sigma) - set(names))
+        if unknown:
+            raise ValueError(f"sigma names no stage {unknown}; the network's stages are {names}")
+        return tuple(float(sigma.get(name, 0.0)) for name in names)
+    if isinstance(sigma, Sequence) and not isinstance(sigma, str):
+        if len(sigma) != len(names):
+            raise ValueError(f"sigma has {len(sigma)} values for the network's {len(names)} stages {names}")
+        return tuple(float(v) for v in sigma)
+    return (float(sigma),) * len(names)
 
 
 class SDEResNet(ODEResNet):
@@ -33,7 +80,11 @@ class SDEResNet(ODEResNet):
     Args:
         arch: a name in ``TORCHVISION_ARCHS``.
         sigma: noise magnitude, >= 0 (for "normalized": noise RMS over activation RMS
-            per unit time, the paper's 0.1, 0.25, 0.5, 0.75).
+            per unit time, the paper's 0.1, 0.25, 0.5, 0.75). One number for every
+            stage, or one per stage: a sequence in stage order, or a mapping from stage
+            names to numbers (stages left out get 0). A stage with 0 is an ODE: it
+            draws no noise at all, e.g. ``sigma={"layer3": 0.5}`` puts noise in the
+            last stage of a ResNet-18 only.
         diffusion: ``"normalized"`` (the paper's), ``"additive"``, ``"multiplicative"``
             or ``"learned"``.
         eval_samples: Brownian paths averaged in eval mode; 0 for one (or none).
@@ -50,7 +101,7 @@ class SDEResNet(ODEResNet):
         self,
         arch: str = "resnet18",
         *,
-        sigma: float = 0.5,
+        sigma: Sigma = 0.5,
         diffusion: str = "normalized",
         eval_samples: int = 0,
         path_seed: int | None = None,
@@ -59,20 +110,37 @@ class SDEResNet(ODEResNet):
     ):
         if diffusion not in DIFFUSIONS:
             raise ValueError(f"unknown diffusion {diffusion!r}; valid diffusions: {', '.join(DIFFUSIONS)}")
-        make_diffusion(diffusion, sigma, channels=1)  # validates sigma before any work
-        self._noise = dict(kind=diffusion, sigma=float(sigma))
+        _check_sigma_values(sigma)  # before any work
+        self._noise = dict(kind=diffusion, spec=sigma)
         super().__init__(arch, method=method, **kwargs)
+        _per_stage(sigma, [stage.name for stage in self.stages])  # a stage name or count that does not fit
+        del self._noise["spec"]
         self.eval_samples = 0
         self.path_seed: int | None = None
         self.set_noise(eval_samples=eval_samples, path_seed=path_seed)
 
-    def _make_diffusion(self, channels: int) -> Diffusion:
-        return make_diffusion(self._noise["kind"], self._noise["sigma"], channels)
+    def _make_diffusion(self, channels: int, stage: str) -> Diffusion:
+        spec = self._noise["spec"]
+        if isinstance(spec, Mapping):
+            sigma = spec.get(stage, 0.0)
+        elif isinstance(spec, Sequence):
+            index = int(stage.removeprefix("layer")) - 1
+            sigma = spec[index] if index < len(spec) else 0.0  # a wrong length is refused once the stages exist
+        else:
+            sigma = spec
+        return make_diffusion(self._noise["kind"], sigma, channels)
 
     @property
-    def sigma(self) -> float:
-        """The noise magnitude."""
-        return self._noise["sigma"]
+    def stage_sigmas(self) -> dict[str, float]:
+        """The noise magnitude of each stage, by stage name (0: that stage is an ODE)."""
+        return {stage.name: stage.diffusion.sigma for stage in self.stages}
+
+    @property
+    def sigma(self) -> float | dict[str, float]:
+        """The noise magnitude: one number if every stage has the same, else one per stage name."""
+        values = self.stage_sigmas
+        first = next(iter(values.values()))
+        return first if all(v == first for v in values.values()) else values
 
     @property
     def diffusion(self) -> str:
@@ -84,7 +152,7 @@ class SDEResNet(ODEResNet):
     def set_noise(
         self,
         *,
-        sigma: float | None = None,
+        sigma: Sigma | None = None,
         diffusion: str | None = None,
         eval_samples: int | None = None,
         path_seed: int | None | object = _KEEP,
@@ -95,7 +163,8 @@ class SDEResNet(ODEResNet):
         starts again from its initial values).
 
         Args:
-            sigma: noise magnitude, >= 0.
+            sigma: noise magnitude, >= 0: one number, one per stage (a sequence in stage
+                order), or a mapping from stage names (stages left out get 0).
             diffusion: diffusion kind.
             eval_samples: Brownian paths averaged in eval mode (0: one or none).
             path_seed: seed of a fixed Brownian path shared by every sample in eval
@@ -105,24 +174,26 @@ class SDEResNet(ODEResNet):
             The model itself.
 
         Raises:
-            ValueError: for sigma < 0, an unknown kind, a kind the solver method cannot
-                handle, or eval_samples < 0 (nothing changes).
+            ValueError: for sigma < 0, a stage name or count that does not fit, an unknown
+                kind, a kind the solver method cannot handle, or eval_samples < 0
+                (nothing changes).
         """
         kind = self.diffusion if diffusion is None else diffusion
-        new_sigma = self.sigma if sigma is None else sigma
+        names = [stage.name for stage in self.stages]
+        sigmas = _per_stage(self.stage_sigmas if sigma is None else sigma, names)
         samples = self.eval_samples if eval_samples is None else eval_samples
         seed = self.path_seed if path_seed is SDEResNet._KEEP else check_seed(path_seed, "path_seed", optional=True)
         samples = check_count(samples, "eval_samples", 0)
-        make_diffusion(kind, new_sigma, channels=1)  # validates kind and sigma before anything changes
+        make_diffusion(kind, sigmas[0], channels=1)  # validates the kind before anything changes
         if kind != self.diffusion:
             # Built before any stage changes: a kind the solver cannot take changes nothing.
-            fresh = [make_diffusion(kind, new_sigma, s.blocks[-1].out_channels) for s in self.stages]
+            fresh = [make_diffusion(kind, v, s.blocks[-1].out_channels) for s, v in zip(self.stages, sigmas)]
             for stage, new in zip(self.stages, fresh):
                 stage.set_diffusion(new)
         else:
-            for stage in self.stages:
-                stage.diffusion.sigma = new_sigma
-        self._noise = dict(kind=kind, sigma=float(new_sigma))
+            for stage, value in zip(self.stages, sigmas):
+                stage.diffusion.sigma = value
+        self._noise = dict(kind=kind)
         self.eval_samples = int(samples)
         self.path_seed = None if seed is None else int(seed)
         return self

@@ -252,7 +252,8 @@ class ContinuousStage(nn.Module):
             k: the block's index among the continuous blocks.
             noise: whether the SDE noise is on (None: as the stage's ``noise`` says).
         """
-        noise = self.is_sde and (self.noise if noise is None else noise)
+        # A stage whose diffusion has sigma 0 is an ODE: it draws no noise at all.
+        noise = self.is_sde and (self.noise if noise is None else noise) and self.diffusion.sigma > 0
         h = self.h
         method, diffusion = self.method, None
         if self.is_sde:

@@ -1,0 +1,99 @@
+"""Noise per stage: ``SDEResNet(sigma=...)`` with one value per stage, 0 making a stage an ODE."""
+
+import pytest
+import torch
+import torchvision
+from helpers import tiny_model
+
+from neuralsde import ODEResNet, SDEResNet
+
+SMALL = dict(widths=(4, 8, 8), blocks=2, num_classes=3)
+X = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def sde(sigma, seed=0, **kw):
+    return tiny_model(SDEResNet, seed, sigma=sigma, **SMALL, **kw)
+
+
+@pytest.mark.parametrize("per_stage", [[0.5, 0.5, 0.5], {"layer1": 0.5, "layer2": 0.5, "layer3": 0.5}])
+@pytest.mark.parametrize("diffusion", ["normalized", "learned"])
+def test_every_stage_at_the_same_sigma_is_bit_identical_to_one_sigma(per_stage, diffusion):
+    one, each = sde(0.5, diffusion=diffusion), sde(per_stage, diffusion=diffusion)
+    assert each.sigma == 0.5 and each.stage_sigmas == {"layer1": 0.5, "layer2": 0.5, "layer3": 0.5}
+    for mode in ("train", "fixed path"):
+        outs = []
+        for model in (one, each):
+            model.train(mode == "train").set_noise(path_seed=None if mode == "train" else 7)
+            torch.manual_seed(3)  # the same Brownian draws for both
+            outs.append(model(X))
+        assert torch.equal(*outs), mode  # bit for bit: the same computation
+
+
+def test_a_stage_with_sigma_zero_draws_no_noise_at_all(monkeypatch):
+    model = sde({"layer3": 0.5}).train()
+    calls = []
+    for stage in model.stages:  # a sigma-0 stage never evaluates its diffusion
+        original = stage.diffusion.forward
+        monkeypatch.setattr(
+            stage.diffusion, "forward", lambda t, x, f=original, n=stage.name: calls.append(n) or f(t, x)
+        )
+    torch.manual_seed(0)
+    model(X)
+    assert calls and set(calls) == {"layer3"}
+    # Every stage at 0: an ODE network in train mode, which draws nothing from torch's generator
+    # and computes what the ODE twin with the same weights computes.
+    zero = sde([0.0, 0.0, 0.0]).train()
+    ode = tiny_model(ODEResNet, 0, **SMALL).train()
+    state = torch.get_rng_state()
+    out = zero(X)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(out, ode(X))
+
+
+def test_noise_in_one_stage_changes_only_from_that_stage_on():
+    model = sde({"layer2": 0.5}).train()
+    seen = {}
+    for stage in model.stages:
+        stage.register_forward_hook(lambda m, i, o, name=stage.name: seen.setdefault(name, []).append(o.detach()))
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model(X)
+    # layer1 has no noise: two different draws give the same output; layer2 has: they differ.
+    assert torch.equal(seen["layer1"][0], seen["layer1"][1])
+    assert not torch.equal(seen["layer2"][0], seen["layer2"][1])
+
+
+def test_set_noise_from_torchvision_and_state_dict_take_a_value_per_stage():
+    model = sde(0.25).set_noise(sigma={"layer3": 0.75})
+    assert model.sigma == {"layer1": 0.0, "layer2": 0.0, "layer3": 0.75}
+    model.set_noise(diffusion="learned")  # a new kind keeps each stage's sigma
+    assert model.stage_sigmas == {"layer1": 0.0, "layer2": 0.0, "layer3": 0.75}
+    model.set_noise(sigma=[0.1, 0.2, 0.3])
+    assert [s.diffusion.sigma for s in model.stages] == [0.1, 0.2, 0.3]
+    with pytest.raises(ValueError, match="names no stage"):
+        model.set_noise(sigma={"layer4": 0.5})
+    assert model.stage_sigmas == {"layer1": 0.1, "layer2": 0.2, "layer3": 0.3}  # nothing changed
+    # state_dict: a network of the same layout loads it and computes the same.
+    copy = sde([0.1, 0.2, 0.3], seed=5, diffusion="learned")
+    copy.load_state_dict(model.state_dict())
+    for m in (model, copy):
+        m.eval().set_noise(path_seed=11)
+    assert torch.equal(model(X), copy(X))
+    tv = torchvision.models.resnet18(num_classes=4).eval()
+    twin = SDEResNet.from_torchvision(tv, sigma=[0.0, 0.0, 0.5, 0.5])
+    assert twin.sigma == {"layer1": 0.0, "layer2": 0.0, "layer3": 0.5, "layer4": 0.5}
+
+
+@pytest.mark.parametrize(
+    "sigma, message",
+    [
+        ({"layer9": 0.1}, r"sigma names no stage \['layer9'\]; the network's stages are"),
+        ([0.1, 0.2], "sigma has 2 values for the network's 3 stages"),
+        ({"layer1": -0.1}, "sigma must be a finite number >= 0, got -0.1"),
+        ([0.1, "a", 0.2], "sigma must be numbers >= 0, got 'a'"),
+        ([], "sigma is an empty sequence"),
+    ],
+)
+def test_a_per_stage_sigma_that_does_not_fit_is_one_clear_error(sigma, message):
+    with pytest.raises(ValueError, match=message):
+        sde(sigma)
