@@ -33,6 +33,7 @@ takes ``--sde-weights FILE`` instead of ``--train-data``, and runs the paper's p
 from __future__ import annotations
 
 from .figures import FIGURES
+from .interventions import INTERVENTIONS
 from .mechanism import MECHANISM
 from .pipeline import run
 from .report import REPORT
@@ -40,7 +41,7 @@ from .sensitivity import LOCALISATION, ROBUSTNESS, SENSITIVITY
 from .theorem1 import COMPLETENESS, THEOREM1
 
 #: Every part of the main job.
-PARTS = (SENSITIVITY, ROBUSTNESS, LOCALISATION, THEOREM1, MECHANISM, COMPLETENESS, FIGURES, REPORT)
+PARTS = (SENSITIVITY, ROBUSTNESS, LOCALISATION, THEOREM1, MECHANISM, INTERVENTIONS, COMPLETENESS, FIGURES, REPORT)
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from neuralsde.models import TORCHVISION_ARCHS
 
-__all__ = ["Config", "digest", "parse_args", "sigma_of"]
+__all__ = ["ATTRIBUTION_TIME", "Config", "digest", "parse_args", "sigma_of"]
 
 METHODS = ("saliency", "integrated_gradients", "smoothgrad_ig", "deeplift", "deeplift_shap")
 METHOD_TITLES = {
@@ -49,29 +49,26 @@ MEASURE_OPTIONS = {
     "mechanism": ("n_images", "radius", "n_perturb", "amp"),
     "completeness": ("completeness_images", "radius", "ig_steps", "shap_baselines", "amp"),
     "figures": ("figure_images", "amp"),
+    "interventions": ("n_images", "radius", "n_perturb", "chunk", "mc_samples", "amp"),
+    "intervention_patterns": ("n_images", "radius", "n_perturb", "amp"),
 }
 #: Bumped when the code of a kind's measurement changes what its cells hold, so that a
 #: resumed run recomputes the cells an older version wrote (kinds not listed: 1).
 SCHEMA = {"sensitivity": 2, "theorem1": 2}
 #: The training options of the shapes networks (localisation); the rest of ``train``
 #: options describe the main data set's networks.
-SHAPES_TRAIN_OPTIONS = (
-    "data_seed",
-    "shapes_n",
-    "shapes_size",
-    "shapes_epochs",
-    "diffusion",
-    "method",
-    "widths",
-    "blocks",
-    "lr",
-    "batch_size",
+SHAPES_TRAIN_OPTIONS = tuple(
+    "data_seed shapes_n shapes_size shapes_epochs diffusion method widths blocks lr batch_size".split()
 )
 
 
 def digest(value) -> str:
     """A short hash of a JSON-serialisable value (results of different inputs never mix)."""
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+
+
+#: The ODE network with noise at attribution time only (its name in the interventions' cells).
+ATTRIBUTION_TIME = "ode+noise-at-attribution"
 
 
 def sigma_of(name: str) -> float:
@@ -152,6 +149,13 @@ class Config:
     shapes_size: int = _opt(16, "train", "side of the shapes images")
     shapes_epochs: int = _opt(8, "train", "training epochs of the shapes networks")
     figure_images: int = _opt(4, "measure", "images per attribution figure (first seed only)")
+    # interventions: noise in one stage only, noise at attribution time only
+    interventions: bool = _opt(True, "run", "measure the interventions (noise per stage; at attribution time)")
+    intervention_sigma: float = _opt(0.75, "run", "the σ of the interventions (one of --sigmas)")
+    intervention_methods: list[str] = _opt(
+        ["saliency", "integrated_gradients", "deeplift_shap"], "run", "attribution methods of the interventions"
+    )
+    mc_samples: int = _opt(4, "measure", "Brownian paths averaged by an attribution with noise at attribution time")
 
     @property
     def imagenet(self) -> bool:
@@ -165,6 +169,18 @@ class Config:
     def shape_names(self) -> list[str]:
         """The two shapes networks (localisation)."""
         return ["shapes-ode", f"shapes-{self.table_sde}"]
+
+    def intervention_names(self) -> list[str]:
+        """The networks the interventions train: noise in each stage alone, and in every stage but the first."""
+        stages = [f"layer{i + 1}" for i in range(len(self.widths))] if self.interventions else []
+        names = [f"sde-at-{s}-{self.intervention_sigma:g}" for s in stages] + [self.deep_network] * bool(stages)
+        return list(dict.fromkeys(names))  # with two stages, "all but the first" is the second alone
+
+    @property
+    def deep_network(self) -> str:
+        """The intervention network with noise in every stage but the first."""
+        stages = [f"layer{i + 1}" for i in range(len(self.widths))]
+        return f"sde-at-{'+'.join(stages[1:] or stages)}-{self.intervention_sigma:g}"
 
     @property
     def table_sde(self) -> str:
@@ -240,6 +256,10 @@ class Config:
         unknown = set(self.methods) - set(METHODS)
         if unknown or not self.methods:
             raise ValueError(f"--methods must name some of {', '.join(METHODS)}; got {self.methods}")
+        if self.interventions and (
+            set(self.intervention_methods) - set(self.methods) or self.intervention_sigma not in self.sigmas
+        ):
+            raise ValueError("--intervention-methods must be among --methods and --intervention-sigma among --sigmas")
         unknown = set(self.robust_methods) - {"saliency", "integrated_gradients"}
         if unknown:
             raise ValueError(f"--robust-methods supports saliency and integrated_gradients, got {sorted(unknown)}")
@@ -255,33 +275,16 @@ class Config:
 
 
 # Options with a smallest allowed value.
+# fmt: off
 _LOWER_BOUNDS = {
-    "blocks": 1,
-    "widths": 1,
-    "image_size": 8,
-    "epochs": 1,
-    "batch_size": 1,
-    "eval_images": 0,
-    "chunk": 0,
-    "ig_batch": 0,
-    "n_images": 1,
-    "repetitions": 1,
-    "n_perturb": 1,
-    "ig_steps": 1,
-    "sg_samples": 1,
-    "sg_ig_steps": 1,
-    "shap_baselines": 2,  # DeepLIFT-SHAP needs a distribution of baselines
-    "robust_images": 1,
-    "topk": 1,
-    "attack_steps": 1,
-    "theorem_images": 1,
-    "bound_steps": 1,
-    "completeness_images": 1,
-    "shapes_n": 20,
-    "shapes_size": 8,
-    "shapes_epochs": 1,
+    "blocks": 1, "widths": 1, "image_size": 8, "epochs": 1, "batch_size": 1, "eval_images": 0, "chunk": 0,
+    "ig_batch": 0, "n_images": 1, "repetitions": 1, "n_perturb": 1, "mc_samples": 1, "ig_steps": 1,
+    "sg_samples": 1, "sg_ig_steps": 1, "robust_images": 1, "topk": 1, "attack_steps": 1, "theorem_images": 1,
+    "bound_steps": 1, "completeness_images": 1, "shapes_n": 20, "shapes_size": 8, "shapes_epochs": 1,
     "figure_images": 1,
+    "shap_baselines": 2,  # DeepLIFT-SHAP needs a distribution of baselines
 }
+# fmt: on
 
 
 def _exists(path: str) -> bool:
@@ -308,9 +311,11 @@ def _check_device(device: str) -> None:
 
 PRESETS = {
     # A complete run in seconds, for the test suite.
-    "quick": dict(
+    "quick": dict(  # fmt: skip
         seeds=[0, 1],
         sigmas=[0.5],
+        intervention_sigma=0.5,
+        mc_samples=2,
         widths=[4, 8],
         epochs=2,
         n_images=4,
@@ -329,7 +334,8 @@ PRESETS = {
         figure_images=2,
     ),
     # The paper's protocol at ImageNet scale: 100 images x 5 repetitions, Adam 1e-4.
-    "imagenet": dict(
+    "imagenet": dict(  # fmt: skip
+        interventions=False,
         seeds=[0],
         sigmas=[0.5],
         epochs=1,

@@ -33,7 +33,7 @@ from .pipeline import Cell, Context, Part, run
 from .report import REPORT
 from .sensitivity import chosen_images
 
-__all__ = ["MECHANISM", "activation_stats", "run_mechanism"]
+__all__ = ["MECHANISM", "activation_stats", "mechanism_cell", "run_mechanism"]
 
 
 def _stage_of(name: str) -> str:
@@ -122,7 +122,8 @@ def _logit_stats(model: nn.Module, x: Tensor) -> dict[str, list[float]]:
     }
 
 
-def _mechanism_cell(cfg: Config, cell: Cell) -> dict:
+def mechanism_cell(cfg: Config, cell: Cell) -> dict:
+    """The activation pattern per stage, the logit margins and the input-gradient norms of the cell's images."""
     model, x = cell.model.eval(), cell.x
     gen = torch.Generator().manual_seed(cell.seed * 1000 + 41)
     noise = (2 * torch.rand((cfg.n_perturb, *x.shape), generator=gen) - 1) * cfg.radius
@@ -141,7 +142,7 @@ def run_mechanism(ctx: Context) -> None:
     cfg = ctx.cfg
     ctx.measure(
         "mechanism",
-        partial(_mechanism_cell, cfg),
+        partial(mechanism_cell, cfg),
         images=lambda seed, rep: chosen_images(ctx.pools[seed], cfg.n_images, seed, 0),
     )
 

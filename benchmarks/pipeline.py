@@ -50,6 +50,7 @@ ALL_PARTS = (
     "localisation",
     "theorem1",
     "mechanism",
+    "interventions",
     "completeness",
     "figures",
     "report",
@@ -198,6 +199,8 @@ class Part:
         on_main: measures ``ctx.nets`` on ``ctx.data``.
         on_shapes: measures ``ctx.shape_nets`` on ``ctx.shape_data``.
         finish: runs after every measurement; what it returns, the run returns.
+        networks: ``cfg -> names`` of the networks of its own it trains (checked with
+            the run's networks before anything is trained).
     """
 
     name: str
@@ -205,6 +208,7 @@ class Part:
     on_main: Callable[[Context], None] | None = None
     on_shapes: Callable[[Context], None] | None = None
     finish: Callable[[Context], dict] | None = None
+    networks: Callable[[Config], list[str]] | None = None
 
 
 class Terminated(KeyboardInterrupt):
@@ -332,6 +336,7 @@ def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") ->
     names = cfg.model_names()
     if cfg.shapes and any(p.on_shapes is not None for p in parts):
         names += cfg.shape_names()
+    names += [name for p in parts if p.networks is not None for name in p.networks(cfg)]
     store = open_store(args, cfg, networks=[(name, seed) for seed in cfg.seeds for name in names])
     with _sigterm_as_interrupt():
         return _run(cfg, store, argv, parts, args.quiet)

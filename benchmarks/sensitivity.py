@@ -41,13 +41,18 @@ __all__ = [
     "run_localisation",
     "run_robustness",
     "run_sensitivity",
+    "sensitivity_cell",
 ]
 
 
 def explainer(
-    model: nn.Module, method: str, cfg: Config, data: Data, *, ig_steps: int | None = None
+    model: nn.Module, method: str, cfg: Config, data: Data, *, ig_steps: int | None = None, **noise
 ) -> Callable[[Tensor, Tensor], Tensor]:
-    """``(inputs, target) -> attributions`` for one of the benchmark's methods (IG with ``ig_steps``, if given)."""
+    """``(inputs, target) -> attributions`` for one of the benchmark's methods.
+
+    IG takes ``ig_steps`` if given; ``noise`` goes to ``neuralsde.attribute`` (e.g.
+    ``noise="mc", samples=K, seed=s`` for an SDE network's noise at attribution time).
+    """
     lo, hi = data.value_range
     kwargs: dict = {}
     if method == "integrated_gradients":
@@ -58,6 +63,7 @@ def explainer(
         kwargs = dict(baselines=data.shap_baselines.to(cfg.device))
     if cfg.ig_batch and method in ("integrated_gradients", "smoothgrad_ig"):
         kwargs["internal_batch_size"] = cfg.ig_batch
+    kwargs.update(noise)
 
     def explain(x: Tensor, target) -> Tensor:
         return attribute(model, x, method, target=target, **kwargs).attribution.detach()
@@ -98,9 +104,10 @@ def _chunks(n: int, size: int):
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _sensitivity_cell(cfg: Config, cell: Cell) -> dict:
+def sensitivity_cell(cfg: Config, cell: Cell, **noise) -> dict:
+    """The max-sensitivity of each of the cell's images, with its numerator and denominator."""
     model, chosen = cell.model, cell.images
-    explain = explainer(model, cell.method, cfg, cell.data)
+    explain = explainer(model, cell.method, cfg, cell.data, **noise)
     parts: dict[str, list[float]] = {"values": [], "change": [], "norm": []}
     with torch.no_grad():
         target_all = model(cell.x).argmax(1)
@@ -136,7 +143,7 @@ def run_sensitivity(ctx: Context) -> None:
     cfg = ctx.cfg
     ctx.measure(
         "sensitivity",
-        partial(_sensitivity_cell, cfg),
+        partial(sensitivity_cell, cfg),
         images=lambda seed, rep: chosen_images(ctx.pools[seed], cfg.n_images, seed, rep),
         methods=cfg.methods,
         repetitions=cfg.repetitions,

@@ -183,6 +183,8 @@ def _check_inputs(cfg: Config) -> None:
 def build_model(cfg: Config, name: str, seed: int, data: Data) -> nn.Module:
     """A fresh (or, for ImageNet, pretrained) ODE/SDE network of the run, initialised from ``seed``."""
     sigma = None if name.endswith("ode") else sigma_of(name)
+    if sigma is not None and "-at-" in name:  # noise in some stages only: sde-at-layer2+layer3-0.75
+        sigma = {stage: sigma for stage in name.split("-at-")[1].rsplit("-", 1)[0].split("+")}
     kwargs = {} if sigma is None else dict(sigma=sigma, diffusion=cfg.diffusion)
     cls = ODEResNet if sigma is None else SDEResNet
     torch.manual_seed(seed)  # ODE and SDE networks of one seed start from the same weights

@@ -76,6 +76,9 @@ def test_main_job_writes_tables_figures_and_records(quick_run):
         "completeness (eq. 9)",
         "SDE attributions are sharper (localisation)",
         "noise costs accuracy",
+        "noise in the deeper stages alone lowers the sensitivity",
+        "noise in the first stage alone does not lower it",
+        "noise at training time, not at attribution time, lowers it",
     }
     assert {r["verdict"] for r in results["verdicts"]} <= {"holds", "fails", "depends"}
 

@@ -142,3 +142,37 @@ def test_the_allocation_is_the_narrowest_for_its_cost_and_meets_the_target():
     assert plan["seconds"] == pytest.approx(plan["seeds"] * (4.0 + 4 * 1.0))
     # A row below the smallest σ judged is not planned for.
     assert _plan({"x": {**rows["x"], "sigma": 0.1}}, 4.0, 1.0) == {}
+
+
+def test_the_causal_claims_follow_their_stated_rules():
+    from benchmarks.config import ATTRIBUTION_TIME
+    from benchmarks.report.interventions import MARGIN, TRAINING_TIME, verdicts
+
+    def eff(mean, low, high, verdict="depends"):
+        return {"effect": {"mean": mean, "low": low, "high": high}, "verdict": verdict, "agree": 0, "seeds": 3,
+                "per_seed": [{"effect": mean}] * 3}  # fmt: skip
+
+    def rows(first, at, trained, deep):
+        iv = {"sigma": 0.75, "deep": "sde-at-layer2+layer3-0.75", "first": "sde-at-layer1-0.75",
+              "effects": {"saliency": {"sde-at-layer1-0.75": first, ATTRIBUTION_TIME: at, TRAINING_TIME: trained,
+                                       "sde-at-layer2+layer3-0.75": deep}}}  # fmt: skip
+        return {r["claim"]: r["verdict"] for r in verdicts({"interventions": iv, "config": {"methods": ["saliency"]}})}
+
+    lowers = eff(-0.15, -0.25, -0.07, "holds")  # a decrease beyond the margin, over the whole interval
+    flat = eff(-0.01, -MARGIN / 2, 0.03)  # any decrease under the margin
+    out = rows(first=flat, at=flat, trained=lowers, deep=lowers)
+    assert out == {
+        "noise in the deeper stages alone lowers the sensitivity": "holds",
+        "noise in the first stage alone does not lower it": "holds",
+        "noise at training time, not at attribution time, lowers it": "holds",
+    }
+    # Noise in the first stage or at attribution time lowering it by more than the margin: those claims fail.
+    out = rows(first=lowers, at=lowers, trained=lowers, deep=eff(0.0, -0.1, 0.1))
+    assert list(out.values()) == ["depends", "fails", "fails"]
+    # An interval reaching past the margin on both sides settles nothing.
+    assert (
+        rows(first=eff(-0.05, -0.2, 0.1), at=flat, trained=eff(-0.1, -0.2, 0.0), deep=lowers)[
+            "noise in the first stage alone does not lower it"
+        ]
+        == "depends"
+    )

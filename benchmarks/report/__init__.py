@@ -25,6 +25,7 @@ from . import verdicts as verdict_table
 from .completeness import COMPLETENESS
 from .dose import DOSE
 from .formatting import seeds_phrase
+from .interventions import INTERVENTIONS
 from .local_bound import LOCAL_BOUND
 from .localisation import LOCALISATION
 from .mechanism import MECHANISM
@@ -50,6 +51,7 @@ SECTIONS: tuple[Section, ...] = (
     THEOREM1,
     LOCAL_BOUND,
     MECHANISM,
+    INTERVENTIONS,
     COMPLETENESS,
     SWEEP,
 )

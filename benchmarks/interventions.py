@@ -1,0 +1,106 @@
+"""The interventions: noise where a hypothesis says it matters, and nowhere else.
+
+    python -m benchmarks.interventions [run options]
+
+Per training seed, on the same data, initial weights, images and perturbations as the
+sensitivity table, at ``intervention_sigma``:
+
+* **noise in one stage only**: an SDE network with noise in each stage in turn
+  (``sde-at-layer1-0.75``, ...), and one with noise in every stage but the first
+  (``sde-at-layer2+layer3-0.75``), trained exactly as the ODE network;
+* **noise at attribution time only**: the ODE network itself with the normalized noise
+  of ``intervention_sigma`` switched on when attributions are computed, each attribution
+  the mean over ``mc_samples`` fixed Brownian paths (``neuralsde.attribute(...,
+  noise="mc")``); against it stands the SDE network trained with noise and explained
+  with the noise off (the main table's).
+
+Each is measured like the sensitivity table (max-sensitivity per image, its numerator
+and denominator; the same images and perturbations, so the effect against the ODE
+network is paired) for ``intervention_methods``, and, for the trained networks, the
+ReLU activation pattern per stage and the test accuracy.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+from .config import ATTRIBUTION_TIME, Config
+from .mechanism import mechanism_cell
+from .pipeline import Cell, Context, Part, run
+from .report import REPORT
+from .sensitivity import chosen_images, sensitivity_cell
+from .train import build_model, fingerprint, predictions, trained_model
+
+__all__ = ["INTERVENTIONS", "run_interventions"]
+
+
+def _path_seed(seed: int) -> int:
+    """The first of the fixed Brownian paths an attribution-time-noise attribution averages over."""
+    return seed * 1000 + 43
+
+
+def _sensitivity(cfg: Config, cell: Cell) -> dict:
+    if cell.name != ATTRIBUTION_TIME:
+        return sensitivity_cell(cfg, cell)
+    return sensitivity_cell(cfg, cell, noise="mc", samples=cfg.mc_samples, seed=_path_seed(cell.seed))
+
+
+def _pattern(cfg: Config, cell: Cell) -> dict:
+    pred, labels = predictions(cell.model.eval(), cell.data.test, cfg.device)
+    return {**mechanism_cell(cfg, cell), "test_accuracy": (pred == labels).float().mean().item()}
+
+
+def _networks(ctx: Context) -> dict[int, dict]:
+    """Per seed: the intervention networks (trained or reused) and the ODE network with noise at attribution time."""
+    cfg, out = ctx.cfg, {}
+    for seed in cfg.seeds:
+        out[seed] = {}
+        for name in cfg.intervention_names():
+            out[seed][name] = trained_model(cfg, ctx.store, name, seed, ctx.data, progress=False)
+        noisy = build_model(cfg, f"sde-{cfg.intervention_sigma:g}", seed, ctx.data)
+        noisy.load_state_dict(ctx.nets[seed]["ode"].state_dict())  # the ODE network's weights, with a diffusion
+        out[seed][ATTRIBUTION_TIME] = noisy.eval()
+        for name, model in out[seed].items():
+            ctx.prints[seed][name] = fingerprint(model)
+    return out
+
+
+def run_interventions(ctx: Context) -> None:
+    """Sensitivity cells per (seed, intervention, method, repetition); activation-pattern cells per network."""
+    cfg = ctx.cfg
+    if not cfg.interventions:
+        return
+    nets = _networks(ctx)
+    ctx.measure(
+        "interventions",
+        partial(_sensitivity, cfg),
+        images=lambda seed, rep: chosen_images(ctx.pools[seed], cfg.n_images, seed, rep),
+        methods=cfg.intervention_methods,
+        repetitions=cfg.repetitions,
+        networks=lambda seed: nets[seed],
+        rng=lambda cell: f"sensitivity/s{cell.seed}/rep{cell.rep}",  # the sensitivity table's perturbations
+    )
+    ctx.measure(
+        "intervention_patterns",
+        partial(_pattern, cfg),
+        images=lambda seed, rep: chosen_images(ctx.pools[seed], cfg.n_images, seed, 0),
+        networks=lambda seed: {n: m for n, m in nets[seed].items() if n != ATTRIBUTION_TIME},
+    )
+
+
+def _cells(ctx: Context) -> int:
+    cfg = ctx.cfg
+    n = len(cfg.intervention_names())
+    return len(cfg.seeds) * ((n + 1) * len(cfg.intervention_methods) * cfg.repetitions + n)
+
+
+INTERVENTIONS = Part("interventions", cells=_cells, on_main=run_interventions, networks=Config.intervention_names)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(argv, (INTERVENTIONS, REPORT), description=__doc__.split("\n\n")[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

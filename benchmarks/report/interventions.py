@@ -1,0 +1,222 @@
+"""What an intervention shows: noise in one stage only, and noise at attribution time only, against the ODE network.
+
+Every effect is the sensitivity claim's (``stats.log_effect``): per seed, the
+intervention network's geometric-mean max-sensitivity over the ODE network's on the same
+images and perturbations, minus 1, decided by the 95% interval over seeds. A claim that
+noise does *not* lower the sensitivity is decided against a margin: it holds where the
+whole interval lies above −MARGIN (any decrease is smaller than that), fails where it
+lies below, and depends otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..config import ATTRIBUTION_TIME
+from ..store import Store
+from .formatting import VERDICT_MARK, effect, in_run_order, markdown_table, percent, title
+from .plotting import plt
+from .section import Section, verdict_row
+from .stats import by_seed, finite_mean, log_effect, mean_ci
+
+__all__ = ["INTERVENTIONS", "MARGIN"]
+
+#: A decrease smaller than this (relative) counts as none, for the claims that noise does not lower it.
+MARGIN = 0.05
+TRAINING_TIME = "training time (the table's SDE network, noise off)"
+
+
+def _label(name: str) -> str:
+    if name == ATTRIBUTION_TIME:
+        return "noise at attribution time only"
+    if name == TRAINING_TIME:
+        return "noise at training time (all stages)"
+    return "noise in " + " and ".join(name.split("-at-")[1].rsplit("-", 1)[0].split("+")) + " only"
+
+
+def _sorted_cells(store: Store, kind: str) -> dict:
+    return dict(sorted(store.results(kind).items(), key=lambda kv: (kv[1]["seed"], kv[1].get("rep") or 0)))
+
+
+def _pattern_effects(store: Store, names: list[str]) -> dict:
+    """Per network and stage: the ReLU flip fraction's and the margin's change against the ODE network, over seeds."""
+    base = {(c["seed"]): c for c in store.results("mechanism").values() if c["model"] == "ode"}
+    cells = store.results("intervention_patterns").values()
+    out: dict = {}
+    for name in names:
+        rows: dict = {"accuracy": mean_ci([c["test_accuracy"] for c in cells if c["model"] == name]), "stages": {}}
+        for c in (c for c in cells if c["model"] == name and c["seed"] in base):
+            for stage, st in c["stages"].items():
+                ref = base[c["seed"]]["stages"].get(stage)
+                if ref:
+                    flip = math.log(max(finite_mean(st["flip"]), 1e-12) / max(finite_mean(ref["flip"]), 1e-12))
+                    rows["stages"].setdefault(stage, []).append(flip)
+        rows["stages"] = {
+            s: {k: math.expm1(v) for k, v in mean_ci(v).items() if k in ("mean", "low", "high")}
+            for s, v in sorted(rows["stages"].items(), key=lambda kv: (kv[0] != "stem", kv[0]))
+        }
+        out[name] = rows
+    return out
+
+
+def summarise(store: Store, results: dict) -> dict:
+    cfg = store.cfg
+    cells = _sorted_cells(store, "interventions")
+    if not cfg.interventions or not cells:
+        return {"interventions": {}}
+    main = _sorted_cells(store, "sensitivity")
+    names = [*cfg.intervention_names(), ATTRIBUTION_TIME]
+    trained_sde = f"sde-{cfg.intervention_sigma:g}"
+    effects: dict = {}
+    for method in cfg.intervention_methods:
+        ode = by_seed(main, "ode", method)
+        effects[method] = {n: log_effect(by_seed(cells, n, method), ode, sign=-1) for n in names}
+        effects[method][TRAINING_TIME] = log_effect(by_seed(main, trained_sde, method), ode, sign=-1)
+    return {
+        "interventions": {
+            "sigma": cfg.intervention_sigma,
+            "networks": names,
+            "first": cfg.intervention_names()[0],
+            "deep": cfg.deep_network,
+            "effects": effects,
+            "patterns": _pattern_effects(store, cfg.intervention_names()),
+            "ode_accuracy": results["models"].get("ode", {}).get("test_accuracy"),
+            "margin": MARGIN,
+        }
+    }
+
+
+def _no_decrease(e: dict) -> str:
+    """``holds`` where any decrease is smaller than MARGIN, ``fails`` where it is larger, else ``depends``."""
+    low, high = e["low"], e["high"]
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "depends"
+    return "holds" if low > -MARGIN else "fails" if high < -MARGIN else "depends"
+
+
+def verdicts(results: dict) -> list[dict]:
+    iv = results.get("interventions") or {}
+    rows = []
+    sigma = f"σ = {iv.get('sigma', 0):g}"
+    for method, by_net in in_run_order(iv.get("effects", {}), results):
+        deep, first = by_net[iv["deep"]], by_net[iv["first"]]
+        at, trained = by_net[ATTRIBUTION_TIME], by_net[TRAINING_TIME]
+        where = " and ".join(iv["deep"].split("-at-")[1].rsplit("-", 1)[0].split("+"))
+        rows.append(verdict_row(
+            "noise in the deeper stages alone lowers the sensitivity", f"{title(method)}, noise in {where}, {sigma}",
+            deep["verdict"], deep["effect"], "relative", deep["agree"], deep["seeds"]))  # fmt: skip
+        agree = sum(p["effect"] > -MARGIN for p in first["per_seed"])
+        rows.append(verdict_row(
+            "noise in the first stage alone does not lower it", f"{title(method)}, noise in layer1, {sigma}",
+            _no_decrease(first["effect"]), first["effect"], "relative", agree, first["seeds"],
+            f"holds where every decrease in the interval is under {100 * MARGIN:g}%"))  # fmt: skip
+        if trained["verdict"] == "fails" or _no_decrease(at["effect"]) == "fails":
+            v = "fails"
+        elif trained["verdict"] == "holds" and _no_decrease(at["effect"]) == "holds":
+            v = "holds"
+        else:
+            v = "depends"
+        rows.append(verdict_row(
+            "noise at training time, not at attribution time, lowers it", f"{title(method)}, {sigma}", v,
+            at["effect"], "relative", sum(p["effect"] > -MARGIN for p in at["per_seed"]), at["seeds"],
+            f"effect shown: attribution time only; training time {effect(trained['effect'], 'relative')} "
+            f"({trained['verdict']})"))  # fmt: skip
+    return rows
+
+
+def tables(results: dict) -> list[str]:
+    iv = results.get("interventions") or {}
+    if not iv.get("effects"):
+        return []
+    methods = [m for m, _ in in_run_order(iv["effects"], results)]
+    order = [TRAINING_TIME, *iv["networks"]]
+
+    def cell(m: str, n: str) -> str:
+        e = iv["effects"][m][n]
+        return f"{VERDICT_MARK[e['verdict']]}: {effect(e['effect'], 'relative')}"
+
+    rows = [[_label(n), *(cell(m, n) for m in methods)] for n in order]
+    stages = sorted({s for p in iv["patterns"].values() for s in p["stages"]}, key=lambda s: (s != "stem", s))
+    patterns = [
+        [_label(n), f"{100 * p['accuracy']['mean']:.2f}%",
+         *(percent(p["stages"][s]["mean"]) if s in p["stages"] else "–" for s in stages)]
+        for n, p in iv["patterns"].items()
+    ]  # fmt: skip
+    acc = iv.get("ode_accuracy") or {}
+    return [
+        "## What an intervention shows",
+        "",
+        f"σ = {iv['sigma']:g}. Max-sensitivity against the ODE network on the same images and perturbations (per seed "
+        "the ratio of geometric means, minus 1; 95% CI over seeds; the verdict is that of 'lower').",
+        "",
+        *markdown_table(["intervention", *(title(m) for m in methods)], rows),
+        "",
+        f"Test accuracy (mean over seeds; the ODE network: {100 * acc.get('mean', math.nan):.2f}%) and the change of "
+        "the fraction of ReLUs that flip under a perturbation, per stage, against the ODE network (geometric mean "
+        "over seeds):",
+        "",
+        *markdown_table(["network", "accuracy", *(f"flips {s}" for s in stages)], patterns),
+        "",
+    ]
+
+
+def summary(results: dict) -> str:
+    rows = [r for r in results.get("verdicts", []) if r["claim"] in CLAIMS]
+    if not rows:
+        return "This run has no interventions."
+    parts = []
+    for claim in CLAIMS:
+        mine = [r for r in rows if r["claim"] == claim]
+        held = [r["setting"].split(",")[0] for r in mine if r["verdict"] == "holds"]
+        failed = [r["setting"].split(",")[0] for r in mine if r["verdict"] == "fails"]
+        text = f"*{claim}*: holds for {len(held)} of {len(mine)} methods" + (f" ({', '.join(held)})" if held else "")
+        parts.append(text + (f", fails for {', '.join(failed)}" if failed else ""))
+    return (
+        "**What the interventions establish.** " + "; ".join(parts) + ". A claim that holds here is causal for these "
+        "networks in the sense that only the placement or the timing of the noise differed between the compared "
+        "networks; a claim that depends is not settled by this run's seeds."
+    )
+
+
+CLAIMS = (
+    "noise in the deeper stages alone lowers the sensitivity",
+    "noise in the first stage alone does not lower it",
+    "noise at training time, not at attribution time, lowers it",
+)
+
+
+def _plot(results: dict, store: Store) -> str | None:
+    iv = results.get("interventions") or {}
+    if not iv.get("effects"):
+        return None
+    methods = [m for m, _ in in_run_order(iv["effects"], results)]
+    order = [TRAINING_TIME, *iv["networks"]]
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 0.5 * len(order) + 1.6), sharey=True,
+                             squeeze=False)  # fmt: skip
+    for ax, m in zip(axes[0], methods):
+        for y, n in enumerate(order):
+            e, v = iv["effects"][m][n]["effect"], iv["effects"][m][n]["verdict"]
+            ax.errorbar(100 * e["mean"], y, xerr=[[100 * (e["mean"] - e["low"])], [100 * (e["high"] - e["mean"])]],
+                        fmt="o", color="C0" if n == TRAINING_TIME else "C1" if n == ATTRIBUTION_TIME else "C2",
+                        mfc="white" if v == "depends" else None, capsize=3)  # fmt: skip
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.axvline(-100 * MARGIN, color="0.5", lw=0.8, ls=":")
+        ax.set_title(title(m), fontsize=9)
+        ax.set_xlabel("max-sensitivity vs ODE (%)", fontsize=8)
+    axes[0][0].set_yticks(range(len(order)))
+    axes[0][0].set_yticklabels([_label(n) for n in order], fontsize=8)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(f"What an intervention shows (σ = {iv['sigma']:g}; 95% CI over seeds; hollow: depends)", fontsize=10)
+    fig.tight_layout()
+    return store.save_figure(fig, "interventions.png")
+
+
+INTERVENTIONS = Section(
+    "interventions",
+    summarise,
+    page="explains",
+    verdicts=verdicts,
+    tables=tables,
+    plots={"interventions": _plot},
+    fills={"intervention_summary": summary},
+)
