@@ -17,7 +17,7 @@ from ..store import Store
 from .formatting import VERDICT_MARK, effect, in_run_order, markdown_table, percent, title
 from .plotting import plt
 from .section import Section, verdict_row
-from .stats import by_seed, finite_mean, log_effect, mean_ci
+from .stats import by_seed, finite_mean, log_effect, log_gm, mean_ci
 
 __all__ = ["INTERVENTIONS", "MARGIN"]
 
@@ -38,25 +38,41 @@ def _sorted_cells(store: Store, kind: str) -> dict:
     return dict(sorted(store.results(kind).items(), key=lambda kv: (kv[1]["seed"], kv[1].get("rep") or 0)))
 
 
+def _ratio_effect(logs: list[float]) -> dict:
+    return {k: math.expm1(v) for k, v in mean_ci(logs).items() if k in ("mean", "low", "high")}
+
+
 def _pattern_effects(store: Store, names: list[str]) -> dict:
-    """Per network and stage: the ReLU flip fraction's and the margin's change against the ODE network, over seeds."""
-    base = {(c["seed"]): c for c in store.results("mechanism").values() if c["model"] == "ode"}
+    """Per network and stage: the ReLU flip fraction's and the margin ÷ change's change against the ODE network.
+
+    Per seed the log ratio of the stage's mean flip fraction (and of the geometric mean of
+    median |z| ÷ the RMS change of z over images) to the same seed's ODE network's; the
+    interval over seeds, as relative changes.
+    """
+    base = {c["seed"]: c for c in store.results("mechanism").values() if c["model"] == "ode"}
     cells = store.results("intervention_patterns").values()
     out: dict = {}
     for name in names:
-        rows: dict = {"accuracy": mean_ci([c["test_accuracy"] for c in cells if c["model"] == name]), "stages": {}}
+        flips: dict = {}
+        margins: dict = {}
         for c in (c for c in cells if c["model"] == name and c["seed"] in base):
             for stage, st in c["stages"].items():
                 ref = base[c["seed"]]["stages"].get(stage)
                 if ref:
-                    flip = math.log(max(finite_mean(st["flip"]), 1e-12) / max(finite_mean(ref["flip"]), 1e-12))
-                    rows["stages"].setdefault(stage, []).append(flip)
-        rows["stages"] = {
-            s: {k: math.expm1(v) for k, v in mean_ci(v).items() if k in ("mean", "low", "high")}
-            for s, v in sorted(rows["stages"].items(), key=lambda kv: (kv[0] != "stem", kv[0]))
+                    ratio = max(finite_mean(st["flip"]), 1e-12) / max(finite_mean(ref["flip"]), 1e-12)
+                    flips.setdefault(stage, []).append(math.log(ratio))
+                    margins.setdefault(stage, []).append(_log_margin(st) - _log_margin(ref))
+        order = sorted(flips, key=lambda s: (s != "stem", s))
+        out[name] = {
+            "accuracy": mean_ci([c["test_accuracy"] for c in cells if c["model"] == name]),
+            "stages": {s: _ratio_effect(flips[s]) for s in order},
+            "margins": {s: _ratio_effect(margins[s]) for s in order},
         }
-        out[name] = rows
     return out
+
+
+def _log_margin(stage: dict) -> float:
+    return log_gm([m / c for m, c in zip(stage["margin"], stage["change"]) if c > 0])
 
 
 def summarise(store: Store, results: dict) -> dict:
@@ -139,7 +155,8 @@ def tables(results: dict) -> list[str]:
     stages = sorted({s for p in iv["patterns"].values() for s in p["stages"]}, key=lambda s: (s != "stem", s))
     patterns = [
         [_label(n), f"{100 * p['accuracy']['mean']:.2f}%",
-         *(percent(p["stages"][s]["mean"]) if s in p["stages"] else "–" for s in stages)]
+         *(percent(p["stages"][s]["mean"]) if s in p["stages"] else "–" for s in stages),
+         *(percent(p.get("margins", {})[s]["mean"]) if s in p.get("margins", {}) else "–" for s in stages)]
         for n, p in iv["patterns"].items()
     ]  # fmt: skip
     acc = iv.get("ode_accuracy") or {}
@@ -151,11 +168,14 @@ def tables(results: dict) -> list[str]:
         "",
         *markdown_table(["intervention", *(title(m) for m in methods)], rows),
         "",
-        f"Test accuracy (mean over seeds; the ODE network: {100 * acc.get('mean', math.nan):.2f}%) and the change of "
-        "the fraction of ReLUs that flip under a perturbation, per stage, against the ODE network (geometric mean "
-        "over seeds):",
+        f"Test accuracy (mean over seeds; the ODE network: {100 * acc.get('mean', math.nan):.2f}%), and per stage the "
+        "change against the ODE network of the fraction of ReLUs that flip under a perturbation and of the "
+        "pre-activation margin over its change (geometric means over seeds):",
         "",
-        *markdown_table(["network", "accuracy", *(f"flips {s}" for s in stages)], patterns),
+        *markdown_table(
+            ["network", "accuracy", *(f"flips {s}" for s in stages), *(f"margin ÷ change {s}" for s in stages)],
+            patterns,
+        ),
         "",
     ]
 
