@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from neuralsde.models import TORCHVISION_ARCHS
 
-__all__ = ["ATTRIBUTION_TIME", "Config", "digest", "parse_args", "sigma_of"]
+__all__ = ["Config", "digest", "parse_args", "sigma_of"]
 
 METHODS = ("saliency", "integrated_gradients", "smoothgrad_ig", "deeplift", "deeplift_shap")
 METHOD_TITLES = {
@@ -65,10 +65,6 @@ SHAPES_TRAIN_OPTIONS = tuple(
 def digest(value) -> str:
     """A short hash of a JSON-serialisable value (results of different inputs never mix)."""
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
-
-
-#: The ODE network with noise at attribution time only (its name in the interventions' cells).
-ATTRIBUTION_TIME = "ode+noise-at-attribution"
 
 
 def sigma_of(name: str) -> float:
@@ -175,6 +171,11 @@ class Config:
         stages = [f"layer{i + 1}" for i in range(len(self.widths))] if self.interventions else []
         names = [f"sde-at-{s}-{self.intervention_sigma:g}" for s in stages] + [self.deep_network] * bool(stages)
         return list(dict.fromkeys(names))  # with two stages, "all but the first" is the second alone
+
+    @property
+    def attribution_time_network(self) -> str:
+        """The ODE network with the noise of ``intervention_sigma`` on at attribution time only (σ in its name)."""
+        return f"ode+noise-at-attribution-{self.intervention_sigma:g}"
 
     @property
     def deep_network(self) -> str:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 from functools import partial
 
-from .config import ATTRIBUTION_TIME, Config
+from .config import Config
 from .mechanism import mechanism_cell
 from .pipeline import Cell, Context, Part, run
 from .report import REPORT
@@ -41,7 +41,7 @@ def _path_seed(seed: int) -> int:
 
 
 def _sensitivity(cfg: Config, cell: Cell) -> dict:
-    if cell.name != ATTRIBUTION_TIME:
+    if cell.name != cfg.attribution_time_network:
         return sensitivity_cell(cfg, cell)
     return sensitivity_cell(cfg, cell, noise="mc", samples=cfg.mc_samples, seed=_path_seed(cell.seed))
 
@@ -60,7 +60,7 @@ def _networks(ctx: Context) -> dict[int, dict]:
             out[seed][name] = trained_model(cfg, ctx.store, name, seed, ctx.data, progress=False)
         noisy = build_model(cfg, f"sde-{cfg.intervention_sigma:g}", seed, ctx.data)
         noisy.load_state_dict(ctx.nets[seed]["ode"].state_dict())  # the ODE network's weights, with a diffusion
-        out[seed][ATTRIBUTION_TIME] = noisy.eval()
+        out[seed][cfg.attribution_time_network] = noisy.eval()
         for name, model in out[seed].items():
             ctx.prints[seed][name] = fingerprint(model)
     return out
@@ -85,7 +85,7 @@ def run_interventions(ctx: Context) -> None:
         "intervention_patterns",
         partial(_pattern, cfg),
         images=lambda seed, rep: chosen_images(ctx.pools[seed], cfg.n_images, seed, 0),
-        networks=lambda seed: {n: m for n, m in nets[seed].items() if n != ATTRIBUTION_TIME},
+        networks=lambda seed: {n: m for n, m in nets[seed].items() if n != cfg.attribution_time_network},
     )
 
 

@@ -145,16 +145,17 @@ def test_the_allocation_is_the_narrowest_for_its_cost_and_meets_the_target():
 
 
 def test_the_causal_claims_follow_their_stated_rules():
-    from benchmarks.config import ATTRIBUTION_TIME
     from benchmarks.report.interventions import MARGIN, TRAINING_TIME, verdicts
+
+    at_name = "ode+noise-at-attribution-0.75"
 
     def eff(mean, low, high, verdict="depends"):
         return {"effect": {"mean": mean, "low": low, "high": high}, "verdict": verdict, "agree": 0, "seeds": 3,
                 "per_seed": [{"effect": mean}] * 3}  # fmt: skip
 
     def rows(first, at, trained, deep):
-        iv = {"sigma": 0.75, "deep": "sde-at-layer2+layer3-0.75", "first": "sde-at-layer1-0.75",
-              "effects": {"saliency": {"sde-at-layer1-0.75": first, ATTRIBUTION_TIME: at, TRAINING_TIME: trained,
+        iv = {"sigma": 0.75, "deep": "sde-at-layer2+layer3-0.75", "first": "sde-at-layer1-0.75", "attribution": at_name,
+              "effects": {"saliency": {"sde-at-layer1-0.75": first, at_name: at, TRAINING_TIME: trained,
                                        "sde-at-layer2+layer3-0.75": deep}}}  # fmt: skip
         return {r["claim"]: r["verdict"] for r in verdicts({"interventions": iv, "config": {"methods": ["saliency"]}})}
 
@@ -176,3 +177,13 @@ def test_the_causal_claims_follow_their_stated_rules():
         ]
         == "depends"
     )
+
+
+def test_every_intervention_network_carries_its_sigma_in_its_name():
+    """σ of the interventions is a run option: a network's σ must be in its name, or a cell would be reused."""
+    from benchmarks.config import Config, sigma_of
+
+    for sigma in (0.5, 0.75):
+        cfg = Config(sigmas=[0.5, 0.75], intervention_sigma=sigma)
+        names = [*cfg.intervention_names(), cfg.attribution_time_network]
+        assert len(names) == 5 and all(sigma_of(name) == sigma for name in names)

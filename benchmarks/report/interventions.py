@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 
-from ..config import ATTRIBUTION_TIME
 from ..store import Store
 from .formatting import VERDICT_MARK, effect, in_run_order, markdown_table, percent, title
 from .plotting import plt
@@ -24,10 +23,12 @@ __all__ = ["INTERVENTIONS", "MARGIN"]
 #: A decrease smaller than this (relative) counts as none, for the claims that noise does not lower it.
 MARGIN = 0.05
 TRAINING_TIME = "training time (the table's SDE network, noise off)"
+#: The start of the name of the ODE network with noise at attribution time only.
+ATTRIBUTION_TIME = "ode+noise-at-attribution"
 
 
 def _label(name: str) -> str:
-    if name == ATTRIBUTION_TIME:
+    if name.startswith(ATTRIBUTION_TIME):
         return "noise at attribution time only"
     if name == TRAINING_TIME:
         return "noise at training time (all stages)"
@@ -81,7 +82,7 @@ def summarise(store: Store, results: dict) -> dict:
     if not cfg.interventions or not cells:
         return {"interventions": {}}
     main = _sorted_cells(store, "sensitivity")
-    names = [*cfg.intervention_names(), ATTRIBUTION_TIME]
+    names = [*cfg.intervention_names(), cfg.attribution_time_network]
     trained_sde = f"sde-{cfg.intervention_sigma:g}"
     effects: dict = {}
     for method in cfg.intervention_methods:
@@ -94,6 +95,7 @@ def summarise(store: Store, results: dict) -> dict:
             "networks": names,
             "first": cfg.intervention_names()[0],
             "deep": cfg.deep_network,
+            "attribution": cfg.attribution_time_network,
             "effects": effects,
             "patterns": _pattern_effects(store, cfg.intervention_names()),
             "ode_accuracy": results["models"].get("ode", {}).get("test_accuracy"),
@@ -116,7 +118,7 @@ def verdicts(results: dict) -> list[dict]:
     sigma = f"σ = {iv.get('sigma', 0):g}"
     for method, by_net in in_run_order(iv.get("effects", {}), results):
         deep, first = by_net[iv["deep"]], by_net[iv["first"]]
-        at, trained = by_net[ATTRIBUTION_TIME], by_net[TRAINING_TIME]
+        at, trained = by_net[iv["attribution"]], by_net[TRAINING_TIME]
         where = " and ".join(iv["deep"].split("-at-")[1].rsplit("-", 1)[0].split("+"))
         rows.append(verdict_row(
             "noise in the deeper stages alone lowers the sensitivity", f"{title(method)}, noise in {where}, {sigma}",
@@ -222,7 +224,7 @@ def _plot(results: dict, store: Store) -> str | None:
         for y, n in enumerate(order):
             e, v = iv["effects"][m][n]["effect"], iv["effects"][m][n]["verdict"]
             ax.errorbar(100 * e["mean"], y, xerr=[[100 * (e["mean"] - e["low"])], [100 * (e["high"] - e["mean"])]],
-                        fmt="o", color="C0" if n == TRAINING_TIME else "C1" if n == ATTRIBUTION_TIME else "C2",
+                        fmt="o", color="C0" if n == TRAINING_TIME else "C1" if n == iv["attribution"] else "C2",
                         mfc="white" if v == "depends" else None, capsize=3)  # fmt: skip
         ax.axvline(0, color="0.3", lw=0.8)
         ax.axvline(-100 * MARGIN, color="0.5", lw=0.8, ls=":")
