@@ -30,6 +30,11 @@ ALPHA = 0.05
 STEP = 0.1
 
 
+def p_value(p: float) -> str:
+    """A p-value with four significant digits (0.04998, not 0.0500 beside a verdict decided at 0.05)."""
+    return f"{p:.4g}" if math.isfinite(p) else "–"
+
+
 def slope(xs: list[float], ys: list[float]) -> float:
     """The least-squares slope of ``ys`` against ``xs`` (NaN for fewer than 2 distinct x)."""
     n = len(xs)
@@ -116,7 +121,7 @@ def verdicts(results: dict) -> list[dict]:
     dose = results.get("dose_response") or {}
     rows = []
     for method, r in in_run_order(dose.get("methods", {}), results):
-        note = f"primary; Holm-adjusted p = {number(r['p_holm'], 4)} over {len(dose['methods'])} methods"
+        note = f"primary; Holm-adjusted p = {p_value(r['p_holm'])} over {len(dose['methods'])} methods"
         if r["level"] == "images":
             note += "; one training seed: images are the unit"
         rows.append(
@@ -147,8 +152,8 @@ def tables(results: dict) -> list[str]:
                 f"{number(s['mean'], 3)} [{number(s['low'], 3)}, {number(s['high'], 3)}]",
                 f"{percent(r['effect']['mean'])} [{percent(r['effect']['low'])}, {percent(r['effect']['high'])}]",
                 f"{r['agree']}/{r['seeds']}",
-                number(r["p"], 3),
-                number(r["p_holm"], 3),
+                p_value(r["p"]),
+                p_value(r["p_holm"]),
                 VERDICT_MARK[r["verdict"]],
             ]
         )
