@@ -17,6 +17,7 @@ wrapped in DistributedDataParallel, each process reads its shard of every epoch
 from __future__ import annotations
 
 import io
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -32,7 +33,18 @@ from .models import ODEResNet
 from .validate import check_count, check_seed
 from .weights import checksum_problem, read_weights, state_checksum, weights_mismatch
 
-__all__ = ["CheckpointDamaged", "evaluate", "load_checkpoint", "load_weights", "save_checkpoint", "train"]
+__all__ = [
+    "CheckpointDamaged",
+    "evaluate",
+    "load_checkpoint",
+    "load_weights",
+    "recalibrate_batchnorm",
+    "save_checkpoint",
+    "train",
+]
+
+#: Learning-rate schedules of ``train``: constant, or a cosine decay to 0 over all steps.
+SCHEDULES = ("constant", "cosine")
 
 
 class CheckpointDamaged(ValueError):
@@ -126,6 +138,42 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, devic
     return correct / max(total, 1)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, dataset: Dataset, *, batch_size: int = 256, seed: int = 0, device="cpu"
+) -> nn.Module:
+    """Recompute every BatchNorm layer's running statistics for the model's final weights.
+
+    During training the running mean and variance are exponential averages over batches
+    taken while the weights still move; when they move fast (a large learning rate, the
+    last epochs of a short run), the averages lag behind, and the network in eval mode is
+    much worse than in train mode. This resets them and makes them the exact average
+    over one pass of ``dataset`` (in order, ``batch_size`` items a batch): the average of
+    the batches' means and variances, every batch counting once. The model runs in train
+    mode, so an SDE model draws its noise as in training, from torch's generator seeded
+    with ``seed``; the caller's random state is restored afterwards. The weights are not
+    changed; the model is left in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+    model.train()
+    device = torch.device(device)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(check_seed(seed))
+            for batch in DataLoader(dataset, batch_size=batch_size):
+                model(batch[0].to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    return model.eval()
+
+
 def train(
     model: nn.Module,
     train_set: Dataset,
@@ -134,6 +182,8 @@ def train(
     lr: float = 1e-4,
     batch_size: int = 64,
     weight_decay: float = 0.0,
+    schedule: str = "constant",
+    recalibrate: bool = False,
     seed: int = 0,
     device: str | torch.device = "cpu",
     checkpoint: str | os.PathLike | None = None,
@@ -155,6 +205,12 @@ def train(
         lr: Adam's learning rate (the paper: 1e-4).
         batch_size: examples per step and process.
         weight_decay: Adam's weight decay.
+        schedule: ``"constant"``, or ``"cosine"``: the learning rate at step t of T (all
+            epochs' steps) is ``lr * (1 + cos(pi * t / T)) / 2``. It depends on the step
+            alone, so a resumed run follows it exactly.
+        recalibrate: after the last epoch, recompute BatchNorm's running statistics for
+            the final weights ([`recalibrate_batchnorm`][neuralsde.train.recalibrate_batchnorm],
+            one pass over ``train_set`` seeded from ``seed``); the last checkpoint holds them.
         seed: seeds the shuffling and, per process, the noise.
         device: where to train.
         checkpoint: file written after every epoch and read at the start.
@@ -172,6 +228,8 @@ def train(
 
     epochs = check_count(epochs, "epochs", 1)
     seed = check_seed(seed)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     device = torch.device(device)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -183,6 +241,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         history = list(state["history"])
         start = int(state["epoch"])
+        for group in optimizer.param_groups:  # this call's lr (the cosine schedule sets its own per step)
+            group["lr"] = lr
     distributed = _world() > 1
     net = model
     if distributed:
@@ -203,7 +263,11 @@ def train(
             loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
         total_loss = correct = seen = 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not show, file=sys.stderr)
-        for batch in bar:
+        steps = epochs * len(loader)
+        for i, batch in enumerate(bar):
+            if schedule == "cosine":
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * (1 + math.cos(math.pi * (epoch * len(loader) + i) / steps)) / 2
             x, y = batch[0].to(device), batch[1].to(device)
             logits = net(x)
             loss = F.cross_entropy(logits, y)
@@ -215,6 +279,9 @@ def train(
             seen += len(y)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}")
         record = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen}
+        if recalibrate and epoch + 1 == epochs:
+            recalibrate_batchnorm(model, train_set, batch_size=batch_size, seed=seed, device=device)
+            record["recalibrated"] = True
         if eval_set is not None and _rank() == 0:
             record["eval_accuracy"] = evaluate(model, eval_set, device=device)
         history.append(record)

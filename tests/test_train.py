@@ -1,5 +1,6 @@
 """neuralsde.train: learning, atomic resumable checkpoints, weights files, DDP on gloo."""
 
+import math
 import os
 import socket
 
@@ -13,7 +14,14 @@ from torch.utils.data import Subset
 
 from neuralsde import ODEResNet, SDEResNet
 from neuralsde.data import digits
-from neuralsde.train import CheckpointDamaged, evaluate, load_checkpoint, load_weights, train
+from neuralsde.train import (
+    CheckpointDamaged,
+    evaluate,
+    load_checkpoint,
+    load_weights,
+    recalibrate_batchnorm,
+    train,
+)
 from neuralsde.weights import state_checksum
 
 
@@ -52,6 +60,70 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, cls):
     # Shuffling and noise follow (seed, epoch): the resumed run is the uninterrupted one.
     for p, q in zip(fresh.parameters(), whole.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_the_cosine_schedule_follows_the_step_and_resumes_exactly(tmp_path):
+    data = subset(128)  # 4 steps an epoch
+    whole = tiny(SDEResNet, sigma=0.5)
+    kwargs = dict(lr=1e-2, batch_size=32, schedule="cosine", progress=False)
+    train(whole, data, epochs=3, checkpoint=tmp_path / "w.pt", **kwargs)
+    # The last step is step 11 of 12: lr = 1e-2 * (1 + cos(pi * 11 / 12)) / 2 (Adam keeps it in its state).
+    last = load_checkpoint(tmp_path / "w.pt")["optimizer"]["param_groups"][0]["lr"]
+    assert last == pytest.approx(1e-2 * (1 + math.cos(math.pi * 11 / 12)) / 2, rel=1e-12)
+    kwargs["checkpoint"] = tmp_path / "r.pt"
+
+    def stop(epoch, record):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # interrupted after 2 of 3 epochs
+        train(tiny(SDEResNet, sigma=0.5), data, epochs=3, on_epoch=stop, **kwargs)
+    fresh = tiny(SDEResNet, sigma=0.5)  # a new process: the schedule follows from the step alone
+    train(fresh, data, epochs=3, **kwargs)
+    for p, q in zip(fresh.parameters(), whole.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="schedule must be one of constant, cosine"):
+        train(tiny(), data, epochs=1, schedule="linear", progress=False)
+
+
+def test_a_resumed_run_uses_the_learning_rate_it_is_given(tmp_path):
+    data, path = subset(64), tmp_path / "c.pt"
+    train(tiny(), data, epochs=1, lr=1e-2, batch_size=32, progress=False, checkpoint=path)
+    train(tiny(), data, epochs=2, lr=1e-3, batch_size=32, progress=False, checkpoint=path)
+    # Not the 1e-2 that the optimizer's state was saved with.
+    assert load_checkpoint(path)["optimizer"]["param_groups"][0]["lr"] == 1e-3
+
+
+def test_recalibration_makes_the_running_statistics_those_of_the_final_weights():
+    data = subset(96)
+    model = tiny(ODEResNet)
+    train(model, data, epochs=2, lr=1e-2, batch_size=32, progress=False)
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    handle = first.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    weights = [p.detach().clone() for p in model.parameters()]
+    recalibrate_batchnorm(model, data, batch_size=96)  # one batch: the running statistics are its own
+    handle.remove()
+    (x,) = seen
+    # Float32 sums over 96 x 8 x 8 values per channel: agreement to round-off (1e-5 relative).
+    torch.testing.assert_close(first.running_mean, x.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(first.running_var, x.var(dim=(0, 2, 3), unbiased=True), rtol=1e-5, atol=1e-6)
+    assert first.momentum == 0.1 and not model.training  # restored, and left in eval mode
+    assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights))  # the weights are untouched
+
+
+def test_recalibration_in_train_is_part_of_the_last_checkpoint(tmp_path):
+    data = subset(96)
+    model = tiny(SDEResNet, sigma=0.5)
+    path = tmp_path / "c.pt"
+    history = train(model, data, epochs=2, batch_size=32, recalibrate=True, progress=False, checkpoint=path)
+    assert "recalibrated" not in history[0] and history[-1]["recalibrated"]
+    again = tiny(SDEResNet, sigma=0.5)
+    train(again, data, epochs=2, batch_size=32, progress=False)
+    recalibrate_batchnorm(again, data, batch_size=32, seed=0)  # the same pass, the same noise
+    state = load_checkpoint(path)["model"]
+    for key, value in again.state_dict().items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0)
 
 
 def test_weights_file_from_torchvision_loads_into_the_twin(tmp_path):
