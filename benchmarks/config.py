@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from neuralsde.models import TORCHVISION_ARCHS
 
+from .presets import PRESETS
+
 __all__ = ["Config", "digest", "parse_args", "sigma_of"]
 
 METHODS = ("saliency", "integrated_gradients", "smoothgrad_ig", "deeplift", "deeplift_shap")
@@ -58,7 +60,8 @@ SCHEMA = {"sensitivity": 2, "theorem1": 2}
 #: The training options of the shapes networks (localisation); the rest of ``train``
 #: options describe the main data set's networks.
 SHAPES_TRAIN_OPTIONS = tuple(
-    "data_seed shapes_n shapes_size shapes_epochs diffusion method widths blocks lr batch_size".split()
+    "data_seed shapes_n shapes_size shapes_epochs diffusion method widths blocks lr schedule recalibrate "
+    "batch_size".split()
 )
 
 
@@ -110,8 +113,12 @@ class Config:
     blocks: int = _opt(2, "train", "residual blocks per stage of the 'small' architecture")
     image_size: int = _opt(224, "train", "side of the ImageFolder images after resizing")
     # training (identical for ODE and SDE)
-    epochs: int = _opt(8, "train", "training epochs (the same for every network)")
-    lr: float = _opt(3e-3, "train", "Adam's learning rate")
+    epochs: int = _opt(12, "train", "training epochs (the same for every network)")
+    lr: float = _opt(3e-3, "train", "Adam's learning rate (the largest, with --schedule cosine)")
+    schedule: str = _opt("cosine", "train", "learning-rate schedule: constant, or cosine (decay to 0 over all steps)")
+    recalibrate: bool = _opt(
+        True, "train", "recompute BatchNorm's running statistics for the final weights (one pass over the training set)"
+    )
     batch_size: int = _opt(64, "train", "training batch size")
     eval_images: int = _opt(0, "measure", "test images for the accuracy (0: all)")
     chunk: int = _opt(0, "measure", "images per attribution call (0: all at once); lower it when memory runs out")
@@ -141,9 +148,9 @@ class Config:
     completeness_images: int = _opt(4, "measure", "images per seed for the completeness residuals")
     # shapes with masks (localisation)
     shapes: bool = _opt(True, "run", "measure localisation on generated shapes with masks")
-    shapes_n: int = _opt(2000, "train", "size of the shapes data set")
+    shapes_n: int = _opt(4000, "train", "size of the shapes data set")
     shapes_size: int = _opt(16, "train", "side of the shapes images")
-    shapes_epochs: int = _opt(8, "train", "training epochs of the shapes networks")
+    shapes_epochs: int = _opt(16, "train", "training epochs of the shapes networks")
     figure_images: int = _opt(4, "measure", "images per attribution figure (first seed only)")
     # interventions: noise in one stage only, noise at attribution time only
     interventions: bool = _opt(True, "run", "measure the interventions (noise per stage; at attribution time)")
@@ -250,6 +257,10 @@ class Config:
         if self.diffusion not in DIFFUSIONS:
             raise ValueError(f"unknown --diffusion {self.diffusion!r}; valid: {', '.join(DIFFUSIONS)}")
         shared = [m for m in SDE_METHODS if m in ODE_METHODS]  # ODE and SDE networks are trained alike
+        from neuralsde.train import SCHEDULES
+
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown --schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
         if self.method not in shared:
             raise ValueError(
                 f"--method must be a solver of both ODE and SDE networks ({', '.join(shared)}), got {self.method!r}"
@@ -308,58 +319,6 @@ def _check_device(device: str) -> None:
             raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
     elif dev.type != "cpu":
         raise ValueError(f"--device {device}: only cpu and cuda are supported")
-
-
-PRESETS = {
-    # A complete run in seconds, for the test suite.
-    "quick": dict(  # fmt: skip
-        seeds=[0, 1],
-        sigmas=[0.5],
-        intervention_sigma=0.5,
-        mc_samples=2,
-        widths=[4, 8],
-        epochs=2,
-        n_images=4,
-        repetitions=2,
-        n_perturb=3,
-        ig_steps=4,
-        sg_samples=2,
-        sg_ig_steps=3,
-        shap_baselines=2,
-        robust_images=4,
-        attack_steps=2,
-        theorem_images=3,
-        completeness_images=2,
-        shapes_n=80,
-        shapes_epochs=1,
-        figure_images=2,
-    ),
-    # The paper's protocol at ImageNet scale: 100 images x 5 repetitions, Adam 1e-4.
-    "imagenet": dict(  # fmt: skip
-        interventions=False,
-        seeds=[0],
-        sigmas=[0.5],
-        epochs=1,
-        lr=1e-4,
-        batch_size=64,
-        n_images=100,
-        repetitions=5,
-        ig_steps=50,
-        sg_samples=10,
-        sg_ig_steps=20,
-        shap_baselines=8,
-        robust_images=20,
-        topk=1000,
-        attack_eps=8 / 255 / 0.226,
-        theorem_images=8,
-        completeness_images=4,
-        shapes=False,
-        figure_images=4,
-        eval_images=2000,
-        chunk=2,
-        ig_batch=64,
-    ),
-}
 
 
 def _shown(value) -> str:

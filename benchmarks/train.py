@@ -248,6 +248,8 @@ def trained_model(
         epochs=epochs,
         lr=cfg.lr,
         batch_size=cfg.batch_size,
+        schedule=cfg.schedule,
+        recalibrate=cfg.recalibrate,
         seed=seed,
         device=cfg.device,
         checkpoint=ckpt,
