@@ -1,13 +1,15 @@
 """Generate the documentation's theory-check pages from a benchmark run.
 
-    python -m benchmarks.docs [--results results] [--docs docs]
+    python -m benchmarks.docs [--results results] [--docs docs] [--compare OTHER]
 
 Reads ``RESULTS/results.json``, ``RESULTS/runs.json`` and ``RESULTS/figures/``, fills the
 page templates in ``benchmarks/doc_templates/`` and writes ``DOCS/theory/*.md``, the
 figures they show (``DOCS/theory/img/``) and a copy of the two JSON files
 (``DOCS/theory/data/``), from which the pages can be generated again. Every number on
 those pages comes from the run; each page says which command, configuration and machine
-made it.
+made it. ``--compare`` names a second run of the same configuration on another number
+of threads: the sensitivity page then says which verdicts differ between the two
+(``report.agreement``), from ``DOCS/theory/data/compare.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 from pathlib import Path
 
 from .common import atomic_write_text
-from .report import SECTIONS
+from .report import SECTIONS, agreement
 from .report import verdicts as verdict_table
 
 __all__ = ["PAGES", "render_pages"]
@@ -30,6 +32,19 @@ PAGES = ("theorem1", "completeness", "sensitivity", "noise", "explains")
 #: The page that holds the verdict table of every claim (under "All claims"); each page
 #: opens with the rows of its own claims.
 FULL_TABLE = "sensitivity"
+
+
+def _seeds(seeds: list[int]) -> str:
+    """``0, 1, 2`` or, for a long contiguous run of seeds, ``0 to 59``."""
+    if len(seeds) > 6 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]} to {seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def _schedule(cfg: dict) -> str:
+    """How the learning rate moved and whether BatchNorm's statistics were recomputed (older runs: neither)."""
+    text = ", cosine schedule" if cfg.get("schedule") == "cosine" else ""
+    return text + (", BatchNorm statistics recomputed after training" if cfg.get("recalibrate") else "")
 
 
 def _provenance(results: dict, runs: list[dict]) -> str:
@@ -50,15 +65,19 @@ def _provenance(results: dict, runs: list[dict]) -> str:
         f"which took {total:.0f} s{sessions} on {machine}; Python {env.get('python')}, torch "
         f"{versions['torch']}, torchdiffeq {versions['torchdiffeq']}, torchsde {versions['torchsde']}, captum "
         f"{versions['captum']}, neuralsde {versions['neuralsde']}. Configuration digest `{results['digest']}` "
-        f"({len(seeds)} training seeds {', '.join(map(str, seeds))}, data `{cfg['data']}`, architecture "
+        f"(preset `{results.get('preset', 'custom')}`: {len(seeds)} training seeds {_seeds(seeds)}, data "
+        f"`{cfg['data']}`, architecture "
         f"`{cfg['arch']}`, noise magnitudes {', '.join(f'{s:g}' for s in cfg['sigmas'])}, {cfg['epochs']} epochs, "
-        f"Adam lr {cfg['lr']:g}); the full configuration is in `docs/theory/data/results.json`."
+        f"Adam lr {cfg['lr']:g}{_schedule(cfg)}); the full configuration is in `docs/theory/data/results.json`."
     )
 
 
-def render_pages(results: dict, runs: list[dict]) -> dict[str, str]:
-    """Fill every page template; returns page name -> Markdown."""
-    fills = {"provenance": _provenance(results, runs)}
+def render_pages(results: dict, runs: list[dict], compare: dict | None = None) -> dict[str, str]:
+    """Fill every page template; returns page name -> Markdown.
+
+    ``compare``: a second run of the same configuration (``report.agreement.record``).
+    """
+    fills = {"provenance": _provenance(results, runs), "agreement": "\n".join(agreement.page_lines(results, compare))}
     tables = {"verdicts": verdict_table.full}
     for section in SECTIONS:
         fills.update({key: make(results) for key, make in section.fills.items()})
@@ -90,13 +109,27 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results", help="a finished run of python -m benchmarks")
     parser.add_argument("--docs", default="docs")
+    parser.add_argument(
+        "--compare", metavar="OTHER", help="a finished run of the same command with another number of threads"
+    )
     args = parser.parse_args(argv)
     src, theory = Path(args.results), Path(args.docs) / "theory"
     if not (src / "results.json").exists():
         parser.error(f"{src} holds no results.json; run python -m benchmarks --out {src} first")
     results = json.loads((src / "results.json").read_text())
     runs = json.loads((src / "runs.json").read_text()) if (src / "runs.json").exists() else []
-    pages = render_pages(results, runs)
+    compare = None
+    if args.compare:
+        other = Path(args.compare)
+        if not (other / "results.json").exists():
+            parser.error(f"--compare {other} holds no results.json")
+        runs_other = json.loads((other / "runs.json").read_text()) if (other / "runs.json").exists() else []
+        compare = agreement.record(json.loads((other / "results.json").read_text()), runs_other)
+        try:
+            agreement.compare(results, compare)
+        except ValueError as err:  # the two runs are of different configurations
+            parser.error(str(err))
+    pages = render_pages(results, runs, compare)
     missing = [f for f in figures_used(pages) if not (src / "figures" / f).exists()]
     if missing:
         parser.error(f"{src}/figures lacks {', '.join(sorted(missing))}")
@@ -107,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("results.json", "runs.json"):
         if (src / name).exists():
             shutil.copyfile(src / name, theory / "data" / name)
+    if compare is not None:
+        atomic_write_text(theory / "data" / "compare.json", json.dumps(compare, indent=1) + "\n")
+    else:  # a comparison of an earlier run no longer applies
+        (theory / "data" / "compare.json").unlink(missing_ok=True)
     for page, text in pages.items():
         atomic_write_text(theory / f"{page}.md", text)
     print(f"wrote {len(pages)} pages and {len(figures_used(pages))} figures to {theory}")

@@ -65,7 +65,8 @@ def test_theory_pages_are_generated_from_the_committed_run():
     data = DOCS / "theory" / "data"
     results = json.loads((data / "results.json").read_text())
     runs = json.loads((data / "runs.json").read_text())
-    pages = render_pages(results, runs)
+    compare = json.loads((data / "compare.json").read_text()) if (data / "compare.json").exists() else None
+    pages = render_pages(results, runs, compare)
     for page in PAGES:
         committed = (DOCS / "theory" / f"{page}.md").read_text()
         assert committed == pages[page], f"docs/theory/{page}.md differs from what python -m benchmarks.docs makes"
@@ -73,11 +74,13 @@ def test_theory_pages_are_generated_from_the_committed_run():
         assert "| " in committed and "](img/" in committed  # a measured table and a plot
     for name in figures_used(pages):
         assert (DOCS / "theory" / "img" / name).stat().st_size > 1000
-    # The committed pages come from a real run of the main job (its default configuration):
-    # at least five training seeds, and verdicts decided over them.
+    # The committed pages come from a real run of the full protocol (--preset full), and the
+    # default job keeps at least five training seeds.
     from benchmarks.config import Config
+    from benchmarks.presets import PRESETS
 
-    assert results["config"] == Config().to_dict() and len(results["seeds"]) >= 5
+    assert results["config"] == Config(**PRESETS["full"]).to_dict() and results["preset"] == "full"
+    assert len(Config().seeds) >= 5
     assert runs[-1]["status"] == "finished"
     assert all(r["seeds"] in (None, len(results["seeds"])) for r in results["verdicts"] if r["unit"] == "relative")
 

@@ -46,7 +46,7 @@ def test_the_registry_and_the_page_templates_agree():
     plots = [key for s in SECTIONS for key in s.plots]
     assert len(fills) == len(set(fills)) and len(plots) == len(set(plots))
     used = {m for page in PAGES for m in PLACEHOLDER.findall((TEMPLATES / f"{page}.md").read_text())}
-    known = {"provenance", *fills} | {f"section:{n}" for n in names} | {f"verdicts:{p}" for p in PAGES}
+    known = {"provenance", "agreement", *fills} | {f"section:{n}" for n in names} | {f"verdicts:{p}" for p in PAGES}
     known |= {"section:verdicts"}
     assert used <= known, used - known  # a placeholder nothing fills would be left on the page
     assert set(fills) <= used, set(fills) - used  # a fill no page shows is dead code
@@ -187,3 +187,74 @@ def test_every_intervention_network_carries_its_sigma_in_its_name():
         cfg = Config(sigmas=[0.5, 0.75], intervention_sigma=sigma)
         names = [*cfg.intervention_names(), cfg.attribution_time_network]
         assert len(names) == 5 and all(sigma_of(name) == sigma for name in names)
+
+
+def _row(claim, setting, verdict, mean=-0.1):
+    return {"claim": claim, "setting": setting, "verdict": verdict, "unit": "relative", "note": "",
+            "effect": {"mean": mean, "low": mean - 0.05, "high": mean + 0.05}, "agree": 3, "seeds": 5}  # fmt: skip
+
+
+def test_two_runs_of_one_command_are_compared_row_by_row():
+    from benchmarks.report import agreement
+
+    per_sigma = "SDE attributions are less sensitive (secondary, per σ)"
+    mine = [
+        _row("sensitivity falls as σ grows (primary)", "Saliency", "holds"),
+        _row(per_sigma, "Saliency, σ = 0.5", "holds"),
+        _row(per_sigma, "DeepLIFT, σ = 0.5", "depends"),
+        _row("Theorem 1's bound holds", "every network", "holds"),
+        _row("noise costs accuracy", "σ = 0.5", "fails"),
+    ]
+    theirs = [dict(r) for r in mine]
+    theirs[1]["verdict"] = "depends"  # a sensitivity row moves
+    theirs[2]["verdict"] = "holds"  # another
+    theirs[4]["verdict"] = "holds"  # a flip (not a sensitivity row: still counted)
+    env = {"torch_threads": 2}
+    results = {"digest": "abc", "environment": env, "verdicts": mine}
+    other = agreement.record(
+        {"digest": "abc", "environment": {"torch_threads": 1}, "verdicts": theirs},
+        [{"status": "finished", "argv": ["--preset", "full"]}],
+    )
+    c = agreement.compare(results, other)
+    assert (c["compared"], len(c["differ"]), c["flips"], c["sensitivity_moves"]) == (5, 3, 1, 2)
+    assert c["threads"] == (2, 1) and not c["met"]  # a flip misses the target
+    theirs[4]["verdict"] = "fails"
+    c = agreement.compare(results, {**other, "verdicts": theirs})
+    assert c["met"] and c["flips"] == 0  # two moves are allowed
+    text = "\n".join(agreement.page_lines(results, {**other, "verdicts": theirs}))
+    assert "**Met**" in text and "python -m benchmarks --preset full" in text and "| move |" in text
+    with pytest.raises(ValueError, match="different configurations"):
+        agreement.compare(results, {**other, "digest": "xyz"})
+    assert "--compare" in agreement.page_lines(results, None)[0]
+
+
+def test_a_run_knows_its_preset():
+    from benchmarks.config import Config
+    from benchmarks.presets import PRESETS
+    from benchmarks.report import preset_of
+
+    assert preset_of(Config()) == "default"
+    assert preset_of(Config(**PRESETS["full"])) == "full"
+    assert preset_of(Config(**{**PRESETS["full"], "device": "cuda"})) == "full"  # wherever it runs
+    assert preset_of(Config(**{**PRESETS["full"], "n_images": 7})) == "custom"
+
+
+def test_the_short_account_says_only_what_the_interventions_decide():
+    from benchmarks.report.mechanism_text import _tested
+
+    first = "noise in the first stage alone does not lower it"
+    deep = "noise in the deeper stages alone lowers the sensitivity"
+
+    def rows(first_verdicts, deep_verdicts):
+        return {"verdicts": [_row(first, f"m{i}", v) for i, v in enumerate(first_verdicts)]
+                + [_row(deep, f"m{i}", v) for i, v in enumerate(deep_verdicts)]}  # fmt: skip
+
+    assert _tested({"verdicts": []}, ["layer2"]) == ""  # a run without interventions
+    raised = _tested(rows(["fails"] * 3, ["fails"] * 3), ["layer2"])
+    assert "for 3 of 3 methods" in raised and "(and raises it for 3)" in raised
+    assert raised.endswith("the predictors in layer2 move with the sensitivity but do not cause its fall.")
+    unclear = _tested(rows(["fails"] * 3, ["depends"] * 3), ["layer2", "layer3"])
+    assert unclear.endswith("that the predictors in layer2 and layer3 cause its fall is not shown.")
+    assert _tested(rows(["fails"] * 3, ["depends"] * 3), ["layer1"]).endswith("is enough.")
+    assert _tested(rows(["holds"] * 3, ["holds"] * 3), []).endswith("acts through the deeper stages.")
+    assert _tested(rows(["fails", "depends"], ["depends"] * 2), []).endswith("not settled by this run's seeds.")

@@ -59,11 +59,25 @@ SECTIONS: tuple[Section, ...] = (
 console_summary = verdict_table.console_summary
 
 
+def preset_of(cfg) -> str:
+    """``"default"``, the name of the preset the configuration is (wherever it runs), or ``"custom"``."""
+    from ..config import Config
+    from ..presets import PRESETS
+
+    placement = {"device": "cpu", "chunk": 0, "ig_batch": 0}  # where and in what pieces: the same results
+    mine = {**cfg.to_dict(), **placement}
+    for name, values in {"default": {}, **PRESETS}.items():
+        if mine == {**Config(**values).to_dict(), **placement}:
+            return name
+    return "custom"
+
+
 def build(store: Store) -> dict:
     """Every summary of the run, from the cells it used: the contents of ``results.json``."""
     cfg = store.cfg
     results = {
         "config": cfg.to_dict(),
+        "preset": preset_of(cfg),
         "digest": cfg.digest(),
         "seeds": cfg.seeds,
         "environment": json.loads((store.root / "config.json").read_text()).get("environment", environment()),
@@ -87,7 +101,21 @@ def _header(results: dict) -> list[str]:
         f"({env.get('processor')}, {env.get('cpu_count')} CPUs, {env.get('gpu', 'no GPU')}), "
         f"torch {env['versions']['torch']}, neuralsde {env['versions']['neuralsde']}.",
         "",
+        *_scope(results),
     ]
+
+
+def _scope(results: dict) -> list[str]:
+    """What kind of run this is: the default run says it is the quick look, and how to run the full one."""
+    preset = results.get("preset")
+    if preset == "default":
+        return [
+            "This is the default run, a quick look: its intervals are wide, and many rows *depend* for want of "
+            "seeds. `python -m benchmarks --preset full` runs the full protocol, sized for ±5-point intervals "
+            "(at most an hour on 2 CPU cores); the documentation's theory pages come from it.",
+            "",
+        ]
+    return [f"Preset: `{preset}`.", ""] if preset not in (None, "custom") else []
 
 
 def _figures(results: dict) -> list[str]:

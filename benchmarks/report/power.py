@@ -26,6 +26,8 @@ __all__ = ["POWER"]
 #: The half-width asked of every per-σ row at σ >= SMALLEST, in log ratio (about ±5 points).
 TARGET = 0.05
 SMALLEST = 0.25
+#: The measurements made on each seed's sensitivity images (``n_images`` of them): their cost grows with it.
+IMAGE_KINDS = ("mechanism", "interventions", "intervention_patterns")
 
 
 def _variance(values: list[float]) -> float:
@@ -46,10 +48,26 @@ def summarise(store: Store, results: dict) -> dict:
     cfg, models = store.cfg, results["models"]
     cells = dict(sorted(store.results("sensitivity").items(), key=lambda kv: (kv[1]["seed"], kv[1]["rep"])))
     names = cfg.model_names()
-    # The cost of a seed: training its networks (mean over seeds); of an image: every network and method.
-    per_seed = [sum(models[n]["train_seconds"].get(str(s)) or 0.0 for n in names if n in models) for s in cfg.seeds]
-    c_seed = sum(per_seed) / len(per_seed) if per_seed else math.nan
+    # The cost of a seed: everything the run does once per seed whatever its number of
+    # sensitivity images (training every network, the other measurements; mean over
+    # seeds); of an image: every network and method, and the measurements made on the
+    # same images (IMAGE_KINDS).
+    per_seed = {s: 0.0 for s in cfg.seeds}
+    per_image = {s: 0.0 for s in cfg.seeds}
+    for entry in models.values():
+        for s, seconds in entry["train_seconds"].items():
+            per_seed[int(s)] = per_seed.get(int(s), 0.0) + (seconds or 0.0)
+    for kind in store.used:
+        if kind == "sensitivity":
+            continue
+        for key, cell in store.results(kind).items():
+            seed = key.split("/", 1)[0]
+            if seed[:1] == "s" and seed[1:].isdigit() and int(seed[1:]) in per_seed:
+                (per_image if kind in IMAGE_KINDS else per_seed)[int(seed[1:])] += cell.get("seconds") or 0.0
+    c_seed = sum(per_seed.values()) / len(per_seed) if per_seed else math.nan
     c_image = len(names) * sum(results["sensitivity"]["seconds_per_image"].get(m, 0.0) for m in cfg.methods)
+    if per_image:
+        c_image += sum(per_image.values()) / len(per_image) / cfg.n_images
     rows = {}
     for sde in names[1:]:
         for method in cfg.methods:
@@ -77,10 +95,19 @@ def summarise(store: Store, results: dict) -> dict:
                 "training": tau2,
                 "image_variance": s2,
             }
+    # The precision this run reached: each per-σ row's interval, half its width in log ratio
+    # (the unit of the target; for a decrease it is wider than the relative interval shown).
+    reached = {}
+    for sde, comp in results["sensitivity"]["comparisons"].items():
+        for method, row in comp["methods"].items():
+            e = row.get("log") or {}
+            if e.get("low") is not None and e.get("high") is not None:
+                reached[f"{method}@{sde}"] = (e["high"] - e["low"]) / 2
     # Everything derived from timings has "seconds" in its key: it differs from run to run.
     return {
         "power": {
             "rows": rows,
+            "reached": reached,
             "seconds_per_seed": c_seed,
             "seconds_per_image": c_image,
             "target": TARGET,
@@ -158,12 +185,30 @@ def summary(results: dict) -> str:
     return (
         f"Over the {len(judged)} per-σ rows at σ ≥ {power['smallest_sigma']:g}, training-run variation makes "
         f"{100 * share[0]:.0f}% to {100 * share[-1]:.0f}% (median {100 * share[len(share) // 2]:.0f}%) of the "
-        f"variance of a seed's effect with this run's {images} images per seed. A seed's networks cost "
-        f"{power['seconds_per_seed']:.1f} s to train and an image {power['seconds_per_image']:.2f} s to measure "
-        f"(every network and method) on this run's machine, so the narrowest interval for a given time comes "
+        f"variance of a seed's effect with this run's {images} images per seed. A seed costs "
+        f"{power['seconds_per_seed']:.1f} s (training its networks and the measurements whose size does not depend "
+        f"on the sensitivity images) and an image {power['seconds_per_image']:.2f} s to measure "
+        f"(every network and method, and the mechanism and intervention measurements made on it) on this run's "
+        f"machine, so the narrowest interval for a given time comes "
         f"from about {plan['images']} images per seed; with them, {plan['seeds']} seeds would bring every such "
         f"row's 95% interval to ±{100 * plan['half_width']:.1f}% or less (target ±{100 * power['target']:.0f}%), "
-        f"for about {plan['seconds'] / 60:.0f} minutes of training and sensitivity measurement."
+        f"for about {plan['seconds'] / 60:.0f} minutes of this run's work." + _reached(power, judged)
+    )
+
+
+def _reached(power: dict, judged: list[dict]) -> str:
+    """The precision this run reached on the judged rows (half-widths of their 95% intervals)."""
+    reached = power.get("reached") or {}
+    widths = {k: reached[k] for k in (f"{r['method']}@sde-{r['sigma']:g}" for r in judged) if k in reached}
+    if not widths:
+        return ""
+    worst = max(widths, key=widths.get)
+    method, sde = worst.split("@")
+    within = sum(w <= power["target"] for w in widths.values())
+    return (
+        f" This run reached ±{100 * widths[worst]:.1f}% at worst ({title(method)}, σ = {sde[4:]}; half the "
+        f"width of the 95% interval of the log ratio, as the target), and {within} of the {len(widths)} rows are "
+        f"within ±{100 * power['target']:.0f}%."
     )
 
 
