@@ -258,3 +258,21 @@ def test_the_short_account_says_only_what_the_interventions_decide():
     assert _tested(rows(["fails"] * 3, ["depends"] * 3), ["layer1"]).endswith("is enough.")
     assert _tested(rows(["holds"] * 3, ["holds"] * 3), []).endswith("acts through the deeper stages.")
     assert _tested(rows(["fails", "depends"], ["depends"] * 2), []).endswith("not settled by this run's seeds.")
+
+
+def test_many_seeds_put_the_accuracies_one_seed_a_row_with_the_largest_gap():
+    from benchmarks.report.networks import WIDE, tables
+
+    seeds = list(range(WIDE + 1))
+    ode = {str(s): 0.98 for s in seeds}
+    sde = {**ode, "3": 0.95}  # 3 points below its ODE twin: over the 2-point limit
+    models = {
+        "ode": {"sigma": 0.0, "accuracy": ode, "test_accuracy": mean_ci(list(ode.values())), "epochs": 12},
+        "sde-0.5": {"sigma": 0.5, "accuracy": sde, "test_accuracy": mean_ci(list(sde.values())), "epochs": 12},
+    }
+    text = "\n".join(tables({"seeds": seeds, "models": models, "accuracy_gap": 0.02}))
+    assert "over the limit in 1 of 7 seeds (3)." in text
+    assert "| 3 | 0.9800 | 0.9500 | 0.0300 |" in text and "| 0 | 0.9800 | 0.9800 | 0.0000 |" in text
+    assert "seed 6" not in text  # no column per seed
+    few = "\n".join(tables({"seeds": seeds[:WIDE], "models": models, "accuracy_gap": 0.02}))
+    assert f"seed {WIDE - 1}" in few
