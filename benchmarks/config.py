@@ -326,6 +326,8 @@ def _shown(value) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, list):
+        if len(value) > 6 and value == list(range(value[0], value[0] + len(value))):  # 0 1 ... 39
+            return f"{_shown(value[0])} {_shown(value[1])} ... {_shown(value[-1])}"
         return " ".join(_shown(v) for v in value)
     if isinstance(value, float):
         return f"{value:g}"

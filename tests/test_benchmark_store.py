@@ -559,8 +559,8 @@ def test_sigterm_stops_a_run_like_ctrl_c(quick_run, tmp_path):
 def test_help_shows_every_options_real_default():
     text = " ".join(build_parser().format_help().split())
     assert "default: None" not in text
-    assert "training epochs (the same for every network) (default: 8; --preset imagenet 1, quick 2)" in text
-    assert "(the unit of replication) (default: 0 1 2 3 4; --preset imagenet 0, quick 0 1)" in text
+    assert "training epochs (the same for every network) (default: 12; --preset imagenet 1, quick 2)" in text
+    assert "(the unit of replication) (default: 0 1 2 3 4; --preset full 0 1 ... 39, imagenet 0, quick 0 1)" in text
     assert "Integrated Gradients' steps (default: 20; --preset imagenet 50, quick 4)" in text
     assert "output folder (default: results)" in text
 
