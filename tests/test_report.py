@@ -258,6 +258,15 @@ def test_the_short_account_says_only_what_the_interventions_decide():
     assert _tested(rows(["fails"] * 3, ["depends"] * 3), ["layer1"]).endswith("is enough.")
     assert _tested(rows(["holds"] * 3, ["holds"] * 3), []).endswith("acts through the deeper stages.")
     assert _tested(rows(["fails", "depends"], ["depends"] * 2), []).endswith("not settled by this run's seeds.")
+    # One deeper-stage row decided, but every effect there far smaller than any first-stage one.
+    mixed = rows(["fails"] * 3, ["holds", "depends", "depends"])
+    for r, mean in zip(mixed["verdicts"], (-0.21, -0.29, -0.24, -0.033, -0.013, 0.01)):
+        r["effect"]["mean"] = mean
+    most = _tested(mixed, ["layer3"])
+    assert "Most of the effect comes through the first stage" in most and "-29.0% to -21.0%" in most
+    assert "-3.3% to +1.0%" in most and most.endswith("more closely than their stages' share of the effect.")
+    mixed["verdicts"][3]["effect"]["mean"] = -0.15  # a deeper-stage decrease more than half the smallest first one
+    assert _tested(mixed, ["layer3"]).endswith("not settled by this run's seeds.")
 
 
 def test_many_seeds_put_the_accuracies_one_seed_a_row_with_the_largest_gap():

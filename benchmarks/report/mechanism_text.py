@@ -153,9 +153,32 @@ def _tested(results: dict, where: list[str]) -> str:
         if deep_raises == len(deep):
             return text + f"; the predictors in {_list(deeper)} move with the sensitivity but do not cause its fall."
         return text + f"; that the predictors in {_list(deeper)} cause its fall is not shown."
+    # Every first-stage decrease more than twice the largest deeper-stage one.
+    if n_first == len(first) and 2 * _decrease(deep, max) < _decrease(first, min):
+        text += (
+            f" Most of the effect comes through the first stage: noise there alone changes the sensitivity by "
+            f"{_span(first)}, noise in the deeper stages alone by {_span(deep)}"
+        )
+        if deeper:
+            return text + (
+                f"; the predictors in {_list(deeper)} track the sensitivity more closely than their stages' share "
+                "of the effect."
+            )
+        return text + "."
     if deep_lowers == len(deep) and n_first == 0:
         return text + " The noise acts through the deeper stages."
     return text + " Which stage the noise acts through is not settled by this run's seeds."
+
+
+def _decrease(rows: list[dict], pick) -> float:
+    """``pick`` (min or max) of the rows' decreases, an increase counting as 0."""
+    return pick(max(-r["effect"]["mean"], 0.0) if defined(r["effect"].get("mean")) else 0.0 for r in rows)
+
+
+def _span(rows: list[dict]) -> str:
+    """The rows' effects, smallest to largest: ``-29.4% to -20.8%``."""
+    values = sorted(100 * r["effect"]["mean"] for r in rows if defined(r["effect"].get("mean")))
+    return f"{values[0]:+.1f}% to {values[-1]:+.1f}%" if len(values) > 1 else f"{values[0]:+.1f}%"
 
 
 def _short(mech: dict, results: dict) -> str:
