@@ -107,6 +107,9 @@ class Store:
             distributed run other than rank 0 pass ``False``.
         networks: the ``(name, seed)`` of every network the run trains or reuses: checked
             before anything else is done (unless ``retrain``).
+        measure: whether this process measures: it records its machine in
+            ``config.json``. A report alone passes ``False`` and keeps the machine of the
+            run that measured (its thread count, its device).
 
     Raises:
         FolderBusy: another run holds the folder.
@@ -123,6 +126,7 @@ class Store:
         retrain: bool = False,
         lock: bool = True,
         networks: list[tuple[str, int]] = (),
+        measure: bool = True,
     ):
         self.root = Path(root)
         self.cfg = cfg
@@ -144,10 +148,11 @@ class Store:
             (self.root / "manifest.json").unlink(missing_ok=True)
         self.previous = self._manifest()
         self.versions = versions()
-        write_json(
-            self.root / "config.json",
-            {"digest": cfg.digest(), "config": cfg.to_dict(), "environment": environment(cfg.device)},
-        )
+        if measure:  # the machine that measures; a report alone keeps the one that measured
+            write_json(
+                self.root / "config.json",
+                {"digest": cfg.digest(), "config": cfg.to_dict(), "environment": environment(cfg.device)},
+            )
         self.computed: list[str] = []
         self.used: dict[str, dict[str, dict]] = {}  # kind -> name -> result, for this run's report
         self.digests: dict[str, str] = {}  # key -> digest of every cell this run used

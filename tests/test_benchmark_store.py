@@ -577,3 +577,15 @@ def test_progress_is_a_few_lines_when_stderr_is_no_terminal_and_none_when_quiet(
     main([*QUICK, "--out", str(copy), "--quiet"])
     err = capsys.readouterr().err
     assert "%|" not in err and "it/s" not in err
+
+
+def test_a_report_alone_keeps_the_machine_of_the_run_that_measured(quick_run, tmp_path, capsys):
+    from benchmarks.report.__main__ import main as report
+
+    copy = _copy(quick_run, tmp_path)
+    record = json.loads((copy / "config.json").read_text())
+    record["environment"]["torch_threads"] = 97  # as if measured on another machine
+    (copy / "config.json").write_text(json.dumps(record))
+    report(["--out", str(copy)])
+    assert json.loads((copy / "config.json").read_text())["environment"]["torch_threads"] == 97
+    assert json.loads((copy / "results.json").read_text())["environment"]["torch_threads"] == 97

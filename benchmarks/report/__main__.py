@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         parser.error(f"{record} is damaged ({type(err).__name__}); run python -m benchmarks --out {args.out} again")
     try:
-        with Store(args.out, cfg) as store:
+        with Store(args.out, cfg, measure=False) as store:
             store.load_manifest()
             results = write(store)
     except (FolderBusy, ValueError) as err:
