@@ -222,7 +222,7 @@ def test_two_runs_of_one_command_are_compared_row_by_row():
     c = agreement.compare(results, {**other, "verdicts": theirs})
     assert c["met"] and c["flips"] == 0  # two moves are allowed
     text = "\n".join(agreement.page_lines(results, {**other, "verdicts": theirs}))
-    assert "**Met**" in text and "python -m benchmarks --preset full" in text and "| move |" in text
+    assert "**Met**" in text and "with 1 (its verdicts" in text and "| move |" in text
     with pytest.raises(ValueError, match="different configurations"):
         agreement.compare(results, {**other, "digest": "xyz"})
     assert "--compare" in agreement.page_lines(results, None)[0]
@@ -285,3 +285,18 @@ def test_many_seeds_put_the_accuracies_one_seed_a_row_with_the_largest_gap():
     assert "seed 6" not in text  # no column per seed
     few = "\n".join(tables({"seeds": seeds[:WIDE], "models": models, "accuracy_gap": 0.02}))
     assert f"seed {WIDE - 1}" in few
+
+
+def test_the_comparison_needs_every_sensitivity_row_and_says_what_one_run_lacks():
+    from benchmarks.report import agreement
+
+    per_sigma = "SDE attributions are less sensitive (secondary, per σ)"
+    mine = [_row(per_sigma, "Saliency, σ = 0.5", "holds"), _row("Theorem 1's bound holds", "every network", "holds")]
+    results = {"digest": "abc", "environment": {"torch_threads": 2}, "verdicts": mine}
+    other = {"digest": "abc", "environment": {"torch_threads": 1}, "argv": [], "verdicts": mine[:1]}
+    c = agreement.compare(results, other)
+    assert c["met"] and c["only_one"] == 1  # a claim besides sensitivity missing from the other run
+    assert "1 row(s) are in one run only (the second run covers 1 of 2)" in "\n".join(
+        agreement.page_lines(results, other)
+    )
+    assert not agreement.compare(results, {**other, "verdicts": mine[1:]})["met"]  # a sensitivity row missing
