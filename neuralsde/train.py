@@ -147,9 +147,10 @@ def recalibrate_batchnorm(
     During training the running mean and variance are exponential averages over batches
     taken while the weights still move; when they move fast (a large learning rate, the
     last epochs of a short run), the averages lag behind, and the network in eval mode is
-    much worse than in train mode. This resets them and makes them the exact average
-    over one pass of ``dataset`` (in order, ``batch_size`` items a batch): the average of
-    the batches' means and variances, every batch counting once. The model runs in train
+    much worse than in train mode. This resets them and recomputes them over one pass of
+    ``dataset`` (in order, ``batch_size`` items a batch) as the average of the batches'
+    means and variances, every batch counting once. Under DDP every process makes the
+    same pass, so the statistics agree across processes. The model runs in train
     mode, so an SDE model draws its noise as in training, from torch's generator seeded
     with ``seed``; the caller's random state is restored afterwards. The weights are not
     changed; the model is left in eval mode.
