@@ -47,8 +47,9 @@ def compare(results: dict, other: dict) -> dict:
         )
     mine = {_key(r): r for r in results.get("verdicts") or []}
     theirs = {_key(r): r for r in other["verdicts"]}
+    shared = [k for k in mine if k in theirs]
     rows = []
-    for key in [k for k in mine if k in theirs]:
+    for key in shared:
         a, b = mine[key], theirs[key]
         if a["verdict"] == b["verdict"]:
             continue
@@ -60,7 +61,7 @@ def compare(results: dict, other: dict) -> dict:
     moves = sum(r["change"] == "move" and r["sensitivity"] for r in rows)
     return {
         "threads": (results["environment"].get("torch_threads"), other["environment"].get("torch_threads")),
-        "compared": len([k for k in mine if k in theirs]),
+        "compared": len(shared),
         "only_one": len(set(mine) ^ set(theirs)),
         "differ": rows,
         "flips": flips,
