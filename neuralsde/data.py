@@ -8,6 +8,8 @@
   "the attribution is on the object" becomes a number ([`localisation`][neuralsde.metrics.localisation]).
 * [`image_folder`][neuralsde.data.image_folder]: any ImageFolder tree (e.g. ImageNet validation) with
   torchvision's standard ImageNet preprocessing.
+* [`cifar10`][neuralsde.cifar.cifar10]: CIFAR-10 from torchvision's format, an image folder
+  with ``train/`` and ``test/``, or a zip of one (``neuralsde.cifar``).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
+from .cifar import cifar10
 from .validate import check_seed
 
-__all__ = ["SHAPE_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "digits", "image_folder", "shapes"]
+__all__ = ["SHAPE_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "cifar10", "digits", "image_folder", "shapes"]
 
 SHAPE_CLASSES: tuple[str, ...] = ("disc", "square", "triangle", "cross")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

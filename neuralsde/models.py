@@ -31,12 +31,14 @@ from torch import Tensor, nn
 
 from .blocks import has_hooks
 from .diffusion import Diffusion
-from .parts import TORCHVISION_ARCHS, ResNetParts, Weights
+from .parts import ARCHS, CIFAR_ARCHS, TORCHVISION_ARCHS, ResNetParts, Weights
 from .solvers import SolverStats, is_adaptive
 from .stage import ContinuousStage
 from .weights import is_weights_file, parts_from_file
 
 __all__ = [
+    "ARCHS",
+    "CIFAR_ARCHS",
     "DiscreteResNet",
     "ODEResNet",
     "TORCHVISION_ARCHS",
@@ -50,18 +52,24 @@ class ODEResNet(nn.Module):
 
     Build by torchvision name (``ODEResNet("resnet50", num_classes=10)``), with
     torchvision's pretrained weights (``ODEResNet("resnet50", weights="DEFAULT")``),
-    convert a torchvision model with
+    build one of He et al.'s CIFAR ResNets by name (``ODEResNet("resnet20",
+    weights="resnet20-12fca82f.th")``), convert a torchvision model with
     [`from_torchvision`][neuralsde.models.ODEResNet.from_torchvision], or build a small
     CIFAR-style network for 8x8 to 32x32 images with [`small`][neuralsde.models.ODEResNet.small].
 
     Args:
-        arch: a name in ``TORCHVISION_ARCHS``.
-        weights: None for torchvision's random initialisation; torchvision's weights
-            for ``arch``, as its enum (``ResNet50_Weights.IMAGENET1K_V2``) or by name
+        arch: a name in ``ARCHS``: torchvision's ResNets (``TORCHVISION_ARCHS``) or He et
+            al.'s CIFAR ResNets (``CIFAR_ARCHS``: ``resnet20``, ``resnet32``, ``resnet44``,
+            ``resnet56``, ``resnet110``; 3x3 stem, three stages of 16/32/64 channels,
+            parameter-free "option A" shortcuts as discrete transitions, 10 classes).
+        weights: None for a random initialisation; torchvision's weights for ``arch``,
+            as its enum (``ResNet50_Weights.IMAGENET1K_V2``) or by name
             (``"IMAGENET1K_V2"``, ``"DEFAULT"``), which torchvision downloads (and
             caches) on first use; or the path of a local file: a state dict with
-            torchvision's parameter names (``torch.save(model.state_dict(), path)``) or
-            a checkpoint of [`train`][neuralsde.train.train] (see
+            torchvision's parameter names (``torch.save(model.state_dict(), path)``), a
+            checkpoint of [`train`][neuralsde.train.train], or a checkpoint with its
+            state dict under ``"state_dict"``, ``module.`` prefixes and a ``linear``
+            classifier allowed, as the public CIFAR ResNet checkpoints are saved (see
             [`read_weights`][neuralsde.weights.read_weights]).
         progress: show torchvision's download progress bar.
         num_classes: number of logits; None keeps the pretrained head (1000 without

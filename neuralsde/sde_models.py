@@ -78,7 +78,7 @@ class SDEResNet(ODEResNet):
       ``eval_samples=K`` as well, the average over the K fixed paths ``s, s+1, ...``.
 
     Args:
-        arch: a name in ``TORCHVISION_ARCHS``.
+        arch: a name in ``ARCHS`` (torchvision's ResNets and the CIFAR ResNets).
         sigma: noise magnitude, >= 0 (for "normalized": noise RMS over activation RMS
             per unit time, the paper's 0.1, 0.25, 0.5, 0.75). One number for every
             stage, or one per stage: a sequence in stage order, or a mapping from stage
@@ -202,10 +202,46 @@ class SDEResNet(ODEResNet):
         for stage in self.stages:
             stage.set_noise_mode(noise, seed)
 
+    def _paths(self) -> list[tuple[bool, int | None]]:
+        """``(noise on, fixed path seed)`` of each pass this mode makes (one, or ``eval_samples``)."""
+        if self.training:
+            return [(True, None)]
+        if self.eval_samples == 0:
+            return [(self.path_seed is not None, self.path_seed)]
+        if has_hooks(self):
+            raise ValueError(
+                "Monte-Carlo prediction (eval_samples > 0) runs every layer several times per forward pass, "
+                "which hook-based attributions cannot follow; set eval_samples=0 and average attributions "
+                "over fixed paths instead (neuralsde.attribute(..., noise='mc'))"
+            )
+        return [(True, None if self.path_seed is None else self.path_seed + k) for k in range(self.eval_samples)]
+
+    def _passes(self, x: Tensor, head: bool) -> Tensor:
+        outs = []
+        for noise, seed in self._paths():
+            self._set_path(noise, seed)
+            features = ODEResNet.forward_features(self, x)
+            outs.append(self.fc(features) if head else features)
+        return outs[0] if len(outs) == 1 else torch.stack(outs).mean(dim=0)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The pooled features ``(B, F)`` for images ``(B, in_channels, H, W)``, with the noise of the mode.
+
+        The mode is chosen here as in ``forward``, so a direct call sees the same noise
+        (or none) as the logits do; with ``eval_samples=K``, the average of the K paths'
+        features.
+
+        Raises:
+            ValueError: for Monte-Carlo prediction while hooks are registered.
+        """
+        return self._passes(x, head=False)
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, num_classes)`` for images ``(B, in_channels, H, W)``.
 
-        With the noise on and no fixed path, the Brownian paths are drawn from torch's
+        Noise on with fresh paths in train mode; in eval mode off, along the fixed path
+        ``path_seed``, or, with ``eval_samples=K``, the average of K paths' logits. With
+        the noise on and no fixed path, the Brownian paths are drawn from torch's
         generator, so ``torch.manual_seed`` reproduces them.
 
         Raises:
@@ -214,23 +250,7 @@ class SDEResNet(ODEResNet):
                 cannot follow (``neuralsde.attribute(..., noise="mc")`` averages
                 attributions over paths instead).
         """
-        if self.training:
-            self._set_path(True, None)
-            return super().forward(x)
-        if self.eval_samples == 0:
-            self._set_path(self.path_seed is not None, self.path_seed)
-            return super().forward(x)
-        if has_hooks(self):
-            raise ValueError(
-                "Monte-Carlo prediction (eval_samples > 0) runs every layer several times per forward pass, "
-                "which hook-based attributions cannot follow; set eval_samples=0 and average attributions "
-                "over fixed paths instead (neuralsde.attribute(..., noise='mc'))"
-            )
-        outs = []
-        for k in range(self.eval_samples):
-            self._set_path(True, None if self.path_seed is None else self.path_seed + k)
-            outs.append(super().forward(x))
-        return torch.stack(outs).mean(dim=0)
+        return self._passes(x, head=True)
 
     def extra_repr(self) -> str:
         return (

@@ -1,8 +1,10 @@
 """Weights files: what the library and the benchmark read as a network's weights.
 
 [`read_weights`][neuralsde.weights.read_weights] takes a state dict saved with
-``torch.save(model.state_dict(), path)`` or a checkpoint of
-[`neuralsde.train.train`][neuralsde.train.train], and refuses anything else with one
+``torch.save(model.state_dict(), path)``, a checkpoint of
+[`neuralsde.train.train`][neuralsde.train.train], or a checkpoint holding its state dict
+under ``"state_dict"`` (as the public CIFAR ResNet checkpoints do, saved from
+DataParallel with ``module.`` prefixes), and refuses anything else with one
 ``ValueError`` naming the file (an empty, truncated or text file, a pickled whole model);
 [`weights_mismatch`][neuralsde.weights.weights_mismatch] says how a state dict differs
 from a torchvision architecture and which architectures it fits. Checkpoints carry a
@@ -21,9 +23,10 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from .parts import TORCHVISION_ARCHS, ResNetParts, Weights
+from .parts import ARCHS, CIFAR_ARCHS, ResNetParts, Weights
 
 __all__ = [
+    "canonical_names",
     "checksum_problem",
     "is_weights_file",
     "parts_from_file",
@@ -34,7 +37,10 @@ __all__ = [
 
 
 #: What a weights file must hold, for messages.
-_WANTED = "expected a state dict (torch.save(model.state_dict(), path)) or a checkpoint of neuralsde.train.train"
+_WANTED = (
+    "expected a state dict (torch.save(model.state_dict(), path)), a checkpoint of neuralsde.train.train, "
+    "or a checkpoint with its state dict under 'state_dict'"
+)
 
 
 def state_checksum(content: dict) -> str:
@@ -77,12 +83,29 @@ def checksum_problem(content: dict) -> str | None:
     return None
 
 
-def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The state dict a weights file holds.
+def canonical_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict under the library's (torchvision's) parameter names.
 
-    The file may hold a plain state dict (e.g. torchvision's ``resnet50-*.pth``) or a
+    A ``module.`` prefix on every key (a model saved from ``DataParallel`` or DDP) is
+    dropped, and the classifier of He et al.'s CIFAR ResNets, ``linear``, becomes ``fc``.
+    Other state dicts come back unchanged.
+    """
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    if "fc.weight" not in state and "linear.weight" in state:
+        state = {("fc." + k.removeprefix("linear.") if k.startswith("linear.") else k): v for k, v in state.items()}
+    return dict(state)
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state dict a weights file holds, under the library's names (``canonical_names``).
+
+    The file may hold a plain state dict (e.g. torchvision's ``resnet50-*.pth``), a
     checkpoint of [`train`][neuralsde.train.train] (its ``"model"``, verified against the
-    checkpoint's checksum). It is loaded with ``torch.load(..., weights_only=True)``.
+    checkpoint's checksum), or a checkpoint with the state dict under ``"state_dict"``
+    (e.g. ``resnet20-12fca82f.th`` of akamaster/pytorch_resnet_cifar10: ``module.``
+    prefixes and a ``linear`` classifier). It is loaded onto the CPU with
+    ``torch.load(..., weights_only=True)``.
 
     Raises:
         ValueError: naming the file, if it does not exist, is empty, is not a torch file
@@ -101,13 +124,15 @@ def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
         if problem:
             raise ValueError(f"weights file {os.fspath(path)}: {problem}")
         state = content["model"]
+    elif isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
+        state = content["state_dict"]
     if (
         not isinstance(state, dict)
         or not state
         or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items())
     ):
         raise ValueError(f"weights file {os.fspath(path)} holds {_described(state)}, not a state dict; {_WANTED}")
-    return dict(state)
+    return canonical_names(state)
 
 
 def _unreadable(path, err: Exception) -> str:
@@ -128,13 +153,20 @@ def _described(value) -> str:
     return f"a {type(value).__name__}"
 
 
+#: Buffers that older releases of torch did not save (BatchNorm's batch counter): never missing.
+_OPTIONAL = ".num_batches_tracked"
+
+
 def _reference(arch: str, state: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
-    """The parameter shapes of torchvision's ``arch`` with the classes and input channels of ``state``."""
+    """The parameter shapes of ``arch`` (torchvision's or a CIFAR ResNet) with the classes and channels of ``state``."""
     fc, conv1 = state.get("fc.weight"), state.get("conv1.weight")
-    classes = int(fc.shape[0]) if fc is not None and fc.dim() == 2 else 1000
+    classes = int(fc.shape[0]) if fc is not None and fc.dim() == 2 else (10 if arch in CIFAR_ARCHS else 1000)
     with torch.device("meta"):
-        model = torchvision.models.get_model(arch, weights=None, num_classes=classes)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if arch in CIFAR_ARCHS:
+            model = ResNetParts.cifar(arch, num_classes=classes).as_module()
+        else:
+            model = torchvision.models.get_model(arch, weights=None, num_classes=classes)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith(_OPTIONAL)}
     if conv1 is not None and conv1.dim() == 4:  # another number of input channels is allowed
         out, _, kh, kw = shapes["conv1.weight"]
         shapes["conv1.weight"] = (out, int(conv1.shape[1]), kh, kw)
@@ -149,13 +181,15 @@ def weights_mismatch(state: dict[str, Tensor], arch: str) -> tuple[str, list[str
     """How a state dict differs from torchvision's ``arch``, or None if it fits.
 
     Any number of classes and of input channels fits (the head and the stem follow the
-    weights); learned diffusion parameters (``".diffusion."``) are not compared.
+    weights); learned diffusion parameters (``".diffusion."``) and BatchNorm's batch
+    counters are not compared.
 
     Returns:
         A description naming the stages of the missing, unexpected and differently shaped
-        keys, and the architectures of ``TORCHVISION_ARCHS`` the state dict does fit.
+        keys, and the architectures of ``ARCHS`` (torchvision's and the CIFAR ResNets)
+        the state dict does fit.
     """
-    got = {k: tuple(v.shape) for k, v in state.items() if ".diffusion." not in k}
+    got = {k: tuple(v.shape) for k, v in state.items() if ".diffusion." not in k and not k.endswith(_OPTIONAL)}
     ref = _reference(arch, state)
     missing = [k for k in ref if k not in got]
     unexpected = [k for k in got if k not in ref]
@@ -173,7 +207,7 @@ def weights_mismatch(state: dict[str, Tensor], arch: str) -> tuple[str, list[str
             f"{len(shaped)} keys of other shapes in {_stages(shaped)} "
             f"(e.g. {k}: {list(got[k])} in the file, {list(ref[k])} in {arch})"
         )
-    fits = [a for a in TORCHVISION_ARCHS if a != arch and _reference(a, state) == got]
+    fits = [a for a in ARCHS if a != arch and _reference(a, state) == got]
     return "; ".join(what), fits
 
 
@@ -182,21 +216,26 @@ def is_weights_file(weights: Weights) -> bool:
 
 
 def parts_from_file(arch: str, path: str | os.PathLike) -> tuple[ResNetParts, dict[str, Tensor]]:
-    """torchvision's ``arch`` with a weights file's weights; also the file's diffusion parameters."""
-    if arch not in TORCHVISION_ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; valid architectures: {', '.join(TORCHVISION_ARCHS)}")
+    """``arch`` (torchvision's or a CIFAR ResNet) with a file's weights; also the file's diffusion parameters."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; valid architectures: {', '.join(ARCHS)}")
     state = read_weights(path)
     mismatch = weights_mismatch(state, arch)
     if mismatch is not None:
         what, fits = mismatch
         hint = f"; it fits {' or '.join(fits)}: pass that architecture" if fits else ""
         raise ValueError(f"the state dict in {os.fspath(path)} does not fit {arch}: {what}{hint}")
-    model = torchvision.models.get_model(arch, weights=None, num_classes=int(state["fc.weight"].shape[0]))
+    weights = {k: v for k, v in state.items() if ".diffusion." not in k}
     channels = int(state["conv1.weight"].shape[1])
+    if arch in CIFAR_ARCHS:
+        parts = ResNetParts.cifar(arch, in_channels=channels, num_classes=int(state["fc.weight"].shape[0]))
+        parts.as_module().load_state_dict(weights)
+        return parts, {k: v for k, v in state.items() if ".diffusion." in k}
+    model = torchvision.models.get_model(arch, weights=None, num_classes=int(state["fc.weight"].shape[0]))
     if channels != model.conv1.in_channels:
         old = model.conv1
         model.conv1 = nn.Conv2d(
             channels, old.out_channels, old.kernel_size, stride=old.stride, padding=old.padding, bias=False
         )
-    model.load_state_dict({k: v for k, v in state.items() if ".diffusion." not in k})
+    model.load_state_dict(weights)
     return ResNetParts.from_torchvision(model, arch), {k: v for k, v in state.items() if ".diffusion." in k}

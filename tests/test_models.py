@@ -288,7 +288,9 @@ def test_weights_of_another_architecture_name_the_stages_and_the_one_they_fit(we
     with pytest.raises(ValueError) as info:
         ODEResNet("resnet50", weights=path)
     text = str(info.value)
-    assert text.startswith(f"the state dict in {path} does not fit resnet50: 198 missing keys in layer1, layer2, ")
+    # 165 missing parameters and running statistics (BatchNorm's batch counters are not compared: older
+    # releases of torch did not save them).
+    assert text.startswith(f"the state dict in {path} does not fit resnet50: 165 missing keys in layer1, layer2, ")
     assert text.endswith("; it fits resnet18: pass that architecture") and "\n" not in text
 
 
