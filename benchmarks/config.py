@@ -18,11 +18,30 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from neuralsde.models import TORCHVISION_ARCHS
+from neuralsde.models import CIFAR_ARCHS, TORCHVISION_ARCHS
 
 from .presets import PRESETS
 
-__all__ = ["Config", "digest", "parse_args", "sigma_of"]
+__all__ = ["ALL_PARTS", "Config", "digest", "parse_args", "sigma_of"]
+
+#: Every part of the main job, in the order they run (the report last).
+ALL_PARTS = (
+    "sensitivity",
+    "robustness",
+    "localisation",
+    "theorem1",
+    "mechanism",
+    "interventions",
+    "completeness",
+    "figures",
+    "report",
+)
+#: Training options added after stores were first written. At their default (what every
+#: earlier network was trained with) they are left out of a network's identity, so that
+#: an earlier store keeps its networks and cells.
+LATER_TRAIN_OPTIONS = {"data_root": None, "train_images": 0}
+#: Data sets by name (anything else given to --data is an ImageFolder).
+NAMED_DATA = ("digits", "cifar10")
 
 METHODS = ("saliency", "integrated_gradients", "smoothgrad_ig", "deeplift", "deeplift_shap")
 METHOD_TITLES = {
@@ -86,13 +105,32 @@ def _opt(default, role: str, help: str):
 class Config:
     """Everything that decides a run's numbers (recorded with every result)."""
 
-    data: str = _opt("digits", "train", "'digits' (embedded), or an ImageFolder of evaluation images (ImageNet val)")
-    arch: str = _opt("small", "train", "'small' (a CIFAR-style ResNet) or a torchvision ResNet name, e.g. resnet50")
+    data: str = _opt(
+        "digits",
+        "train",
+        "'digits' (embedded), 'cifar10' (read from --data-root), or an ImageFolder of evaluation images (ImageNet val)",
+    )
+    data_root: str | None = _opt(
+        None,
+        "train",
+        "where CIFAR-10 is (--data cifar10): torchvision's cifar-10-batches-py folder or the folder holding it, "
+        "an image folder with train/ and test/, or a zip of one",
+    )
+    download: bool = _opt(
+        False, "run", "let torchvision download CIFAR-10 into --data-root if it is not there (nothing is otherwise)"
+    )
+    arch: str = _opt(
+        "small",
+        "train",
+        "'small' (a CIFAR-style ResNet), a CIFAR ResNet (resnet20, resnet32, resnet44, resnet56, resnet110) "
+        "or a torchvision ResNet name, e.g. resnet50",
+    )
     weights: str | None = _opt(
         None,
         "train",
-        "the ODE network's starting weights (ImageNet): a state dict file with torchvision's names "
-        "(torch.save(model.state_dict(), path)) or a checkpoint of neuralsde.train.train",
+        "the starting weights of every network (ImageNet, CIFAR-10): a state dict file with torchvision's names "
+        "(torch.save(model.state_dict(), path)), a checkpoint of neuralsde.train.train, or a CIFAR ResNet "
+        "checkpoint ({'state_dict': ...} with module. prefixes)",
     )
     sde_weights: str | None = _opt(
         None, "train", "the trained SDE network's weights, instead of fine-tuning (ImageNet; files as --weights)"
@@ -113,6 +151,9 @@ class Config:
     blocks: int = _opt(2, "train", "residual blocks per stage of the 'small' architecture")
     image_size: int = _opt(224, "train", "side of the ImageFolder images after resizing")
     # training (identical for ODE and SDE)
+    train_images: int = _opt(
+        0, "train", "training images (0: all); fewer are a seeded draw (--data-seed), e.g. to fine-tune on a subset"
+    )
     epochs: int = _opt(12, "train", "training epochs (the same for every network)")
     lr: float = _opt(3e-3, "train", "Adam's learning rate (the largest, with --schedule cosine)")
     schedule: str = _opt("cosine", "train", "learning-rate schedule: constant, or cosine (decay to 0 over all steps)")
@@ -129,6 +170,11 @@ class Config:
     radius: float = _opt(0.02, "measure", "L∞ radius of the sensitivity perturbations, in input units")
     n_perturb: int = _opt(10, "measure", "perturbations per image (max-sensitivity is the maximum over them)")
     methods: list[str] = _opt(list(METHODS), "run", f"attribution methods, of: {', '.join(METHODS)}")
+    parts: list[str] = _opt(
+        list(ALL_PARTS[:-1]),
+        "run",
+        f"the parts of the main job to run, of: {', '.join(ALL_PARTS[:-1])} (a report follows)",
+    )
     ig_steps: int = _opt(20, "measure", "Integrated Gradients' steps")
     sg_samples: int = _opt(5, "measure", "SmoothGrad's noisy samples")
     sg_ig_steps: int = _opt(10, "measure", "IG steps inside SmoothGrad")
@@ -154,6 +200,12 @@ class Config:
     figure_images: int = _opt(4, "measure", "images per attribution figure (first seed only)")
     # interventions: noise in one stage only, noise at attribution time only
     interventions: bool = _opt(True, "run", "measure the interventions (noise per stage; at attribution time)")
+    intervention_each_stage: bool = _opt(
+        True,
+        "run",
+        "an intervention network with noise in each stage alone (off: the first stage alone, and every stage but the "
+        "first)",
+    )
     intervention_sigma: float = _opt(0.75, "run", "the σ of the interventions (one of --sigmas)")
     intervention_methods: list[str] = _opt(
         ["saliency", "integrated_gradients", "deeplift_shap"], "run", "attribution methods of the interventions"
@@ -163,7 +215,20 @@ class Config:
     @property
     def imagenet(self) -> bool:
         """Whether this is an ImageFolder (ImageNet-protocol) run."""
-        return self.data != "digits"
+        return self.data not in NAMED_DATA
+
+    @property
+    def cifar(self) -> bool:
+        """Whether this is a CIFAR-10 run."""
+        return self.data == "cifar10"
+
+    def stage_names(self) -> list[str]:
+        """The continuous stages of the run's architecture: ``layer1`` ... (three or four, from ``arch``)."""
+        if self.arch == "small":
+            count = len(self.widths)
+        else:
+            count = 3 if self.arch in CIFAR_ARCHS else 4
+        return [f"layer{i + 1}" for i in range(count)]
 
     def model_names(self) -> list[str]:
         """``"ode"`` and one ``"sde-<sigma>"`` per noise magnitude."""
@@ -174,9 +239,10 @@ class Config:
         return ["shapes-ode", f"shapes-{self.table_sde}"]
 
     def intervention_names(self) -> list[str]:
-        """The networks the interventions train: noise in each stage alone, and in every stage but the first."""
-        stages = [f"layer{i + 1}" for i in range(len(self.widths))] if self.interventions else []
-        names = [f"sde-at-{s}-{self.intervention_sigma:g}" for s in stages] + [self.deep_network] * bool(stages)
+        """The networks the interventions train: noise in each stage (or the first) alone, and in all but the first."""
+        stages = self.stage_names() if self.interventions else []
+        alone = stages if self.intervention_each_stage else stages[:1]
+        names = [f"sde-at-{s}-{self.intervention_sigma:g}" for s in alone] + [self.deep_network] * bool(stages)
         return list(dict.fromkeys(names))  # with two stages, "all but the first" is the second alone
 
     @property
@@ -187,7 +253,7 @@ class Config:
     @property
     def deep_network(self) -> str:
         """The intervention network with noise in every stage but the first."""
-        stages = [f"layer{i + 1}" for i in range(len(self.widths))]
+        stages = self.stage_names()
         return f"sde-at-{'+'.join(stages[1:] or stages)}-{self.intervention_sigma:g}"
 
     @property
@@ -206,7 +272,12 @@ class Config:
         if name.startswith("shapes-"):
             names = SHAPES_TRAIN_OPTIONS
         else:
-            names = [f.name for f in dataclasses.fields(self) if f.metadata["role"] == "train"]
+            names = [
+                f.name
+                for f in dataclasses.fields(self)
+                if f.metadata["role"] == "train"
+                and not (f.name in LATER_TRAIN_OPTIONS and getattr(self, f.name) == LATER_TRAIN_OPTIONS[f.name])
+            ]
         return {"network": name, "seed": seed, "sigma": sigma_of(name), **self.options(names)}
 
     def measurement(self, kind: str, method: str | None = None) -> dict:
@@ -223,18 +294,31 @@ class Config:
 
     def validate(self) -> None:
         """Check every option; raises ValueError naming the option, what it must be and what it is."""
-        if self.arch != "small" and self.arch not in TORCHVISION_ARCHS:
-            raise ValueError(f"unknown --arch {self.arch!r}; valid: small, {', '.join(TORCHVISION_ARCHS)}")
-        if self.imagenet and self.arch == "small":
+        archs = ("small", *CIFAR_ARCHS, *TORCHVISION_ARCHS)
+        if self.arch not in archs:
+            raise ValueError(f"unknown --arch {self.arch!r}; valid: {', '.join(archs)}")
+        if self.imagenet and self.arch not in TORCHVISION_ARCHS:
             raise ValueError("an ImageFolder run needs a torchvision --arch (e.g. resnet50)")
+        if self.cifar and not self.data_root:
+            raise ValueError(
+                "--data cifar10 needs --data-root: torchvision's cifar-10-batches-py folder (or the folder to download "
+                "it into, with --download), an image folder with train/ and test/, or a zip of one"
+            )
+        if (self.weights or self.sde_weights) and self.arch == "small":
+            raise ValueError("--weights and --sde-weights are for a named --arch (a CIFAR or torchvision ResNet)")
+        if self.data_root and not self.cifar:
+            raise ValueError(f"--data-root is where CIFAR-10 is; it needs --data cifar10, got --data {self.data}")
+        unknown = set(self.parts) - set(ALL_PARTS[:-1])
+        if unknown or not self.parts:
+            raise ValueError(f"--parts must name some of {', '.join(ALL_PARTS[:-1])}; got {self.parts}")
         if self.imagenet and not (self.train_data or self.sde_weights):
             raise ValueError(
                 "an ImageFolder run needs the SDE network: --sde-weights FILE (a trained SDEResNet checkpoint) "
                 "or --train-data DIR (an ImageFolder to fine-tune the ODE and SDE networks on, identically)"
             )
-        for opt in ("data", "weights", "sde_weights", "train_data"):
+        for opt in ("data", "weights", "sde_weights", "train_data", "data_root"):
             value = getattr(self, opt)
-            if opt == "data" and value == "digits":
+            if (opt == "data" and value in NAMED_DATA) or (opt == "data_root" and self.download):
                 continue
             if value is not None and not _exists(value):
                 raise ValueError(f"--{opt.replace('_', '-')} {value}: no such file or folder")
@@ -289,7 +373,8 @@ class Config:
 # Options with a smallest allowed value.
 # fmt: off
 _LOWER_BOUNDS = {
-    "blocks": 1, "widths": 1, "image_size": 8, "epochs": 1, "batch_size": 1, "eval_images": 0, "chunk": 0,
+    "blocks": 1, "widths": 1, "image_size": 8, "train_images": 0, "epochs": 1, "batch_size": 1, "eval_images": 0,
+    "chunk": 0,
     "ig_batch": 0, "n_images": 1, "repetitions": 1, "n_perturb": 1, "mc_samples": 1, "ig_steps": 1,
     "sg_samples": 1, "sg_ig_steps": 1, "robust_images": 1, "topk": 1, "attack_steps": 1, "theorem_images": 1,
     "bound_steps": 1, "completeness_images": 1, "shapes_n": 20, "shapes_size": 8, "shapes_epochs": 1,
@@ -326,7 +411,11 @@ def _shown(value) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, list):
-        if len(value) > 6 and value == list(range(value[0], value[0] + len(value))):  # 0 1 ... 39
+        if (
+            len(value) > 6
+            and all(isinstance(v, int) for v in value)
+            and value == list(range(value[0], value[0] + len(value)))
+        ):  # 0 1 ... 39
             return f"{_shown(value[0])} {_shown(value[1])} ... {_shown(value[-1])}"
         return " ".join(_shown(v) for v in value)
     if isinstance(value, float):
@@ -392,7 +481,7 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Co
     args = parser.parse_args(argv)
     values = {}
     explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
-    preset = args.preset or ("imagenet" if explicit.get("data", "digits") != "digits" else None)
+    preset = args.preset or ("imagenet" if explicit.get("data", "digits") not in NAMED_DATA else None)
     if preset:
         values.update(PRESETS[preset])
     values.update(explicit)

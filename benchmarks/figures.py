@@ -88,6 +88,61 @@ def run_figures(
         tick()
 
 
+#: The methods of the maps figure of natural images, where the run has them.
+MAP_METHODS = ("saliency", "integrated_gradients")
+
+
+def _maps_cell(cfg: Config, store: Store, dataset: str, models, data: Data, x, target, chosen) -> dict:
+    """Input | each map method's ODE and SDE maps, one row per image (the figure a reader looks at first)."""
+    methods = [m for m in MAP_METHODS if m in cfg.methods]
+    columns = [(f"{METHOD_TITLES[m]}\n{label}", m, model) for m in methods for label, model in models.items()]
+    maps = [
+        importance(explainer(model, m, cfg, data)(x, target)).float().view(len(chosen), *x.shape[-2:])
+        for _, m, model in columns
+    ]
+    fig, axes = plt.subplots(len(chosen), 1 + len(columns), figsize=(1.9 * (1 + len(columns)), 1.9 * len(chosen)),
+                             squeeze=False)  # fmt: skip
+    for r in range(len(chosen)):
+        _show_input(axes[r, 0], x[r], data.value_range)
+        for c, (title, _, _) in enumerate(columns, start=1):
+            axes[r, c].imshow(maps[c - 1][r].cpu(), cmap="inferno", vmin=0, vmax=float(maps[c - 1][r].max()) or 1.0)
+            if r == 0:
+                axes[r, c].set_title(title, fontsize=8)
+        if r == 0:
+            axes[r, 0].set_title("test image", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    name = {"cifar10": "CIFAR-10", "imagefolder": "ImageNet"}.get(dataset, dataset)
+    fig.suptitle(f"Attribution maps, {name}, {cfg.arch} (training seed {cfg.seeds[0]}; brighter: more important)",
+                 fontsize=9)  # fmt: skip
+    return {"path": store.save_figure(fig, f"{dataset}-maps.png"), "images": chosen, "methods": methods}
+
+
+def run_maps(cfg: Config, store: Store, dataset: str, models, prints, data: Data, pool, tick) -> None:
+    """One PNG of Saliency and IG maps, ODE beside SDE, for a few test images (natural images only)."""
+    chosen = pool[: cfg.figure_images]
+    x = _stack(data.test, chosen).to(cfg.device)
+    with torch.no_grad():
+        target = next(iter(models.values()))(x).argmax(1)
+    methods = [m for m in MAP_METHODS if m in cfg.methods]
+    depends = {
+        "networks": prints,
+        "labels": list(models),
+        "options": {m: cfg.measurement("figures", m) for m in methods},
+        "images": chosen,
+    }
+    if not store.figure(f"{dataset}-maps.png").exists():
+        store.path("figures", f"{dataset}--maps").unlink(missing_ok=True)  # the image is gone: draw it again
+    compute = partial(_maps_cell, cfg, store, dataset, models, data, x, target, chosen)
+    store.cell("figures", f"{dataset}--maps", compute, depends=depends, rng=f"figures/{dataset}")
+    tick()
+
+
+def _maps(cfg: Config) -> bool:
+    """Whether the run draws the maps figure: natural (RGB) images, with a map method."""
+    return (cfg.cifar or cfg.imagenet) and any(m in cfg.methods for m in MAP_METHODS)
+
+
 def _labels(cfg: Config) -> tuple[str, str]:
     return "ODE", f"SDE σ={cfg.table_sigma:g}"
 
@@ -101,6 +156,8 @@ def _figures(ctx: Context) -> None:
     cfg, seed = ctx.cfg, ctx.cfg.seeds[0]
     named, prints = _named(cfg, ctx.nets[seed], ctx.prints[seed], ("ode", cfg.table_sde))
     run_figures(cfg, ctx.store, ctx.data.name, named, prints, ctx.data, ctx.pools[seed], ctx.tick)
+    if _maps(cfg):
+        run_maps(cfg, ctx.store, ctx.data.name, named, prints, ctx.data, ctx.pools[seed], ctx.tick)
 
 
 def _shape_figures(ctx: Context) -> None:
@@ -110,10 +167,11 @@ def _shape_figures(ctx: Context) -> None:
 
 
 # One figure per method of the run's data set, and one of the shapes when the run has them
-# (the networks of the first training seed: the figures illustrate, the tables decide).
+# (the networks of the first training seed: the figures illustrate, the tables decide);
+# for natural images also the maps figure.
 FIGURES = Part(
     "figures",
-    cells=lambda ctx: len(ctx.cfg.methods) * (1 + ctx.cfg.shapes),
+    cells=lambda ctx: len(ctx.cfg.methods) * (1 + ctx.cfg.shapes) + _maps(ctx.cfg),
     on_main=_figures,
     on_shapes=_shape_figures,
 )

@@ -37,24 +37,22 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .common import progress_bar, write_json
-from .config import Config, parse_args
+from .config import ALL_PARTS, Config, parse_args
 from .store import OtherOptions, Store
-from .train import Data, _stack, accuracy, check_inputs, correct_pool, fingerprint, load_data, open_store, trained_model
+from .train import (
+    Data,
+    _stack,
+    accuracy,
+    check_inputs,
+    correct_pool,
+    fingerprint,
+    load_data,
+    open_store,
+    starting_accuracy,
+    trained_model,
+)
 
 __all__ = ["ALL_PARTS", "Cell", "Context", "Part", "run"]
-
-#: Every part of the main job, in the order they run.
-ALL_PARTS = (
-    "sensitivity",
-    "robustness",
-    "localisation",
-    "theorem1",
-    "mechanism",
-    "interventions",
-    "completeness",
-    "figures",
-    "report",
-)
 
 
 @dataclass(frozen=True)
@@ -326,12 +324,14 @@ def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") ->
 
     Args:
         argv: the command line (default ``sys.argv[1:]``), see ``benchmarks.config.parse_args``.
-        parts: the parts to run (in ``ALL_PARTS`` order, whatever their order here).
+        parts: the parts to run (in ``ALL_PARTS`` order, whatever their order here); of them, only
+            those named by ``--parts`` (and the report) run.
         description: the command's help text.
     """
     argv = sys.argv[1:] if argv is None else argv
     parts = _in_order(parts)
     cfg, args = parse_args(argv, description)
+    parts = [p for p in parts if p.name == "report" or p.name in cfg.parts]  # --parts chooses among them
     check_inputs(cfg)
     names = cfg.model_names()
     if cfg.shapes and any(p.on_shapes is not None for p in parts):
@@ -348,6 +348,7 @@ def _run(cfg: Config, store: Store, argv, parts: list[Part], quiet: bool) -> dic
     failure = None
     try:
         data = load_data(cfg)
+        starting_accuracy(cfg, store, data)
         nets, prints, pools = _networks(cfg, store, data, cfg.model_names(), "networks", quiet)
         for seed, pool in pools.items():
             if len(pool) < cfg.n_images:

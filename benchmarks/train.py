@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from neuralsde import ODEResNet, SDEResNet
+from neuralsde.cifar import cifar10, cifar10_source
 from neuralsde.data import digits, image_folder, shapes
 from neuralsde.train import evaluate, load_weights, train
 from neuralsde.weights import read_weights, weights_mismatch
@@ -38,6 +39,7 @@ __all__ = [
     "fingerprint",
     "load_data",
     "open_store",
+    "starting_accuracy",
     "trained_model",
 ]
 
@@ -79,6 +81,8 @@ def load_data(cfg: Config, which: str = "main") -> Data:
             _stack(train_set, pick),
             full.masks[:n_test],
         )
+    if cfg.cifar:
+        return _cifar10(cfg, gen)
     if not cfg.imagenet:
         train_set, test_set = digits("train", seed=cfg.data_seed), digits("test", seed=cfg.data_seed)
         pick = torch.randperm(len(train_set), generator=gen)[: cfg.shap_baselines]
@@ -92,6 +96,24 @@ def load_data(cfg: Config, which: str = "main") -> Data:
     num_classes = len(image_folder_classes(cfg.data))  # the weights' too (check_inputs)
     # Normalised ImageNet inputs span about [-2.12, 2.64].
     return Data("imagefolder", train_set, test_set, 3, num_classes, (-2.1179, 2.6400), _stack(source, pick))
+
+
+def _cifar10(cfg: Config, gen: torch.Generator) -> Data:
+    """CIFAR-10 from ``--data-root``: ``--train-images`` training and ``--eval-images`` test images.
+
+    Both subsets are seeded draws of ``--data-seed`` (all images where 0); the DeepSHAP
+    baselines are drawn from the training images the networks are trained on.
+    """
+    train_full = cifar10(cfg.data_root, "train", download=cfg.download)
+    test_full = cifar10(cfg.data_root, "test")
+    train_set: Dataset = train_full
+    if cfg.train_images and cfg.train_images < len(train_full):
+        train_set = Subset(train_full, torch.randperm(len(train_full), generator=gen)[: cfg.train_images].tolist())
+    test_set: Dataset = test_full
+    if cfg.eval_images and cfg.eval_images < len(test_full):
+        test_set = Subset(test_full, torch.randperm(len(test_full), generator=gen)[: cfg.eval_images].tolist())
+    pick = torch.randperm(len(train_set), generator=gen)[: cfg.shap_baselines]
+    return Data("cifar10", train_set, test_set, 3, 10, train_full.value_range, _stack(train_set, pick))
 
 
 @torch.no_grad()
@@ -143,6 +165,14 @@ def _folder_classes(flag: str, root: str) -> list[str]:
 
 
 def _check_inputs(cfg: Config) -> None:
+    if cfg.cifar:
+        if not cfg.download:
+            try:
+                cifar10_source(cfg.data_root)
+            except ValueError as err:
+                raise ValueError(f"--data-root: {err}") from None
+        _check_weights(cfg, 10)
+        return
     if not cfg.imagenet:
         return
     classes = _folder_classes("--data", cfg.data)
@@ -154,6 +184,11 @@ def _check_inputs(cfg: Config) -> None:
                 f"--train-data {cfg.train_data} and --data {cfg.data} must hold the same class folders: "
                 f"{len(train_classes)} and {len(classes)} folders, first difference {first[0]!r} / {first[1]!r}"
             )
+    _check_weights(cfg, len(classes), f"--data {cfg.data} has {len(classes)} class folders")
+
+
+def _check_weights(cfg: Config, classes: int, where: str = "CIFAR-10 has 10 classes") -> None:
+    """Every weights file holds a state dict that fits ``--arch`` with ``classes`` classes and RGB input."""
     for opt in ("weights", "sde_weights"):
         path = getattr(cfg, opt)
         if not path:
@@ -171,10 +206,10 @@ def _check_inputs(cfg: Config) -> None:
                 f"{flag} {path} holds weights of another architecture than --arch {cfg.arch}: {what}; {hint}"
             )
         n, channels = int(state["fc.weight"].shape[0]), int(state["conv1.weight"].shape[1])
-        if n != len(classes):
+        if n != classes:
             raise ValueError(
-                f"{flag} {path} has {n} classes, but --data {cfg.data} has {len(classes)} class folders: the "
-                "network's classes must be the image folder's, in the same order"
+                f"{flag} {path} has {n} classes, but {where}: the network's classes must be the data's, in the same "
+                "order"
             )
         if channels != 3:
             raise ValueError(f"{flag} {path} takes images with {channels} channels, not RGB (3)")
@@ -290,6 +325,38 @@ def accuracy(cfg: Config, store: Store, name: str, seed: int, model: nn.Module, 
         depends=depends,
     )
     return cell["test_accuracy"]
+
+
+def starting_accuracy(cfg: Config, store: Store, data: Data) -> float | None:
+    """The test accuracy of the weights every network starts from (``--weights``), before any training.
+
+    Every twin built from them computes the same function in eval mode (an SDE network's
+    noise is off), so this is each network's accuracy before fine-tuning. None for a
+    run without ``--weights``. Stored as the cell ``start_accuracy/pretrained``, with a
+    SHA-256 of the weights file.
+    """
+    if not cfg.weights:
+        return None
+    model = build_model(cfg, "ode", cfg.seeds[0], data).eval()
+    depends = {"networks": {"pretrained": fingerprint(model)}, "options": cfg.measurement("accuracy")}
+
+    def compute() -> dict:
+        return {
+            "weights": os.path.basename(cfg.weights),
+            "sha256": _file_sha256(cfg.weights),
+            "test_accuracy": evaluate(model, data.test, device=cfg.device),
+            "test_images": len(data.test),
+        }
+
+    return store.cell("start_accuracy", "pretrained", compute, depends=depends)["test_accuracy"]
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _record(history: list, source: str) -> dict:

@@ -29,7 +29,21 @@ def summarise(store: Store, results: dict) -> dict:
         entry["test_accuracy"] = mean_ci(acc)
         entry["accuracy"] = {str(s): v for s, v in sorted(entry["accuracy"].items())}
         entry["train_seconds"] = {str(s): v for s, v in sorted(entry["train_seconds"].items())}
-    return {"models": out, "accuracy_gap": ACCURACY_GAP}
+    start = store.results("start_accuracy").get("pretrained")
+    return {"models": out, "accuracy_gap": ACCURACY_GAP, "start": start}
+
+
+def _start(start: dict | None) -> list[str]:
+    """The weights every network started from, and their accuracy before any training."""
+    if not start:
+        return []
+    return [
+        f"Every network starts from the weights in `{start['weights']}` (SHA-256 `{start['sha256'][:16]}…`), whose "
+        f"test accuracy before any training is {number(start['test_accuracy'], 4)} on the same "
+        f"{start['test_images']} test images: in eval mode, with the noise off, that is every network's accuracy "
+        "before fine-tuning.",
+        "",
+    ]
 
 
 #: Beyond this many seeds the accuracies are a table with one row per seed.
@@ -56,6 +70,7 @@ def tables(results: dict) -> list[str]:
         f"Test accuracy per training seed; pairs whose accuracies differ by more than "
         f"{results['accuracy_gap']:g} are flagged in the tables (the paper compares networks at equal accuracy).",
         "",
+        *_start(results.get("start")),
     ]
     if len(seeds) <= WIDE:
         rows = [
