@@ -154,11 +154,29 @@ def recalibrate_batchnorm(
     mode, so an SDE model draws its noise as in training, from torch's generator seeded
     with ``seed``; the caller's random state is restored afterwards. The weights are not
     changed; the model is left in eval mode.
+
+    Raises:
+        ValueError: for a ``batch_size`` that is not an integer >= 1, an invalid seed, or
+            an empty data set, before anything changes. If the pass itself fails (items
+            the model cannot take), every statistic and the model's mode are restored
+            before the error propagates.
     """
+    batch_size = check_count(batch_size, "batch_size", 1)
+    seed = check_seed(seed)
+    try:
+        size = len(dataset)
+    except TypeError:
+        raise ValueError(
+            f"dataset must be a sized data set of (image, label) items, got {type(dataset).__name__}"
+        ) from None
+    if size == 0:
+        raise ValueError("dataset is empty: there is nothing to recompute BatchNorm's statistics from")
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return model.eval()
-    momenta = [m.momentum for m in norms]
+    # What a failure part-way restores: every statistic and the model's mode.
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum) for m in norms]
+    training = model.training
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average
@@ -166,12 +184,19 @@ def recalibrate_batchnorm(
     device = torch.device(device)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(check_seed(seed))
+            torch.manual_seed(seed)
             for batch in DataLoader(dataset, batch_size=batch_size):
                 model(batch[0].to(device))
-    finally:
-        for m, momentum in zip(norms, momenta):
+    except BaseException:
+        for m, (mean, var, count, momentum) in zip(norms, saved):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
             m.momentum = momentum
+        model.train(training)
+        raise
+    for m, (_, _, _, momentum) in zip(norms, saved):
+        m.momentum = momentum
     return model.eval()
 
 

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torchvision
 from helpers import tiny_model
-from torch.utils.data import Subset
+from torch.utils.data import Subset, TensorDataset
 
 from neuralsde import ODEResNet, SDEResNet
 from neuralsde.data import digits
@@ -110,6 +110,32 @@ def test_recalibration_makes_the_running_statistics_those_of_the_final_weights()
     torch.testing.assert_close(first.running_var, x.var(dim=(0, 2, 3), unbiased=True), rtol=1e-5, atol=1e-6)
     assert first.momentum == 0.1 and not model.training  # restored, and left in eval mode
     assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights))  # the weights are untouched
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(dataset=[]), "dataset is empty"),
+        (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+        (dict(batch_size=-1), "batch_size must be an integer >= 1, got -1"),
+        (dict(batch_size=2.5), "batch_size must be an integer >= 1, got 2.5"),
+        (dict(seed=-1), "seed"),
+        (
+            dict(dataset=TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))),
+            "expected images of shape",
+        ),
+    ],
+    ids=["empty", "batch-0", "batch-negative", "batch-fraction", "seed", "wrong-shape"],
+)
+def test_a_refused_recalibration_changes_nothing(kwargs, message):
+    model = tiny_model(SDEResNet, 0, num_classes=10, sigma=0.5)  # trained statistics, eval mode
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        recalibrate_batchnorm(model, **{"dataset": subset(8), **kwargs})
+    assert not model.training  # the mode it had
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
 def test_recalibration_in_train_is_part_of_the_last_checkpoint(tmp_path):
