@@ -1,6 +1,6 @@
 """Generate the documentation's theory-check pages from a benchmark run.
 
-    python -m benchmarks.docs [--results results] [--docs docs] [--compare OTHER]
+    python -m benchmarks.docs [--results results] [--docs docs] [--compare OTHER] [--beside RUN ...]
 
 Reads ``RESULTS/results.json``, ``RESULTS/runs.json`` and ``RESULTS/figures/``, fills the
 page templates in ``benchmarks/doc_templates/`` and writes ``DOCS/theory/*.md``, the
@@ -9,7 +9,13 @@ figures they show (``DOCS/theory/img/``) and a copy of the two JSON files
 those pages comes from the run; each page says which command, configuration and machine
 made it. ``--compare`` names a second run of the same configuration on another number
 of threads: the sensitivity page then says which verdicts differ between the two
-(``report.agreement``), from ``DOCS/theory/data/compare.json``.
+(``report.agreement``), from ``DOCS/theory/data/compare.json``. ``--beside`` names runs on
+other data (``--preset cifar10``, ``cifar10-resnet56``): each page then shows their verdicts
+beside its own, claim by claim (``report.beside``), from ``DOCS/theory/data/<label>/``.
+
+Pages can be generated again from what they were made of: ``--results docs/theory/data``
+and ``--beside docs/theory/data/cifar10-resnet20 ...`` (their figures are then the ones in
+``docs/theory/img``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import sys
 from pathlib import Path
 
 from .common import atomic_write_text
-from .report import SECTIONS, agreement
+from .report import SECTIONS, agreement, beside
 from .report import verdicts as verdict_table
 
 __all__ = ["PAGES", "render_pages"]
@@ -72,12 +78,57 @@ def _provenance(results: dict, runs: list[dict]) -> str:
     )
 
 
-def render_pages(results: dict, runs: list[dict], compare: dict | None = None) -> dict[str, str]:
+#: Where the runs beside the digits are described (the page and its anchor).
+BESIDE_PROVENANCE = "sensitivity.md#on-cifar-10-where-the-runs-come-from"
+
+
+def _beside_fills(results: dict, others: list[beside.Beside]) -> dict[str, str]:
+    """``beside:<page>`` per page, ``beside_provenance`` and ``beside_figures``; empty without other runs."""
+    fills = {}
+    for page in PAGES:
+        own = [section for section in SECTIONS if section.page == page]
+
+        def rows_of(res: dict, own=own) -> list[dict]:
+            return [row for section in own for row in section.verdicts(res)]
+
+        link = BESIDE_PROVENANCE.split("#", 1)[1] if page == "sensitivity" else BESIDE_PROVENANCE
+        body = beside.page_lines(
+            results, others, rows_of, provenance_link=f"#{link}" if page == "sensitivity" else link
+        )
+        fills[f"beside:{page}"] = "\n".join(["### On CIFAR-10, beside the digits", "", *body]) if body else ""
+    if others:
+        fills["beside_provenance"] = "\n".join(
+            ["## On CIFAR-10: where the runs come from", "", *beside.provenance_lines(others)]
+        )
+        fills["beside_figures"] = "\n\n".join(
+            f"![Saliency and IG maps, ODE against SDE, {beside.title_of(o.label)}](img/{name})"
+            for o in others
+            for name in beside_figures(o)
+        )
+    else:
+        fills["beside_provenance"] = fills["beside_figures"] = ""
+    return fills
+
+
+def beside_figures(other: beside.Beside) -> dict[str, str]:
+    """The figures a run beside the pages' shows: page name (``<label>-maps.png``) -> path in its folder."""
+    return {
+        f"{other.label}-maps.png": path
+        for key, path in other.results.get("figures", {}).items()
+        if key.endswith("--maps")
+    }
+
+
+def render_pages(
+    results: dict, runs: list[dict], compare: dict | None = None, others: list[beside.Beside] | None = None
+) -> dict[str, str]:
     """Fill every page template; returns page name -> Markdown.
 
     ``compare``: a second run of the same configuration (``report.agreement.record``).
+    ``others``: runs on other data shown beside this one (``report.beside``).
     """
     fills = {"provenance": _provenance(results, runs), "agreement": "\n".join(agreement.page_lines(results, compare))}
+    fills.update(_beside_fills(results, others or []))
     tables = {"verdicts": verdict_table.full}
     for section in SECTIONS:
         fills.update({key: make(results) for key, make in section.fills.items()})
@@ -96,7 +147,8 @@ def render_pages(results: dict, runs: list[dict], compare: dict | None = None) -
     pages = {}
     for page in PAGES:
         template = (TEMPLATES / f"{page}.md").read_text()
-        pages[page] = re.sub(r"\{\{([a-z_:0-9]+)\}\}", fill, template).rstrip() + "\n"
+        text = re.sub(r"\{\{([a-z_:0-9]+)\}\}", fill, template).rstrip() + "\n"
+        pages[page] = re.sub(r"\n{3,}", "\n\n", text)  # an empty fill leaves no gap
     return pages
 
 
@@ -110,7 +162,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default="results", help="a finished run of python -m benchmarks")
     parser.add_argument("--docs", default="docs")
     parser.add_argument(
-        "--compare", metavar="OTHER", help="a finished run of the same command with another number of threads"
+        "--compare",
+        metavar="OTHER",
+        help="a finished run of the same command with another number of threads (or the compare.json it left)",
+    )
+    parser.add_argument(
+        "--beside",
+        nargs="+",
+        default=[],
+        metavar="RUN",
+        help="finished runs on other data (e.g. --preset cifar10) shown beside the pages' run, claim by claim",
     )
     args = parser.parse_args(argv)
     src, theory = Path(args.results), Path(args.docs) / "theory"
@@ -121,25 +182,52 @@ def main(argv: list[str] | None = None) -> None:
     compare = None
     if args.compare:
         other = Path(args.compare)
-        if not (other / "results.json").exists():
+        if other.is_file():  # the record a page was generated with (docs/theory/data/compare.json)
+            compare = json.loads(other.read_text())
+        elif not (other / "results.json").exists():
             parser.error(f"--compare {other} holds no results.json")
-        runs_other = json.loads((other / "runs.json").read_text()) if (other / "runs.json").exists() else []
-        compare = agreement.record(json.loads((other / "results.json").read_text()), runs_other)
+        else:
+            runs_other = json.loads((other / "runs.json").read_text()) if (other / "runs.json").exists() else []
+            compare = agreement.record(json.loads((other / "results.json").read_text()), runs_other)
         try:
             agreement.compare(results, compare)
         except ValueError as err:  # the two runs are of different configurations
             parser.error(str(err))
-    pages = render_pages(results, runs, compare)
-    missing = [f for f in figures_used(pages) if not (src / "figures" / f).exists()]
+    others, other_dirs = [], {}
+    for folder in map(Path, args.beside):
+        if not (folder / "results.json").exists():
+            parser.error(f"--beside {folder} holds no results.json; run python -m benchmarks --out {folder} first")
+        res = json.loads((folder / "results.json").read_text())
+        run_log = json.loads((folder / "runs.json").read_text()) if (folder / "runs.json").exists() else []
+        other = beside.Beside(beside.label_of(res), res, run_log)
+        if other.label in other_dirs:
+            parser.error(f"--beside names two runs of {other.label}")
+        others.append(other)
+        other_dirs[other.label] = folder
+    pages = render_pages(results, runs, compare, others)
+    # Each figure a page shows: (where it is now, where it goes); a run's own figures keep their names,
+    # those of the runs beside it are prefixed with the run's label.
+    sources = {name: src / "figures" / name for name in figures_used(pages)}
+    for other in others:
+        for name, path in beside_figures(other).items():
+            sources[name] = other_dirs[other.label] / path
+    missing = [n for n, path in sources.items() if not path.exists() and not (theory / "img" / n).exists()]
     if missing:
-        parser.error(f"{src}/figures lacks {', '.join(sorted(missing))}")
+        parser.error(f"the figures {', '.join(sorted(missing))} are in neither the runs' figures/ nor {theory}/img")
     (theory / "img").mkdir(parents=True, exist_ok=True)
     (theory / "data").mkdir(parents=True, exist_ok=True)
-    for name in figures_used(pages):
-        shutil.copyfile(src / "figures" / name, theory / "img" / name)
+    for name, path in sources.items():
+        if path.exists() and path.resolve() != (theory / "img" / name).resolve():
+            shutil.copyfile(path, theory / "img" / name)
     for name in ("results.json", "runs.json"):
-        if (src / name).exists():
+        if (src / name).exists() and (src / name).resolve() != (theory / "data" / name).resolve():
             shutil.copyfile(src / name, theory / "data" / name)
+    for label, folder in other_dirs.items():
+        (theory / "data" / label).mkdir(exist_ok=True)
+        for name in ("results.json", "runs.json"):
+            target = theory / "data" / label / name
+            if (folder / name).exists() and (folder / name).resolve() != target.resolve():
+                shutil.copyfile(folder / name, target)
     if compare is not None:
         atomic_write_text(theory / "data" / "compare.json", json.dumps(compare, indent=1) + "\n")
     else:  # a comparison of an earlier run no longer applies

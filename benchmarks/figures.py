@@ -37,23 +37,30 @@ def _show_input(ax, img: torch.Tensor, value_range) -> None:
         ax.imshow((img * std + mean).clamp(0, 1).permute(1, 2, 0))
 
 
-def _figure_cell(cfg: Config, store: Store, dataset: str, models, data: Data, method: str, x, target, chosen):
-    (name_a, model_a), (name_b, model_b) = list(models.items())[:2]
-    maps = [
-        importance(explainer(m, method, cfg, data)(x, target)).float().view(len(chosen), *x.shape[-2:])
-        for m in (model_a, model_b)
-    ]
-    fig, axes = plt.subplots(len(chosen), 3, figsize=(6, 2 * len(chosen)), squeeze=False)
-    for r in range(len(chosen)):
+def _grid(x, columns, data: Data, *, width: float, input_title: str, fontsize: int):
+    """A figure with one row per image: the image, then each ``(title, maps)`` column's map of it."""
+    rows = len(x)
+    fig, axes = plt.subplots(rows, 1 + len(columns), figsize=(width * (1 + len(columns)), width * rows), squeeze=False)
+    for r in range(rows):
         _show_input(axes[r, 0], x[r], data.value_range)
-        for c, (label, m) in enumerate(((name_a, maps[0]), (name_b, maps[1])), start=1):
-            axes[r, c].imshow(m[r].cpu(), cmap="inferno", vmin=0, vmax=float(m[r].max()) or 1.0)
+        for c, (title, maps) in enumerate(columns, start=1):
+            axes[r, c].imshow(maps[r].cpu(), cmap="inferno", vmin=0, vmax=float(maps[r].max()) or 1.0)
             if r == 0:
-                axes[r, c].set_title(label, fontsize=9)
+                axes[r, c].set_title(title, fontsize=fontsize)
         if r == 0:
-            axes[r, 0].set_title("input", fontsize=9)
+            axes[r, 0].set_title(input_title, fontsize=fontsize)
     for ax in axes.flat:
         ax.axis("off")
+    return fig
+
+
+def _importance(model, method: str, cfg: Config, data: Data, x, target):
+    return importance(explainer(model, method, cfg, data)(x, target)).float().view(len(x), *x.shape[-2:])
+
+
+def _figure_cell(cfg: Config, store: Store, dataset: str, models, data: Data, method: str, x, target, chosen):
+    columns = [(label, _importance(m, method, cfg, data, x, target)) for label, m in list(models.items())[:2]]
+    fig = _grid(x, columns, data, width=2, input_title="input", fontsize=9)
     fig.suptitle(f"{METHOD_TITLES.get(method, method)} ({dataset}, training seed {cfg.seeds[0]})", fontsize=10)
     return {"path": store.save_figure(fig, f"{dataset}-{method}.png"), "images": chosen, "method": method}
 
@@ -95,23 +102,12 @@ MAP_METHODS = ("saliency", "integrated_gradients")
 def _maps_cell(cfg: Config, store: Store, dataset: str, models, data: Data, x, target, chosen) -> dict:
     """Input | each map method's ODE and SDE maps, one row per image (the figure a reader looks at first)."""
     methods = [m for m in MAP_METHODS if m in cfg.methods]
-    columns = [(f"{METHOD_TITLES[m]}\n{label}", m, model) for m in methods for label, model in models.items()]
-    maps = [
-        importance(explainer(model, m, cfg, data)(x, target)).float().view(len(chosen), *x.shape[-2:])
-        for _, m, model in columns
+    columns = [
+        (f"{METHOD_TITLES[m]}\n{label}", _importance(model, m, cfg, data, x, target))
+        for m in methods
+        for label, model in models.items()
     ]
-    fig, axes = plt.subplots(len(chosen), 1 + len(columns), figsize=(1.9 * (1 + len(columns)), 1.9 * len(chosen)),
-                             squeeze=False)  # fmt: skip
-    for r in range(len(chosen)):
-        _show_input(axes[r, 0], x[r], data.value_range)
-        for c, (title, _, _) in enumerate(columns, start=1):
-            axes[r, c].imshow(maps[c - 1][r].cpu(), cmap="inferno", vmin=0, vmax=float(maps[c - 1][r].max()) or 1.0)
-            if r == 0:
-                axes[r, c].set_title(title, fontsize=8)
-        if r == 0:
-            axes[r, 0].set_title("test image", fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig = _grid(x, columns, data, width=1.9, input_title="test image", fontsize=8)
     name = {"cifar10": "CIFAR-10", "imagefolder": "ImageNet"}.get(dataset, dataset)
     fig.suptitle(f"Attribution maps, {name}, {cfg.arch} (training seed {cfg.seeds[0]}; brighter: more important)",
                  fontsize=9)  # fmt: skip

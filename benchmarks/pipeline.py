@@ -209,6 +209,10 @@ class Part:
     networks: Callable[[Config], list[str]] | None = None
 
 
+class NothingToMeasure(RuntimeError):
+    """No test image is classified correctly by every network of a seed."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, which a run handles as it handles Ctrl-C."""
 
@@ -350,6 +354,13 @@ def _run(cfg: Config, store: Store, argv, parts: list[Part], quiet: bool) -> dic
         data = load_data(cfg)
         starting_accuracy(cfg, store, data)
         nets, prints, pools = _networks(cfg, store, data, cfg.model_names(), "networks", quiet)
+        empty = [seed for seed, pool in pools.items() if not pool]
+        if empty:
+            raise NothingToMeasure(
+                f"no test image is classified correctly by every network of seed {empty[0]}, so there is nothing to "
+                f"measure; the networks are kept in {store.root}: train them longer (--epochs) or give them more "
+                "test images (--eval-images)"
+            )
         for seed, pool in pools.items():
             if len(pool) < cfg.n_images:
                 print(
@@ -366,6 +377,8 @@ def _run(cfg: Config, store: Store, argv, parts: list[Part], quiet: bool) -> dic
         failure = f"\n{what}: finished results are kept in {store.root}; run the same command again to resume", code
     except OtherOptions as err:  # checked before training; only a concurrent change of the folder gets here
         status, failure = "refused", (f"error: {err}", 2)
+    except NothingToMeasure as err:
+        status, failure = "nothing to measure", (f"error: {err}", 1)
     except OSError as err:
         if not _disk_full(err):
             raise

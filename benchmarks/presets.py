@@ -7,6 +7,18 @@ from __future__ import annotations
 
 __all__ = ["PRESETS"]
 
+#: What both CIFAR-10 presets fine-tune and measure alike.
+_CIFAR10 = dict(  # fmt: skip
+    data="cifar10",
+    methods=["saliency", "integrated_gradients", "deeplift", "deeplift_shap"],
+    shapes=False,
+    train_images=10000,
+    epochs=2,
+    lr=1e-3,
+    batch_size=128,
+    eval_images=1000,
+)
+
 PRESETS = {
     # A complete run in seconds, for the test suite.
     "quick": dict(  # fmt: skip
@@ -48,38 +60,24 @@ PRESETS = {
     # about 7 minutes; IG + SmoothGrad, at 1.5 times the other four methods together, is
     # left out, and so are the parts no claim of the pages needs on natural images.
     "cifar10": dict(  # fmt: skip
-        data="cifar10",
+        **_CIFAR10,
         arch="resnet20",
         sigmas=[0.25, 0.5, 0.75],
-        methods=["saliency", "integrated_gradients", "deeplift", "deeplift_shap"],
         parts=["sensitivity", "theorem1", "mechanism", "interventions", "figures"],
-        shapes=False,
         intervention_sigma=0.5,
         intervention_each_stage=False,
         intervention_methods=["saliency", "integrated_gradients", "deeplift_shap"],
         mc_samples=2,
-        train_images=10000,
-        epochs=2,
-        lr=1e-3,
-        batch_size=128,
-        eval_images=1000,
         theorem_images=2,
     ),
     # The second architecture: the pretrained ResNet-56, about three times ResNet-20's cost
     # per image, at the table's σ only and without the interventions.
     "cifar10-resnet56": dict(  # fmt: skip
-        data="cifar10",
+        **_CIFAR10,
         arch="resnet56",
         sigmas=[0.5],
-        methods=["saliency", "integrated_gradients", "deeplift", "deeplift_shap"],
         parts=["sensitivity", "theorem1", "figures"],
-        shapes=False,
         interventions=False,
-        train_images=10000,
-        epochs=2,
-        lr=1e-3,
-        batch_size=128,
-        eval_images=1000,
         theorem_images=1,
     ),
     # The paper's protocol at ImageNet scale: 100 images x 5 repetitions, Adam 1e-4.

@@ -29,10 +29,18 @@ def test_readme_python_snippets_run_and_check_what_they_say(local_weights, tmp_p
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     assert any("LayerGradCam(twin, twin.layer4[-1])" in block for block in blocks)
     monkeypatch.chdir(tmp_path)
+    import torch
+
+    from neuralsde import ODEResNet
+
+    # The CIFAR ResNet-20 checkpoint the README loads: random weights, saved as the public file is.
+    state = {f"module.{k}".replace(".fc.", ".linear."): v for k, v in ODEResNet("resnet20").state_dict().items()}
+    torch.save({"best_prec1": 91.78, "state_dict": state}, tmp_path / "resnet20-12fca82f.th")
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["same_cam"] is True  # Grad-CAM on layer4[-1] is torchvision's
+    assert namespace["cifar"].arch == "resnet20" and namespace["cifar"].num_classes == 10
     assert namespace["pretrained"].num_classes == 10 and ("resnet50", "IMAGENET1K_V2") in {
         request[:2] for request in local_weights
     }
