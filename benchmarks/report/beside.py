@@ -85,7 +85,38 @@ def match_rows(base: list[dict], others: list[list[dict]]) -> list[list[dict | N
     return lines
 
 
-def _cell(row: dict | None, setting: str) -> str:
+def unequal_seeds(results: dict) -> dict[float, int]:
+    """Per σ of the run's SDE networks: how many seeds are more than ``ACCURACY_GAP`` from the same seed's ODE twin."""
+    models = results.get("models", {})
+    ode = models.get("ode", {}).get("accuracy", {})
+    out = {}
+    for name, m in models.items():
+        if name.startswith("sde-") and "-at-" not in name:
+            out[m["sigma"]] = sum(
+                abs(acc - ode[seed]) > ACCURACY_GAP for seed, acc in m["accuracy"].items() if seed in ode
+            )
+    return out
+
+
+def _accuracy_flag(row: dict, results: dict | None) -> str:
+    """``; unequal accuracy at σ = 0.75 (5/5 seeds)`` where the row compares networks the check flags."""
+    if results is None or not row["claim"].startswith(("sensitivity falls", "SDE attributions are less sensitive")):
+        return ""
+    found = _SIGMA.search(row["setting"])
+    if not found:
+        return ""
+    span = [float(v) for v in re.findall(r"[\d.]+", found.group(0))]
+    flagged = unequal_seeds(results)
+    n = len(results["seeds"])
+    hit = [
+        (s, k) for s, k in sorted(flagged.items()) if k and (s in span or (len(span) == 2 and span[0] < s <= span[1]))
+    ]
+    if not hit:
+        return ""
+    return "; unequal accuracy at " + ", ".join(f"σ = {s:g} ({k}/{n} seeds)" for s, k in hit)
+
+
+def _cell(row: dict | None, setting: str, results: dict | None = None) -> str:
     if row is None:
         return "–"
     text = f"{VERDICT_MARK[row['verdict']]}: {effect(row['effect'], row['unit'])}"
@@ -96,7 +127,7 @@ def _cell(row: dict | None, setting: str) -> str:
         text += f" ({own.group(0).strip(', ') if own else row['setting']})"
     if row.get("seeds") is not None:
         text += f", {row['agree']}/{row['seeds']} seeds"
-    return text
+    return text + _accuracy_flag(row, results)
 
 
 def disagreements(lines: list[list[dict | None]], labels: list[str]) -> dict[str, list]:
@@ -169,13 +200,16 @@ def page_lines(base: dict, others: list[Beside], rows_of, *, provenance_link: st
     for line in lines:
         first = next(r for r in line if r is not None)
         setting = line[0]["setting"] if line[0] is not None else first["setting"]
-        table.append([first["claim"], setting, *(_cell(r, setting) for r in line)])
+        runs = [base, *(o.results for o in others)]
+        table.append([first["claim"], setting, *(_cell(r, setting, res) for r, res in zip(line, runs))])
     header = ["claim", "setting", "digits (small ResNet)", *(title_of(o.label) for o in others)]
     return [
         f"The same claims on natural images: CIFAR-10 with He et al.'s pretrained "
         f"{' and '.join(title_of(o.label).split(', ')[1] for o in others)}, each fine-tuned as ODE and SDE twins "
         f"identically (where the runs come from: [CIFAR-10 provenance]({provenance_link})). Each cell: verdict: "
-        "effect [95% CI over seeds], and the seeds pointing the claimed way.",
+        "effect [95% CI over seeds], the seeds pointing the claimed way, and, where a sensitivity row compares "
+        f"networks more than {100 * ACCURACY_GAP:g} points of test accuracy apart, in how many seeds they are: such "
+        "a row may reflect the accuracy the noise cost rather than the noise itself.",
         "",
         *markdown_table(header, table),
         "",
