@@ -7,6 +7,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,20 +23,32 @@ __all__ = ["SDEResNet", "Sigma"]
 Sigma = float | Sequence[float] | Mapping[str, float]
 
 
+def _number(value: object) -> object:
+    """A 0-d real tensor or a NumPy scalar as a Python number (anything else as it came)."""
+    if torch.is_tensor(value) and value.dim() == 0 and value.dtype != torch.bool and not value.is_complex():
+        return value.item()
+    if isinstance(value, np.generic) and not isinstance(value, (np.bool_, np.complexfloating)):
+        return value.item()
+    return value
+
+
 def _check_sigma_values(sigma: Sigma) -> None:
     """Every value a finite number >= 0, and the form one of the three (before any work)."""
+    sigma = _number(sigma)
     if isinstance(sigma, Mapping):
         values = list(sigma.values())
         bad = [k for k in sigma if not isinstance(k, str)]
         if bad:
             raise ValueError(f"sigma maps stage names (e.g. 'layer1') to numbers; got the key(s) {bad}")
+        if not values:
+            raise ValueError("sigma is an empty mapping; give one number, one per stage, or a mapping by stage name")
     elif isinstance(sigma, Sequence) and not isinstance(sigma, str):
         values = list(sigma)
         if not values:
             raise ValueError("sigma is an empty sequence; give one number, one per stage, or a mapping by stage name")
     else:
         values = [sigma]
-    for value in values:
+    for value in map(_number, values):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"sigma must be numbers >= 0, got {value!r}")
         if not math.isfinite(value) or value < 0:
@@ -50,16 +63,37 @@ def _per_stage(sigma: Sigma, names: list[str]) -> tuple[float, ...]:
             of another length than the stages, or a value that is not a number >= 0.
     """
     _check_sigma_values(sigma)
+    sigma = _number(sigma)
     if isinstance(sigma, Mapping):
         unknown = sorted(set(sigma) - set(names))
         if unknown:
             raise ValueError(f"sigma names no stage {unknown}; the network's stages are {names}")
-        return tuple(float(sigma.get(name, 0.0)) for name in names)
+        return tuple(float(_number(sigma.get(name, 0.0))) for name in names)
     if isinstance(sigma, Sequence) and not isinstance(sigma, str):
         if len(sigma) != len(names):
             raise ValueError(f"sigma has {len(sigma)} values for the network's {len(names)} stages {names}")
-        return tuple(float(v) for v in sigma)
+        return tuple(float(_number(v)) for v in sigma)
     return (float(sigma),) * len(names)
+
+
+def _fit_to_stages(sigma: Sigma, sigmas: tuple[float, ...], stages: list) -> tuple[float, ...]:
+    """Noise only where a stage has continuous blocks (a stage of transitions alone integrates nothing).
+
+    One number for every stage gives such a stage 0; a value given for that stage by name
+    or position is refused, naming it.
+    """
+    one = not isinstance(_number(sigma), (Mapping, Sequence)) or isinstance(sigma, str)
+    out = []
+    for stage, value in zip(stages, sigmas):
+        if stage.num_continuous == 0 and value > 0:
+            if not one:
+                raise ValueError(
+                    f"sigma {value:g} for stage {stage.name}, which has no continuous block (its blocks are all "
+                    "transitions that change the shape), so it would add no noise; give it 0 or leave it out"
+                )
+            value = 0.0
+        out.append(value)
+    return tuple(out)
 
 
 class SDEResNet(ODEResNet):
@@ -84,7 +118,11 @@ class SDEResNet(ODEResNet):
             stage, or one per stage: a sequence in stage order, or a mapping from stage
             names to numbers (stages left out get 0). A stage with 0 is an ODE: it
             draws no noise at all, e.g. ``sigma={"layer3": 0.5}`` puts noise in the
-            last stage of a ResNet-18 only.
+            last stage of a ResNet-18 only. Every value may be a Python number, a 0-d
+            tensor or a NumPy scalar; an empty sequence or mapping is refused. A stage
+            whose blocks are all transitions integrates nothing: one number gives it 0
+            (as ``stage_sigmas`` reports), a value given for it by name or position is
+            refused.
         diffusion: ``"normalized"`` (the paper's), ``"additive"``, ``"multiplicative"``
             or ``"learned"``.
         eval_samples: Brownian paths averaged in eval mode; 0 for one (or none).
@@ -111,9 +149,11 @@ class SDEResNet(ODEResNet):
         if diffusion not in DIFFUSIONS:
             raise ValueError(f"unknown diffusion {diffusion!r}; valid diffusions: {', '.join(DIFFUSIONS)}")
         _check_sigma_values(sigma)  # before any work
-        self._noise = dict(kind=diffusion, spec=sigma)
+        self._noise = dict(kind=diffusion, spec=_number(sigma))
         super().__init__(arch, method=method, **kwargs)
-        _per_stage(sigma, [stage.name for stage in self.stages])  # a stage name or count that does not fit
+        sigmas = _per_stage(sigma, [stage.name for stage in self.stages])  # a stage name or count that does not fit
+        for stage, value in zip(self.stages, _fit_to_stages(sigma, sigmas, self.stages)):
+            stage.diffusion.sigma = value
         del self._noise["spec"]
         self.eval_samples = 0
         self.path_seed: int | None = None
@@ -128,7 +168,7 @@ class SDEResNet(ODEResNet):
             sigma = spec[index] if index < len(spec) else 0.0  # a wrong length is refused once the stages exist
         else:
             sigma = spec
-        return make_diffusion(self._noise["kind"], sigma, channels)
+        return make_diffusion(self._noise["kind"], float(_number(sigma)), channels)
 
     @property
     def stage_sigmas(self) -> dict[str, float]:
@@ -181,6 +221,8 @@ class SDEResNet(ODEResNet):
         kind = self.diffusion if diffusion is None else diffusion
         names = [stage.name for stage in self.stages]
         sigmas = _per_stage(self.stage_sigmas if sigma is None else sigma, names)
+        if sigma is not None:
+            sigmas = _fit_to_stages(sigma, sigmas, self.stages)
         samples = self.eval_samples if eval_samples is None else eval_samples
         seed = self.path_seed if path_seed is SDEResNet._KEEP else check_seed(path_seed, "path_seed", optional=True)
         samples = check_count(samples, "eval_samples", 0)

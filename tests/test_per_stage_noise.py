@@ -97,3 +97,42 @@ def test_set_noise_from_torchvision_and_state_dict_take_a_value_per_stage():
 def test_a_per_stage_sigma_that_does_not_fit_is_one_clear_error(sigma, message):
     with pytest.raises(ValueError, match=message):
         sde(sigma)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [torch.tensor(0.5), torch.tensor(0.5, dtype=torch.float64), __import__("numpy").float32(0.5), 0.5],
+    ids=["tensor", "tensor64", "numpy", "float"],
+)
+def test_one_sigma_rule_for_numbers_tensors_and_numpy_scalars(value):
+    # Everywhere a sigma is given: the constructor, per stage, by name, and set_noise.
+    for spec in (value, [value, value, value], {"layer1": value, "layer2": value, "layer3": value}):
+        assert sde(spec).stage_sigmas == {"layer1": 0.5, "layer2": 0.5, "layer3": 0.5}
+        assert sde(0.1).set_noise(sigma=spec).stage_sigmas == {"layer1": 0.5, "layer2": 0.5, "layer3": 0.5}
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [({}, "empty mapping"), ([], "empty sequence"), (torch.tensor([0.5]), "numbers >= 0"), (float("nan"), "finite")],
+)
+def test_empty_and_other_sigmas_are_refused_alike(bad, message):
+    with pytest.raises(ValueError, match=message):
+        sde(bad)
+    model = sde(0.5)
+    with pytest.raises(ValueError, match=message):
+        model.set_noise(sigma=bad)
+    assert model.stage_sigmas == {"layer1": 0.5, "layer2": 0.5, "layer3": 0.5}  # nothing changed
+
+
+def test_a_stage_of_transitions_alone_takes_no_sigma():
+    # One block per stage: layer2 and layer3 hold only their strided first block, a transition.
+    one_block = dict(SMALL, blocks=1)
+    model = tiny_model(SDEResNet, 0, sigma=0.5, **one_block)
+    assert [s.num_continuous for s in model.stages] == [1, 0, 0]
+    assert model.stage_sigmas == {"layer1": 0.5, "layer2": 0.0, "layer3": 0.0}  # what it does, not what was asked
+    for spec in ({"layer2": 0.5}, [0.5, 0.5, 0.0]):
+        with pytest.raises(ValueError, match="stage layer2, which has no continuous block"):
+            tiny_model(SDEResNet, 0, sigma=spec, **one_block)
+        with pytest.raises(ValueError, match="stage layer2, which has no continuous block"):
+            model.set_noise(sigma=spec)
+    assert model.stage_sigmas == {"layer1": 0.5, "layer2": 0.0, "layer3": 0.0}
