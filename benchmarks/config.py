@@ -304,8 +304,6 @@ class Config:
                 "--data cifar10 needs --data-root: torchvision's cifar-10-batches-py folder (or the folder to download "
                 "it into, with --download), an image folder with train/ and test/, or a zip of one"
             )
-        if (self.weights or self.sde_weights) and self.arch == "small":
-            raise ValueError("--weights and --sde-weights are for a named --arch (a CIFAR or torchvision ResNet)")
         if self.data_root and not self.cifar:
             raise ValueError(f"--data-root is where CIFAR-10 is; it needs --data cifar10, got --data {self.data}")
         unknown = set(self.parts) - set(ALL_PARTS[:-1])
@@ -322,6 +320,8 @@ class Config:
                 continue
             if value is not None and not _exists(value):
                 raise ValueError(f"--{opt.replace('_', '-')} {value}: no such file or folder")
+        if (self.weights or self.sde_weights) and self.arch == "small":
+            raise ValueError("--weights and --sde-weights are for a named --arch (a CIFAR or torchvision ResNet)")
         if not self.seeds:
             raise ValueError("--seeds needs at least one seed")
         if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:

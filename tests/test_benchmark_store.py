@@ -417,7 +417,7 @@ def weights_inputs(tmp_path_factory):
         (
             "resnet50",
             "2",
-            "--weights {path} holds weights of another architecture than --arch resnet50: 198 missing keys in "
+            "--weights {path} holds weights of another architecture than --arch resnet50: 165 missing keys in "
             "layer1, layer2, layer3, layer4 (e.g. layer1.0.conv3.weight)",
         ),
         ("resnet18", "model", "weights file {path} holds a pickled torchvision.models.resnet.ResNet object"),
@@ -559,7 +559,10 @@ def test_sigterm_stops_a_run_like_ctrl_c(quick_run, tmp_path):
 def test_help_shows_every_options_real_default():
     text = " ".join(build_parser().format_help().split())
     assert "default: None" not in text
-    assert "training epochs (the same for every network) (default: 12; --preset imagenet 1, quick 2)" in text
+    assert (
+        "training epochs (the same for every network) (default: 12; --preset cifar10 2, cifar10-resnet56 2, "
+        "imagenet 1, quick 2)" in text
+    )
     assert "(the unit of replication) (default: 0 1 2 3 4; --preset full 0 1 ... 39, imagenet 0, quick 0 1)" in text
     assert "Integrated Gradients' steps (default: 20; --preset imagenet 50, quick 4)" in text
     assert "output folder (default: results)" in text

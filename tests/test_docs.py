@@ -61,12 +61,51 @@ def test_quick_start_snippet_checks_what_it_says():
     assert namespace["ys"].shape == (3, 8, 4, 5, 5)
 
 
+def _beside_runs(data: Path) -> list:
+    """The runs the pages show beside the digits: each folder of docs/theory/data with a results.json."""
+    from benchmarks.report.beside import Beside
+
+    return [
+        Beside(
+            folder.name,
+            json.loads((folder / "results.json").read_text()),
+            json.loads((folder / "runs.json").read_text()),
+        )
+        for folder in sorted(p for p in data.iterdir() if (p / "results.json").exists())
+    ]
+
+
+def test_the_pages_carry_cifar_runs_of_the_presets():
+    """CIFAR-10 beside the digits: a primary row per method with a verdict and its interval, over at least 5 seeds."""
+    from benchmarks.config import Config
+    from benchmarks.presets import PRESETS
+
+    others = {o.label: o for o in _beside_runs(DOCS / "theory" / "data")}
+    assert set(others) == {"cifar10-resnet20", "cifar10-resnet56"}
+    for label, preset in (("cifar10-resnet20", "cifar10"), ("cifar10-resnet56", "cifar10-resnet56")):
+        results = others[label].results
+        assert results["preset"] == preset and len(results["seeds"]) >= 5
+        assert Config(**results["config"]).to_dict()["arch"] == PRESETS[preset]["arch"]
+        assert others[label].runs[-1]["status"] == "finished"
+        primary = [r for r in results["verdicts"] if r["claim"] == "sensitivity falls as σ grows (primary)"]
+        assert {r["setting"].split(",")[0] for r in primary} == {
+            "Saliency", "Integrated Gradients", "DeepLIFT", "DeepLIFT-SHAP"
+        }  # fmt: skip
+        assert all(r["verdict"] in ("holds", "fails", "depends") and r["seeds"] == 5 for r in primary)
+    sensitivity = (DOCS / "theory" / "sensitivity.md").read_text()
+    for text in ("### On CIFAR-10, beside the digits", "## On CIFAR-10: where the runs come from", "JPEG"):
+        assert text in sensitivity
+    for page in ("theorem1", "explains"):
+        assert "CIFAR-10, ResNet-20" in (DOCS / "theory" / f"{page}.md").read_text()
+
+
 def test_theory_pages_are_generated_from_the_committed_run():
     data = DOCS / "theory" / "data"
     results = json.loads((data / "results.json").read_text())
     runs = json.loads((data / "runs.json").read_text())
     compare = json.loads((data / "compare.json").read_text()) if (data / "compare.json").exists() else None
-    pages = render_pages(results, runs, compare)
+    others = _beside_runs(data)
+    pages = render_pages(results, runs, compare, others)
     for page in PAGES:
         committed = (DOCS / "theory" / f"{page}.md").read_text()
         assert committed == pages[page], f"docs/theory/{page}.md differs from what python -m benchmarks.docs makes"
@@ -79,7 +118,8 @@ def test_theory_pages_are_generated_from_the_committed_run():
     from benchmarks.config import Config
     from benchmarks.presets import PRESETS
 
-    assert results["config"] == Config(**PRESETS["full"]).to_dict() and results["preset"] == "full"
+    # (Options added since the run are at their defaults in it.)
+    assert Config(**results["config"]).to_dict() == Config(**PRESETS["full"]).to_dict() and results["preset"] == "full"
     assert len(Config().seeds) >= 5
     assert runs[-1]["status"] == "finished"
     assert all(r["seeds"] in (None, len(results["seeds"])) for r in results["verdicts"] if r["unit"] == "relative")

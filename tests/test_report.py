@@ -47,7 +47,7 @@ def test_the_registry_and_the_page_templates_agree():
     assert len(fills) == len(set(fills)) and len(plots) == len(set(plots))
     used = {m for page in PAGES for m in PLACEHOLDER.findall((TEMPLATES / f"{page}.md").read_text())}
     known = {"provenance", "agreement", *fills} | {f"section:{n}" for n in names} | {f"verdicts:{p}" for p in PAGES}
-    known |= {"section:verdicts"}
+    known |= {"section:verdicts", "beside_provenance", "beside_figures"} | {f"beside:{p}" for p in PAGES}
     assert used <= known, used - known  # a placeholder nothing fills would be left on the page
     assert set(fills) <= used, set(fills) - used  # a fill no page shows is dead code
     # Each section's page is a page, and each page with claims opens with its own rows.
