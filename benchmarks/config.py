@@ -22,7 +22,7 @@ from neuralsde.models import CIFAR_ARCHS, TORCHVISION_ARCHS
 
 from .presets import PRESETS
 
-__all__ = ["ALL_PARTS", "Config", "digest", "parse_args", "sigma_of"]
+__all__ = ["ALL_PARTS", "Config", "check_finite", "digest", "parse_args", "sigma_of"]
 
 #: Every part of the main job, in the order they run (the report last).
 ALL_PARTS = (
@@ -82,6 +82,24 @@ SHAPES_TRAIN_OPTIONS = tuple(
     "data_seed shapes_n shapes_size shapes_epochs diffusion method widths blocks lr schedule recalibrate "
     "batch_size".split()
 )
+
+
+def check_finite(options: dict) -> None:
+    """Every number of every option finite: NaN and infinities pass every comparison's silence.
+
+    Args:
+        options: option name (``--lr``) -> its value, a number or a list of numbers.
+
+    Raises:
+        ValueError: naming the first option with a value that is not finite.
+    """
+    import math
+
+    for name, value in options.items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            shown = " ".join(f"{v:g}" for v in values) if isinstance(value, list) else f"{value:g}"
+            raise ValueError(f"{name} must be finite, got {shown}")
 
 
 def digest(value) -> str:
@@ -294,6 +312,8 @@ class Config:
 
     def validate(self) -> None:
         """Check every option; raises ValueError naming the option, what it must be and what it is."""
+        floats = {f"--{name.replace('_', '-')}": getattr(self, name) for name in _float_options()}
+        check_finite(floats)
         archs = ("small", *CIFAR_ARCHS, *TORCHVISION_ARCHS)
         if self.arch not in archs:
             raise ValueError(f"unknown --arch {self.arch!r}; valid: {', '.join(archs)}")
@@ -368,6 +388,17 @@ class Config:
             if getattr(self, opt) <= 0:
                 raise ValueError(f"--{opt.replace('_', '-')} must be positive, got {getattr(self, opt)}")
         _check_device(self.device)
+
+
+def _float_options() -> list[str]:
+    """The options whose values are real numbers (one, or a list of them)."""
+    defaults = Config()
+    names = []
+    for f in dataclasses.fields(Config):
+        value = getattr(defaults, f.name)
+        if isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float)):
+            names.append(f.name)
+    return names
 
 
 # Options with a smallest allowed value.

@@ -238,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict | None:
     """The command line; returns the run's record (None with ``--publish``)."""
-    from ..config import _check_device
+    from ..config import _check_device, check_finite
     from .record import publish, terminal
 
     parser = _parser()
@@ -249,6 +249,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         except ValueError as err:
             parser.error(str(err))
         return None
+    try:
+        check_finite({"--budget": args.budget})
+    except ValueError as err:
+        parser.error(str(err))
     if not args.budget > 0:
         parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
     try:
