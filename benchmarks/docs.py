@@ -157,6 +157,17 @@ def figures_used(pages: dict[str, str]) -> set[str]:
     return {m for text in pages.values() for m in re.findall(r"\(img/([\w.-]+\.png)\)", text)}
 
 
+def _json(parser: argparse.ArgumentParser, path: Path, kind: type):
+    """The JSON in ``path``, if it is a ``kind`` (a run's results or run log); else one line and exit status 2."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        parser.error(f"{path} is unreadable ({type(err).__name__}); run the benchmark into that folder again")
+    if not isinstance(value, kind) or (kind is dict and "verdicts" not in value):
+        parser.error(f"{path} does not hold a finished run's {'results' if kind is dict else 'run log'}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results", help="a finished run of python -m benchmarks")
@@ -187,8 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         elif not (other / "results.json").exists():
             parser.error(f"--compare {other} holds no results.json")
         else:
-            runs_other = json.loads((other / "runs.json").read_text()) if (other / "runs.json").exists() else []
-            compare = agreement.record(json.loads((other / "results.json").read_text()), runs_other)
+            runs_other = _json(parser, other / "runs.json", list) if (other / "runs.json").exists() else []
+            compare = agreement.record(_json(parser, other / "results.json", dict), runs_other)
         try:
             agreement.compare(results, compare)
         except ValueError as err:  # the two runs are of different configurations

@@ -89,6 +89,19 @@ def _say(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
+def _what(path: Path) -> str:
+    return "folder" if path.is_dir() else "special file"
+
+
+def set_aside(path: Path) -> Path:
+    """Rename ``path`` (whatever it is) to ``<name>.damaged`` (``.damaged.1``, ... if taken); returns the new path."""
+    aside, n = path.with_name(f"{path.name}.damaged"), 1
+    while aside.exists() or aside.is_symlink():
+        aside, n = path.with_name(f"{path.name}.damaged.{n}"), n + 1
+    os.replace(path, aside)
+    return aside
+
+
 def _changes(old: dict, new: dict) -> str:
     keys = sorted(set(old) | set(new), key=str)
     diff = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
@@ -259,6 +272,8 @@ class Store:
         path = self.path(kind, name)
         if not path.exists():
             return None, None
+        if not path.is_file():
+            return None, f"not a file but a {_what(path)}; set aside as {set_aside(path).name}"
         try:
             content = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
@@ -401,6 +416,10 @@ class Store:
         """
         path = self.checkpoint(name, seed)
         if not path.exists():
+            return None
+        if not path.is_file():
+            self.log(self.relative(path), f"not a file but a {_what(path)}; set aside as {set_aside(path).name}; "
+                     "training again")  # fmt: skip
             return None
         try:
             state = load_checkpoint(path)

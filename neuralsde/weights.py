@@ -112,6 +112,8 @@ def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
             (text, truncated, damaged), holds a pickled object such as a whole model,
             holds anything but a state dict, or is a checkpoint whose checksum fails.
     """
+    if Path(path).is_dir():
+        raise ValueError(f"weights file {os.fspath(path)} is a folder, not a file; {_WANTED}")
     if not Path(path).is_file():
         raise ValueError(f"weights file {os.fspath(path)} does not exist")
     try:
@@ -212,7 +214,8 @@ def weights_mismatch(state: dict[str, Tensor], arch: str) -> tuple[str, list[str
 
 
 def is_weights_file(weights: Weights) -> bool:
-    return isinstance(weights, os.PathLike) or (isinstance(weights, str) and Path(weights).is_file())
+    """Whether ``weights`` names a path (a file, or a folder that ``read_weights`` refuses as one)."""
+    return isinstance(weights, os.PathLike) or (isinstance(weights, str) and Path(weights).exists())
 
 
 def parts_from_file(arch: str, path: str | os.PathLike) -> tuple[ResNetParts, dict[str, Tensor]]:

@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         except ValueError as err:
             parser.error(str(err))
         return None
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file, not a folder")
     try:
         check_finite({"--budget": args.budget})
     except ValueError as err:
