@@ -311,7 +311,19 @@ class Config:
         return digest(self.to_dict())
 
     def validate(self) -> None:
-        """Check every option; raises ValueError naming the option, what it must be and what it is."""
+        """Check every option; raises ValueError naming the option, what it must be and what it is.
+
+        Paths come first: a path that does not exist is named as missing before anything
+        that depends on what it is (``--data digts`` is a typo, not an ImageFolder).
+        """
+        for opt in ("data", "weights", "sde_weights", "train_data", "data_root"):
+            value = getattr(self, opt)
+            if (opt == "data" and value in NAMED_DATA) or (opt == "data_root" and self.download):
+                continue
+            if value is not None and not _exists(value):
+                raise ValueError(
+                    f"--{opt.replace('_', '-')} {value}: no such file or folder" + _named_data_hint(opt, value)
+                )
         floats = {f"--{name.replace('_', '-')}": getattr(self, name) for name in _float_options()}
         check_finite(floats)
         archs = ("small", *CIFAR_ARCHS, *TORCHVISION_ARCHS)
@@ -334,12 +346,6 @@ class Config:
                 "an ImageFolder run needs the SDE network: --sde-weights FILE (a trained SDEResNet checkpoint) "
                 "or --train-data DIR (an ImageFolder to fine-tune the ODE and SDE networks on, identically)"
             )
-        for opt in ("data", "weights", "sde_weights", "train_data", "data_root"):
-            value = getattr(self, opt)
-            if (opt == "data" and value in NAMED_DATA) or (opt == "data_root" and self.download):
-                continue
-            if value is not None and not _exists(value):
-                raise ValueError(f"--{opt.replace('_', '-')} {value}: no such file or folder")
         if (self.weights or self.sde_weights) and self.arch == "small":
             raise ValueError("--weights and --sde-weights are for a named --arch (a CIFAR or torchvision ResNet)")
         if not self.seeds:
@@ -413,6 +419,11 @@ _LOWER_BOUNDS = {
     "shap_baselines": 2,  # DeepLIFT-SHAP needs a distribution of baselines
 }
 # fmt: on
+
+
+def _named_data_hint(opt: str, value: str) -> str:
+    """`` (named data sets: digits, cifar10)`` after a --data that is neither a folder nor a name."""
+    return f" (named data sets: {', '.join(NAMED_DATA)})" if opt == "data" else ""
 
 
 def _exists(path: str) -> bool:

@@ -405,7 +405,9 @@ def _run(cfg: Config, store: Store, argv, parts: list[Part], quiet: bool) -> dic
         print(failure[0], file=sys.stderr)
         raise SystemExit(failure[1])
     took = time.perf_counter() - start
-    print(f"{len(store.computed)} results computed, the rest reused; {took:.0f} s")
+    used = sum(len(cells) for cells in store.used.values())
+    reused = max(used - len(store.computed), 0)
+    print(f"{len(store.computed)} results computed, {reused} reused; {took:.0f} s")
     if results is not None:
         print(f"wrote {store.root}/results.json, {store.root}/tables.md and {store.root}/figures/")
     return results

@@ -46,7 +46,7 @@ PRESETS = {
     # Sized by the variance split of the default run (report/power.py): most of a row's
     # spread is training-run variation, so seeds matter more than images; Theorem 1's and
     # the completeness measurements, decided already with few images, keep fewer per seed.
-    # About 40 minutes on 2 CPU cores.
+    # Its measured length is in docs/benchmarks.md.
     "full": dict(  # fmt: skip
         seeds=list(range(40)),
         n_images=48,

@@ -73,3 +73,24 @@ def test_compare_with_a_run_that_is_no_run_is_one_line(quick_run, tmp_path, caps
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert str(other / "results.json") in last and ("does not hold a finished run" in last or "unreadable" in last)
     assert not (tmp_path / "docs").exists()
+
+
+@pytest.mark.parametrize("data", ["/nope", "digts"])
+def test_a_missing_data_path_is_named_before_anything_else(data, capsys):
+    from benchmarks.config import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--data", data])  # an ImageFolder run would also need a torchvision --arch: said second
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--data {data}: no such file or folder (named data sets: digits, cifar10)"), err
+
+
+def test_the_last_line_counts_what_was_reused(quick_run, tmp_path, capsys):
+    copy = _copy(quick_run, tmp_path)
+    (copy / "cells" / "sensitivity" / "s0" / "ode--saliency--rep0.json").unlink()
+    capsys.readouterr()
+    run([*QUICK, "--out", str(copy), "--quiet"], [SENSITIVITY])
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    # Seed 0 of the quick preset: 2 trainings and 2 accuracies, 2 networks x 5 methods x 2 repetitions of
+    # sensitivity, of which one is computed again.
+    assert out.startswith("1 results computed, 23 reused; ")

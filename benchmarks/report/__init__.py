@@ -116,8 +116,8 @@ def _scope(results: dict) -> list[str]:
     if preset == "default":
         return [
             "This is the default run, a quick look: its intervals are wide, and many rows *depend* for want of "
-            "seeds. `python -m benchmarks --preset full` runs the full protocol, sized for ±5-point intervals "
-            "(at most an hour on 2 CPU cores); the documentation's theory pages come from it.",
+            "seeds. `python -m benchmarks --preset full` runs the full protocol, sized for ±5-point intervals; "
+            "the documentation's theory pages come from it.",
             "",
         ]
     return [f"Preset: `{preset}`.", ""] if preset not in (None, "custom") else []
