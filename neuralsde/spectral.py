@@ -16,6 +16,8 @@ iteration it approaches the largest eigenvalue from below.
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -72,19 +74,27 @@ def lanczos_top(
         start: the starting vectors, ``(B, ...)`` (random: a vector orthogonal to the top
             eigenvector is never one).
         iters: the most Lanczos steps (the Krylov space's dimension), >= 1; the basis
-            is allocated as the steps are taken.
+            is allocated as the steps are taken. Memory: one basis vector per step,
+            ``B * start[0].numel() * itemsize`` bytes (1 MiB for one float32 state of
+            64 x 64 x 64), the basis growing by doubling. An ``iters`` whose whole basis
+            (at most as many steps as a state has values) would need more than half the
+            memory available is capped at the steps that fit, with a warning.
         tol: stop once the residual of every example's top Ritz pair is at most ``tol``
             times the operator's largest Ritz value in magnitude.
 
     Returns:
         ``(value, residual)``, each ``(B,)`` float64: the largest Ritz value and the norm
         of its residual ``||A y - value y||`` (an eigenvalue lies within it of the value).
+
+    Raises:
+        ValueError: for ``iters`` that is not an integer >= 1.
     """
     if int(iters) != iters or iters < 1:
         raise ValueError(f"iters must be an integer >= 1, got {iters}")
     batch, shape = start.shape[0], start.shape
     n = start[0].numel()
     iters = min(int(iters), n)
+    iters = _steps_that_fit(iters, batch * n * start.element_size(), start.device)
     # The basis grows as the iterations run (doubling): memory follows the steps taken,
     # not the most that ``iters`` allows.
     basis = start.new_zeros((batch, min(iters, 8), n))
@@ -120,6 +130,33 @@ def lanczos_top(
         betas.append(beta)
         q = w / w.norm(dim=1, keepdim=True).clamp_min(1e-30)
     return value, residual
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes of memory available to new tensors on ``device`` (the host's available memory for a CPU)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _steps_that_fit(steps: int, per_step: int, device: torch.device) -> int:
+    """``steps``, or fewer where their basis would take more than half the memory available (with a warning)."""
+    fit = max(available_memory(device) // 2 // per_step, 1)
+    if steps <= fit:
+        return steps
+    warnings.warn(
+        f"lanczos_top: iters={steps} would need a basis of {steps * per_step / 2**30:.1f} GiB "
+        f"({per_step / 2**20:.2f} MiB a step); capped at {fit} steps, the most that fit in half the memory available",
+        stacklevel=3,
+    )
+    return int(fit)
 
 
 def _top_ritz(alphas: list[Tensor], betas: list[Tensor], last_beta: Tensor) -> tuple[Tensor, Tensor]:

@@ -270,3 +270,21 @@ def test_set_noise_builds_no_stage_diffusion_when_the_kind_is_unchanged(monkeypa
     with pytest.raises(ValueError, match="sigma"):
         model.set_noise(sigma=-1.0)
     assert model.sigma == 0.25
+
+
+def test_lanczos_caps_a_basis_that_would_not_fit_with_a_warning(monkeypatch):
+    """A state of 64x64x64 floats is 1 MiB a step; with 10 MiB available, at most 5 steps fit in half of it."""
+    import neuralsde.spectral as spectral
+
+    monkeypatch.setattr(spectral, "available_memory", lambda device: 10 * 2**20)
+    steps = []
+    start = torch.randn(1, 64, 64, 64, generator=torch.Generator().manual_seed(0))
+    scale = torch.linspace(1, 2, 64**3).view(1, 64, 64, 64)  # many distinct eigenvalues: no early stop
+
+    def op(v):
+        steps.append(1)
+        return v * scale
+
+    with pytest.warns(UserWarning, match=r"iters=1000 would need a basis of 1\.0 GiB .* capped at 5 steps"):
+        lanczos_top(op, start, iters=1000, tol=0)
+    assert len(steps) == 5
