@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import sigma_of
 from ..store import Store
 from .formatting import defined, ratio, title
+from .interventions import FIRST_STAGE
 from .local_bound import paragraph as bound_paragraph
 from .mechanism_tables import methods_of, num, rel, sdes, sigma, sure
 from .plotting import plt
@@ -131,11 +132,11 @@ def _tested(results: dict, where: list[str]) -> str:
     ``where``: the stages of the best predictors (empty where they are not per stage).
     """
     rows = results.get("verdicts") or []
-    first = [r for r in rows if r["claim"] == "noise in the first stage alone does not lower it"]
+    first = [r for r in rows if r["claim"] == FIRST_STAGE]
     deep = [r for r in rows if r["claim"] == "noise in the deeper stages alone lowers the sensitivity"]
     if not first or not deep:
         return ""
-    n_first = sum(r["verdict"] == "fails" for r in first)  # noise in layer1 alone lowers it by more than 5%
+    n_first = sum(r["verdict"] == "holds" for r in first)  # noise in layer1 alone lowers it by 5% or more
     deep_lowers = sum(r["verdict"] == "holds" for r in deep)
     deep_raises = sum(r["verdict"] == "fails" for r in deep)
     text = (
