@@ -18,6 +18,8 @@ import json
 import sys
 from dataclasses import dataclass, field
 
+import torch
+
 from neuralsde.models import CIFAR_ARCHS, TORCHVISION_ARCHS
 
 from .presets import PRESETS
@@ -39,7 +41,7 @@ ALL_PARTS = (
 #: Training options added after stores were first written. At their default (what every
 #: earlier network was trained with) they are left out of a network's identity, so that
 #: an earlier store keeps its networks and cells.
-LATER_TRAIN_OPTIONS = {"data_root": None, "train_images": 0}
+LATER_TRAIN_OPTIONS = {"data_root": None, "train_images": 0, "threads": 1}
 #: Data sets by name (anything else given to --data is an ImageFolder).
 NAMED_DATA = ("digits", "cifar10")
 
@@ -80,7 +82,7 @@ SCHEMA = {"sensitivity": 2, "theorem1": 2}
 #: options describe the main data set's networks.
 SHAPES_TRAIN_OPTIONS = tuple(
     "data_seed shapes_n shapes_size shapes_epochs diffusion method widths blocks lr schedule recalibrate "
-    "batch_size".split()
+    "batch_size threads".split()
 )
 
 
@@ -156,6 +158,13 @@ class Config:
     train_data: str | None = _opt(None, "train", "ImageFolder to fine-tune the ODE and SDE networks on (ImageNet)")
     data_seed: int = _opt(0, "train", "seed of the train/test split, the shapes data set and the SHAP baselines")
     device: str = _opt("cpu", "run", "where to compute: cpu, cuda or cuda:N")
+    threads: int = _opt(
+        1,
+        "train",
+        "torch's intra-op CPU threads. Part of the numerics: another count rounds differently and trains other "
+        "networks, so it is recorded with every network. One is the fastest on a busy machine; more can be faster "
+        "on idle cores (docs/benchmarks.md has the figures)",
+    )
     amp: bool = _opt(False, "measure", "measure under torch.autocast (bfloat16 on CPU, float16 on CUDA)")
     seeds: list[int] = _opt(
         [0, 1, 2, 3, 4], "run", "training seeds: every network is trained once per seed (the unit of replication)"
@@ -290,12 +299,8 @@ class Config:
         if name.startswith("shapes-"):
             names = SHAPES_TRAIN_OPTIONS
         else:
-            names = [
-                f.name
-                for f in dataclasses.fields(self)
-                if f.metadata["role"] == "train"
-                and not (f.name in LATER_TRAIN_OPTIONS and getattr(self, f.name) == LATER_TRAIN_OPTIONS[f.name])
-            ]
+            names = [f.name for f in dataclasses.fields(self) if f.metadata["role"] == "train"]
+        names = [n for n in names if not (n in LATER_TRAIN_OPTIONS and getattr(self, n) == LATER_TRAIN_OPTIONS[n])]
         return {"network": name, "seed": seed, "sigma": sigma_of(name), **self.options(names)}
 
     def measurement(self, kind: str, method: str | None = None) -> dict:
@@ -307,8 +312,12 @@ class Config:
         return options
 
     def digest(self) -> str:
-        """A short hash of the whole configuration."""
-        return digest(self.to_dict())
+        """A short hash of the whole configuration but its thread count.
+
+        Runs of one configuration on other thread counts share the digest, so that they can be
+        compared (``python -m benchmarks.compare``); the count is in the configuration itself.
+        """
+        return digest({k: v for k, v in self.to_dict().items() if k != "threads"})
 
     def validate(self) -> None:
         """Check every option; raises ValueError naming the option, what it must be and what it is.
@@ -410,8 +419,8 @@ def _float_options() -> list[str]:
 # Options with a smallest allowed value.
 # fmt: off
 _LOWER_BOUNDS = {
-    "blocks": 1, "widths": 1, "image_size": 8, "train_images": 0, "epochs": 1, "batch_size": 1, "eval_images": 0,
-    "chunk": 0,
+    "threads": 1, "blocks": 1, "widths": 1, "image_size": 8, "train_images": 0, "epochs": 1, "batch_size": 1,
+    "eval_images": 0, "chunk": 0,
     "ig_batch": 0, "n_images": 1, "repetitions": 1, "n_perturb": 1, "mc_samples": 1, "ig_steps": 1,
     "sg_samples": 1, "sg_ig_steps": 1, "robust_images": 1, "topk": 1, "attack_steps": 1, "theorem_images": 1,
     "bound_steps": 1, "completeness_images": 1, "shapes_n": 20, "shapes_size": 8, "shapes_epochs": 1,
@@ -533,4 +542,5 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Co
     except ValueError as err:  # one line, no usage dump: the message names the option
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    torch.set_num_threads(cfg.threads)  # before anything is computed: the count is part of the numerics
     return cfg, args

@@ -45,7 +45,7 @@ import torch
 from neuralsde.train import CheckpointDamaged, load_checkpoint
 
 from .common import environment, save_png, write_json
-from .config import Config, digest
+from .config import LATER_TRAIN_OPTIONS, Config, digest
 from .verify import checksum, seeded, shape_problem, versions
 
 __all__ = ["FolderBusy", "FolderUnusable", "OtherOptions", "Store", "checksum", "seeded", "versions"]
@@ -104,7 +104,8 @@ def set_aside(path: Path) -> Path:
 
 def _changes(old: dict, new: dict) -> str:
     keys = sorted(set(old) | set(new), key=str)
-    diff = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    old, new = ({k: d.get(k, LATER_TRAIN_OPTIONS.get(k)) for k in keys} for d in (old, new))  # absent: the default
+    diff = [f"{k}: {old[k]!r} → {new[k]!r}" for k in keys if old[k] != new[k]]
     return ", ".join(diff[:4]) + (" ..." if len(diff) > 4 else "")
 
 

@@ -367,6 +367,22 @@ def test_a_damaged_run_log_is_reported_and_set_aside(quick_run, tmp_path, capsys
 
 
 # -- nothing trained is thrown away by accident ----------------------------------------------
+def test_a_run_on_another_thread_count_is_refused_like_other_network_options(quick_run, tmp_path, capsys):
+    # The networks of the quick run were trained on one thread (the default); two round otherwise.
+    copy = _copy(quick_run, tmp_path)
+    before = {p: p.read_bytes() for p in (copy / "checkpoints").rglob("*.pt")}
+    capsys.readouterr()
+    try:
+        with pytest.raises(SystemExit) as info:
+            main([*QUICK, "--threads", "2", "--out", str(copy)])
+    finally:
+        torch.set_num_threads(1)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1
+    assert f"{copy} holds networks trained with other options" in err and "threads: 1 → 2" in err
+    assert {p: p.read_bytes() for p in (copy / "checkpoints").rglob("*.pt")} == before
+
+
 def test_a_run_with_other_network_options_is_refused_before_training(quick_run, tmp_path, capsys):
     copy = _copy(quick_run, tmp_path)
     before = {p: p.read_bytes() for p in (copy / "checkpoints").rglob("*.pt")}

@@ -301,3 +301,27 @@ def test_the_comparison_needs_every_sensitivity_row_and_says_what_one_run_lacks(
         agreement.page_lines(results, other)
     )
     assert not agreement.compare(results, {**other, "verdicts": mine[1:]})["met"]  # a sensitivity row missing
+    text = "\n".join(agreement.page_lines(results, other))
+    assert "Not covered by the second run, so not checked here: *Theorem 1's bound holds* (every row)." in text
+    assert "*SDE attributions are less sensitive" not in text.split("Not covered")[1]
+
+
+def test_tables_name_the_decided_rows_an_interval_barely_decides():
+    from benchmarks.report.verdicts import marginal, section
+
+    def row(low, high, verdict, line=0.0):
+        return {**_row("noise costs accuracy", f"[{low}, {high}]", verdict), "line": line,
+                "effect": {"mean": (low + high) / 2, "low": low, "high": high}}  # fmt: skip
+
+    # Half-width 0.1: marginal where the nearer end is within 0.05 of the line.
+    assert marginal(row(0.04, 0.24, "holds")) and not marginal(row(0.06, 0.26, "holds"))
+    assert marginal(row(-0.24, -0.04, "fails")) and not marginal(row(-0.26, -0.06, "fails"))
+    assert not marginal(row(-0.1, 0.1, "depends"))
+    assert marginal(row(-0.09, 0.11, "holds", line=-0.1))  # decided against -5% and the like
+    assert not marginal(row(0.04, 0.24, "holds", line=None))  # a range or a combination: no line
+    rows = [row(0.04, 0.24, "holds"), row(0.5, 0.7, "holds"), row(-0.1, 0.1, "depends")]
+    text = "\n".join(section({"verdicts": rows, "seeds": [0, 1], "completeness_tolerance": 1e-3}))
+    assert "**1 of 2 decided rows are marginal**: noise costs accuracy — [0.04, 0.24] (holds)." in text
+    assert "--preset full" in text
+    text = "\n".join(section({"verdicts": rows[1:], "seeds": list(range(40)), "completeness_tolerance": 1e-3}))
+    assert "None of the 1 decided rows is marginal." in text and "--preset full" not in text

@@ -63,13 +63,15 @@ def preset_of(cfg) -> str:
     """``"default"``, the name of the preset the configuration is (wherever it runs), or ``"custom"``.
 
     Where a run's files are (``--data-root``, ``--weights``; ``--download``) is no part of
-    a preset: every user's copy of the same files is elsewhere.
+    a preset: every user's copy of the same files is elsewhere. Nor is ``--threads``: the
+    same configuration on another thread count rounds otherwise, and the run records it.
     """
     from ..config import Config
     from ..presets import PRESETS
 
     placement = {"device": "cpu", "chunk": 0, "ig_batch": 0}  # where and in what pieces: the same results
     placement |= {"data_root": None, "weights": None, "download": False}
+    placement |= {"threads": 1}  # the same configuration, rounded otherwise (recorded with the run)
     mine = {**cfg.to_dict(), **placement}
     for name, values in {"default": {}, **PRESETS}.items():
         if mine == {**Config(**values).to_dict(), **placement}:

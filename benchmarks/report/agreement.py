@@ -74,6 +74,17 @@ def compare(results: dict, other: dict) -> dict:
     }
 
 
+def _uncovered(results: dict, other: dict) -> list[str]:
+    """This run's claims with rows the other run lacks: ``claim (n of m rows)``, in table order."""
+    theirs = {_key(r) for r in other["verdicts"]}
+    missing: dict[str, list[int]] = {}
+    for row in results.get("verdicts") or []:
+        counts = missing.setdefault(row["claim"], [0, 0])
+        counts[0] += _key(row) not in theirs
+        counts[1] += 1
+    return [f"*{claim}* ({'every row' if n == m else f'{n} of {m} rows'})" for claim, (n, m) in missing.items() if n]
+
+
 def page_lines(results: dict, other: dict | None) -> list[str]:
     """The page's account of the comparison (or how to make one, without a second run)."""
     if other is None:
@@ -102,6 +113,9 @@ def page_lines(results: dict, other: dict | None) -> list[str]:
             else "."
         ),
     ]
+    uncovered = _uncovered(results, other)
+    if uncovered:
+        lines += ["", "Not covered by the second run, so not checked here: " + "; ".join(uncovered) + "."]
     if c["differ"]:
         header = ["claim", "setting", "change", f"{mine} thread(s)", f"{theirs} thread(s)"]
         body = [

@@ -82,6 +82,7 @@ def verdicts(results: dict) -> list[dict]:
                 sum(ok),
                 len(ratios),
                 note,
+                line=None,
             )
         )
     return rows

@@ -138,7 +138,7 @@ def verdicts(results: dict) -> list[dict]:
         rows.append(verdict_row(
             FIRST_STAGE, f"{title(method)}, noise in layer1, {sigma}",
             _beyond_margin(first["effect"]), first["effect"], "relative", agree, first["seeds"],
-            f"holds where the whole interval lies below −{100 * MARGIN:g}%"))  # fmt: skip
+            f"holds where the whole interval lies below −{100 * MARGIN:g}%", line=-MARGIN))  # fmt: skip
         if trained["verdict"] == "fails" or _no_decrease(at["effect"]) == "fails":
             v = "fails"
         elif trained["verdict"] == "holds" and _no_decrease(at["effect"]) == "holds":
@@ -149,7 +149,7 @@ def verdicts(results: dict) -> list[dict]:
             "noise at training time, not at attribution time, lowers it", f"{title(method)}, {sigma}", v,
             at["effect"], "relative", sum(p["effect"] > -MARGIN for p in at["per_seed"]), at["seeds"],
             f"effect shown: attribution time only; training time {effect(trained['effect'], 'relative')} "
-            f"({trained['verdict']})"))  # fmt: skip
+            f"({trained['verdict']})", line=None))  # fmt: skip
     return rows
 
 

@@ -47,7 +47,7 @@ class Section:
     page_table: Callable[[dict], list[str]] | None = None
 
 
-def verdict_row(claim, setting, v, effect, unit, agree=None, seeds=None, note="") -> dict:
+def verdict_row(claim, setting, v, effect, unit, agree=None, seeds=None, note="", line=0.0) -> dict:
     """One row of the verdict table: a claim in one setting, its verdict and effect [interval].
 
     Args:
@@ -58,6 +58,8 @@ def verdict_row(claim, setting, v, effect, unit, agree=None, seeds=None, note=""
         unit: ``relative``, ``accuracy``, ``mass on object`` or a free text.
         agree, seeds: how many seeds (or runs) point the claimed way, out of how many.
         note: a remark shown beside the row.
+        line: the value the interval is decided against (0 for most claims); None where the
+            verdict is not the interval's side of a line (a range, a combination of rows).
     """
     return {
         "claim": claim,
@@ -68,4 +70,5 @@ def verdict_row(claim, setting, v, effect, unit, agree=None, seeds=None, note=""
         "agree": agree,
         "seeds": seeds,
         "note": note,
+        "line": line,
     }

@@ -94,6 +94,7 @@ def verdicts(results: dict) -> list[dict]:
                 "holds" if th["all_hold"] else "fails",
                 {"mean": ratio["min"], "low": ratio["min"], "high": ratio["max"]},
                 "bound ÷ measured (range)",
+                line=None,
             )
         )
     for sde, c in th["claim"].items():

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 from .formatting import VERDICT_MARK, effect, markdown_table, seeds_phrase
 
-__all__ = ["VERDICT_RULE", "console_summary", "counts", "full", "page", "section", "verdict_table"]
+__all__ = [
+    "MARGINAL",
+    "VERDICT_RULE",
+    "console_summary",
+    "counts",
+    "full",
+    "marginal",
+    "page",
+    "section",
+    "verdict_table",
+]
 
 VERDICT_RULE = (
     "Every network is trained once per training seed; a seed's ODE and SDE networks share initial weights, data "
@@ -58,10 +70,57 @@ def full(results: dict) -> list[str]:
     return [VERDICT_RULE.format(tol=results["completeness_tolerance"]), "", *verdict_table(rows), ""]
 
 
+#: A decided row is marginal where the nearer end of its interval lies within this fraction
+#: of the interval's half-width of the line it is decided against (half of a 95% half-width
+#: is about one standard error of the effect).
+MARGINAL = 0.5
+MARGINAL_RULE = (
+    "A decided row is *marginal* where the nearer end of its 95% interval lies within half the interval's "
+    "half-width (about one standard error) of the line it is decided against: the same command on another "
+    "machine or thread count trains networks that differ by rounding, and such a row can move to depends there."
+)
+
+
+def marginal(row: dict) -> bool:
+    """Whether a decided row's interval ends close to its line (``MARGINAL``); never for depends.
+
+    Rows without a line (a range, a combination of rows) are never marginal, nor are rows
+    written before rows carried their line (their line is not known).
+    """
+    line = row.get("line")
+    e = row["effect"]
+    if row["verdict"] == "depends" or line is None:
+        return False
+    low, high = e["low"], e["high"]
+    if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
+        return False
+    return min(abs(low - line), abs(high - line)) < MARGINAL * (high - low) / 2
+
+
+def marginal_lines(rows: list[dict], seeds: int) -> list[str]:
+    """``tables.md``'s account of its marginal rows, and where firmer verdicts come from."""
+    decided = [r for r in rows if r["verdict"] != "depends"]
+    close = [r for r in decided if marginal(r)]
+    lines = [MARGINAL_RULE, ""]
+    if close:
+        listed = "; ".join(f"{r['claim']} — {r['setting']} ({r['verdict']})" for r in close)
+        lines.append(f"**{len(close)} of {len(decided)} decided rows are marginal**: {listed}.")
+    else:
+        lines.append(f"None of the {len(decided)} decided rows is marginal.")
+    if seeds < 40:
+        lines.append(
+            f"This run has {seeds} training seed(s); `--preset full` decides every claim over 40, and the "
+            "theory pages (docs/theory/sensitivity.md) show how its verdicts fare on another thread count."
+        )
+    return [*lines, ""]
+
+
 def section(results: dict) -> list[str]:
-    """``tables.md``'s opening section: the rule, then every claim's rows."""
+    """``tables.md``'s opening section: the rule, every claim's rows, then which decided rows are marginal."""
     body = full(results)
-    return ["## Verdicts", "", *body] if body else []
+    if not body:
+        return []
+    return ["## Verdicts", "", *body, *marginal_lines(results["verdicts"], len(results["seeds"]))]
 
 
 def page(sections, results: dict, link: str) -> list[str]:

@@ -1,0 +1,48 @@
+"""The thread count: chosen on the command line, part of a network's identity, not of the configuration digest."""
+
+import pytest
+import torch
+
+from benchmarks.config import Config, parse_args
+from benchmarks.presets import PRESETS
+from benchmarks.report import preset_of
+
+
+@pytest.fixture
+def threads_restored():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_command_line_sets_torchs_threads_before_anything_runs(threads_restored):
+    torch.set_num_threads(2)
+    cfg, _ = parse_args([])
+    assert cfg.threads == 1 and torch.get_num_threads() == 1  # the default, whatever torch had
+    cfg, _ = parse_args(["--threads", "2"])
+    assert cfg.threads == 2 and torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_thread_count_below_one_is_refused_in_one_line(value, capsys, threads_restored):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--threads", value])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1
+    assert f"--threads must be at least 1, got {value}" in err
+
+
+def test_the_thread_count_is_part_of_every_networks_identity():
+    for name in ("sde-0.5", "shapes-ode"):
+        # At the default, left out: a store written before the option keeps its networks.
+        assert "threads" not in Config().network(name, 0)
+        assert Config(threads=2).network(name, 0)["threads"] == 2
+        assert Config(threads=2).network(name, 0) != Config().network(name, 0)
+
+
+def test_runs_on_other_thread_counts_share_the_digest_and_the_preset():
+    # So that they can be compared row by row; any other option changes the digest.
+    assert Config(threads=2).digest() == Config().digest()
+    assert Config(lr=1e-3).digest() != Config().digest()
+    for name in ("quick", "full", "cifar10"):
+        assert preset_of(Config(**{**PRESETS[name], "threads": 2})) == name
