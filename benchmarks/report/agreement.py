@@ -90,7 +90,7 @@ def page_lines(results: dict, other: dict | None) -> list[str]:
     if other is None:
         return [
             "This run was not compared with a second run on another number of threads. To check it, run the same "
-            "command again with `OMP_NUM_THREADS` set otherwise, into another folder, and pass that folder to "
+            "command again with another `--threads`, into another folder, and pass that folder to "
             "`python -m benchmarks.docs --compare`."
         ]
     c = compare(results, other)
