@@ -12,6 +12,7 @@ Every option has a role, which decides what a change of it invalidates:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -542,5 +543,20 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Co
     except ValueError as err:  # one line, no usage dump: the message names the option
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    torch.set_num_threads(cfg.threads)  # before anything is computed: the count is part of the numerics
     return cfg, args
+
+
+@contextlib.contextmanager
+def threads(count: int):
+    """torch computes on ``count`` intra-op CPU threads inside the block, as before it afterwards.
+
+    A run enters it before anything is computed or recorded (the count is part of the
+    numerics, and the run's record says which it was); a caller in the same process, a test
+    or a notebook, gets its own count back.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

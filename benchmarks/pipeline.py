@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .common import progress_bar, write_json
-from .config import ALL_PARTS, Config, parse_args
+from .config import ALL_PARTS, Config, parse_args, threads
 from .store import OtherOptions, Store
 from .train import (
     Data,
@@ -341,9 +341,10 @@ def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") ->
     if cfg.shapes and any(p.on_shapes is not None for p in parts):
         names += cfg.shape_names()
     names += [name for p in parts if p.networks is not None for name in p.networks(cfg)]
-    store = open_store(args, cfg, networks=[(name, seed) for seed in cfg.seeds for name in names])
-    with _sigterm_as_interrupt():
-        return _run(cfg, store, argv, parts, args.quiet)
+    with threads(cfg.threads):  # before the store records the machine
+        store = open_store(args, cfg, networks=[(name, seed) for seed in cfg.seeds for name in names])
+        with _sigterm_as_interrupt():
+            return _run(cfg, store, argv, parts, args.quiet)
 
 
 def _run(cfg: Config, store: Store, argv, parts: list[Part], quiet: bool) -> dict | None:

@@ -364,6 +364,24 @@ class Store:
         """
         return dict(sorted(self.used.get(kind, {}).items()))
 
+    def compute_seconds(self) -> dict[str, float]:
+        """Seconds spent computing the cells this run used, summed by kind (training: its own clock).
+
+        Unlike the sessions' times in ``runs.json``, this counts the work of a session cut
+        off before it could record its time (kill -9, a machine restarted).
+        """
+        total: dict[str, float] = {}
+        for kind, cells in self.used.items():
+            for name, result in cells.items():
+                seconds = result.get("train_seconds") if kind == "train" else None
+                if seconds is None:
+                    try:
+                        seconds = json.loads(self.path(kind, name).read_text()).get("seconds")
+                    except (OSError, ValueError):
+                        seconds = None
+                total[kind] = total.get(kind, 0.0) + (seconds or 0.0)
+        return dict(sorted(total.items()))
+
     def write_manifest(self) -> None:
         """Record which cells the run used, for ``python -m benchmarks.report``."""
         write_json(self.root / "manifest.json", self.digests)

@@ -27,7 +27,7 @@ from neuralsde.data import digits, image_folder, shapes
 from neuralsde.train import evaluate, load_weights, train
 from neuralsde.weights import read_weights, weights_mismatch
 
-from .config import Config, digest, parse_args, sigma_of
+from .config import Config, digest, parse_args, sigma_of, threads
 from .store import FolderBusy, FolderUnusable, OtherOptions, Store
 
 __all__ = [
@@ -398,18 +398,21 @@ def main(argv: list[str] | None = None) -> None:
             cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
             torch.cuda.set_device(cfg.device)
     try:
-        rank0 = not dist.is_initialized() or dist.get_rank() == 0
-        store = open_store(args, cfg, [(known.model, seed) for seed in cfg.seeds]) if rank0 else None
-        if dist.is_initialized():
-            dist.barrier()
-            store = store or Store(args.out, cfg, lock=False)
-        data = load_data(cfg, "shapes" if known.model.startswith("shapes-") else "main")
-        for seed in cfg.seeds:
-            model = trained_model(cfg, store, known.model, seed, data, progress=not args.quiet and sys.stderr.isatty())
-            if rank0:
-                acc = accuracy(cfg, store, known.model, seed, model, data)
-                print(f"{known.model} (seed {seed}): test accuracy {acc:.4f}")
-        store.close()
+        with threads(cfg.threads):
+            rank0 = not dist.is_initialized() or dist.get_rank() == 0
+            store = open_store(args, cfg, [(known.model, seed) for seed in cfg.seeds]) if rank0 else None
+            if dist.is_initialized():
+                dist.barrier()
+                store = store or Store(args.out, cfg, lock=False)
+            data = load_data(cfg, "shapes" if known.model.startswith("shapes-") else "main")
+            for seed in cfg.seeds:
+                model = trained_model(
+                    cfg, store, known.model, seed, data, progress=not args.quiet and sys.stderr.isatty()
+                )
+                if rank0:
+                    acc = accuracy(cfg, store, known.model, seed, model, data)
+                    print(f"{known.model} (seed {seed}): test accuracy {acc:.4f}")
+            store.close()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

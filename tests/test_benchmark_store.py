@@ -372,11 +372,8 @@ def test_a_run_on_another_thread_count_is_refused_like_other_network_options(qui
     copy = _copy(quick_run, tmp_path)
     before = {p: p.read_bytes() for p in (copy / "checkpoints").rglob("*.pt")}
     capsys.readouterr()
-    try:
-        with pytest.raises(SystemExit) as info:
-            main([*QUICK, "--threads", "2", "--out", str(copy)])
-    finally:
-        torch.set_num_threads(1)
+    with pytest.raises(SystemExit) as info:
+        main([*QUICK, "--threads", "2", "--out", str(copy)])
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and len(err.splitlines()) == 1
     assert f"{copy} holds networks trained with other options" in err and "threads: 1 → 2" in err

@@ -1,5 +1,7 @@
 """The thread count: chosen on the command line, part of a network's identity, not of the configuration digest."""
 
+import json
+
 import pytest
 import torch
 
@@ -15,12 +17,19 @@ def threads_restored():
     torch.set_num_threads(before)
 
 
-def test_the_command_line_sets_torchs_threads_before_anything_runs(threads_restored):
-    torch.set_num_threads(2)
-    cfg, _ = parse_args([])
-    assert cfg.threads == 1 and torch.get_num_threads() == 1  # the default, whatever torch had
-    cfg, _ = parse_args(["--threads", "2"])
-    assert cfg.threads == 2 and torch.get_num_threads() == 2
+def test_a_run_computes_on_its_thread_count_and_gives_the_callers_back(monkeypatch, tmp_path, threads_restored):
+    import benchmarks.pipeline as pipeline
+    from benchmarks.__main__ import main
+
+    seen = []
+    monkeypatch.setattr(pipeline, "_run", lambda cfg, store, *a: seen.append((torch.get_num_threads(), store.root)))
+    for given, count in (([], 1), (["--threads", "2"], 2)):
+        torch.set_num_threads(3)
+        main([*given, "--out", str(tmp_path / str(count))])
+        assert seen[-1][0] == count and torch.get_num_threads() == 3  # the caller's count back
+        # The run's record says what it computed on (the store records the machine when it opens).
+        record = json.loads((seen[-1][1] / "config.json").read_text())
+        assert record["environment"]["torch_threads"] == count and record["config"]["threads"] == count
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])

@@ -221,20 +221,41 @@ def _seconds(runs: list) -> float:
     return sum(r.get("seconds", 0) for r in runs)
 
 
+def _shown_argv(argv: list[str]) -> list[str]:
+    """The command as a reader would type it: ``--out`` names the run's folder, not where it was on disk."""
+    shown = list(argv)
+    for i, arg in enumerate(shown[:-1]):
+        if arg == "--out":
+            shown[i + 1] = shown[i + 1].rstrip("/").rsplit("/", 1)[-1]
+    return [a for a in shown if a != "--quiet"]
+
+
+def _cost(results: dict) -> str:
+    """The computing its cells took, which counts sessions cut off before they recorded their time."""
+    seconds = results.get("compute_seconds")
+    if not seconds:
+        return ""
+    train = seconds.get("train", 0.0)
+    return (
+        f" (its cells took {sum(seconds.values()):.0f} s of computing in all, training {train:.0f} s of it, "
+        f"whatever the sessions: a session cut off before it finishes records no time of its own)"
+    )
+
+
 def provenance_lines(others: list[Beside]) -> list[str]:
     """Where each run beside the digits comes from: command, machine, data, weights, accuracies, equal accuracy."""
     out = [JPEG_CAVEAT, ""]
     for o in others:
         r, cfg, env = o.results, o.results["config"], o.results["environment"]
         finished = [x for x in o.runs if x.get("status") == "finished"]
-        argv = (finished or o.runs or [{"argv": []}])[-1]["argv"]
+        argv = _shown_argv((finished or o.runs or [{"argv": []}])[0]["argv"])
         sessions = f" over {len(o.runs)} sessions (resumed)" if len(o.runs) > 1 else ""
         threads = env.get("torch_threads")
         out += [
             f"#### {title_of(o.label)}",
             "",
             f"`python -m benchmarks {' '.join(argv)}` (preset `{r.get('preset')}`, configuration digest "
-            f"`{r['digest']}`) took {_seconds(o.runs):.0f} s{sessions} on {env.get('processor')} with "
+            f"`{r['digest']}`) took {_seconds(o.runs):.0f} s{sessions}{_cost(r)} on {env.get('processor')} with "
             f"{env.get('cpu_count')} CPUs ({threads} torch thread{'s' if threads != 1 else ''}), device "
             f"`{env.get('device')}`; torch {env['versions']['torch']}, captum {env['versions']['captum']}. "
             f"Data: `{cfg.get('data_root')}`, {cfg.get('train_images') or 'all'} training images (a seeded draw) for "

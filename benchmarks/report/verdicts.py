@@ -109,8 +109,9 @@ def marginal_lines(rows: list[dict], seeds: int) -> list[str]:
         lines.append(f"None of the {len(decided)} decided rows is marginal.")
     if seeds < 40:
         lines.append(
-            f"This run has {seeds} training seed(s); `--preset full` decides every claim over 40, and the "
-            "theory pages (docs/theory/sensitivity.md) show how its verdicts fare on another thread count."
+            f"This run has {seeds} training seed(s): more (`--seeds`) narrow every interval. On the digits, "
+            "`--preset full` decides every claim over 40, and the theory pages (docs/theory/sensitivity.md) show "
+            "how its verdicts fare on another thread count."
         )
     return [*lines, ""]
 
