@@ -171,7 +171,7 @@ def _json(parser: argparse.ArgumentParser, path: Path, kind: type):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results", help="a finished run of python -m benchmarks")
-    parser.add_argument("--docs", default="docs")
+    parser.add_argument("--docs", default="docs", help="the documentation folder to write theory/ into (default: docs)")
     parser.add_argument(
         "--compare",
         metavar="OTHER",
