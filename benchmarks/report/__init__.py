@@ -94,6 +94,7 @@ def build(store: Store) -> dict:
     results["verdicts"] = [row for section in SECTIONS for row in section.verdicts(results)]
     results["figures"] = {k: v["path"] for k, v in store.results("figures").items()}
     results["compute_seconds"] = store.compute_seconds()
+    results["untimed_networks"] = store.untimed_networks()
     return results
 
 

@@ -175,7 +175,8 @@ def _sentence(lines: list[list[dict | None]], labels: list[str]) -> str:
     else:
         text = f"No row that both measure is decided one way on the digits and the other on CIFAR-10 ({shared} rows)"
     if found["moves"]:
-        text += (f"; {len(found['moves'])} rows are decided on one and left open (*depends*) on another: "
+        n = len(found["moves"])
+        text += (f"; {n} {'rows are' if n != 1 else 'row is'} decided on one and left open (*depends*) on another: "
                  + _grouped(found["moves"], labels))  # fmt: skip
     return text + "."
 
@@ -235,10 +236,16 @@ def _cost(results: dict) -> str:
     seconds = results.get("compute_seconds")
     if not seconds:
         return ""
-    train = seconds.get("train", 0.0)
+    train, untimed = seconds.get("train", 0.0), results.get("untimed_networks", 0)
+    without = (
+        f"; {untimed} network{'s were' if untimed != 1 else ' was'} read from checkpoints whose training time is "
+        "not recorded and count none"
+        if untimed
+        else ""
+    )
     return (
-        f" (its cells took {sum(seconds.values()):.0f} s of computing in all, training {train:.0f} s of it, "
-        f"whatever the sessions: a session cut off before it finishes records no time of its own)"
+        f" (its cells took {sum(seconds.values()):.0f} s of computing in all, training {train:.0f} s of it{without}; "
+        "a session cut off before it finishes records no time of its own, its cells do)"
     )
 
 

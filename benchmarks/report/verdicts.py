@@ -77,7 +77,8 @@ MARGINAL = 0.5
 MARGINAL_RULE = (
     "A decided row is *marginal* where the nearer end of its 95% interval lies within half the interval's "
     "half-width (about one standard error) of the line it is decided against: the same command on another "
-    "machine or thread count trains networks that differ by rounding, and such a row can move to depends there."
+    "machine or thread count trains networks that differ by rounding, and such a row can move to depends there. "
+    "A row not marked can move too, less often (docs/benchmarks.md has the measured rates)."
 )
 
 
