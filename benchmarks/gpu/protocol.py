@@ -54,7 +54,7 @@ SIZES = {
         options=[
             "--preset", "quick", "--epochs", "1", "--batch-size", "16", "--n-images", "2", "--repetitions", "2",
             "--lr", "1e-4", "--robust-methods", "saliency", "--bound-steps", "1", "--shap-baselines", "2",
-            "--no-shapes",
+            "--no-shapes", "--theorem-images", "1", "--completeness-images", "1",
         ],
     ),
 }  # fmt: skip
@@ -83,6 +83,7 @@ def command(sizes: dict, data: Path, weights: Path, out: Path, device: str) -> l
         sys.executable, "-m", "benchmarks", "--arch", sizes["arch"], "--data", str(data), "--weights", str(weights),
         "--train-data", str(data), "--device", device, "--out", str(out), "--seeds", "0",
         "--image-size", str(sizes["image_size"]), "--methods", *METHODS, *sizes["options"],
+        "--threads", str(torch.get_num_threads()),  # the machine's, as every other section computes on
     ]  # fmt: skip
 
 
