@@ -277,9 +277,8 @@ def _check_count(name: str, value: int) -> None:
     check_count(value, name, 1)
 
 
-def _zero_pad_block(c_in: int, c_out: int, stride: int) -> ResBlock:
-    """A CIFAR ResNet's basic block: its shortcut pads with zeros where the shape changes (option A)."""
-    shortcut = ZeroPadShortcut(c_in, c_out, stride) if stride != 1 or c_in != c_out else None
+def _two_convs(c_in: int, c_out: int, stride: int, shortcut: nn.Module | None) -> ResBlock:
+    """A basic block: two 3x3 convolutions with BatchNorm, and ``shortcut`` where the shape changes."""
     return ResBlock(
         nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(c_out),
@@ -289,14 +288,14 @@ def _zero_pad_block(c_in: int, c_out: int, stride: int) -> ResBlock:
     )
 
 
+def _zero_pad_block(c_in: int, c_out: int, stride: int) -> ResBlock:
+    """A CIFAR ResNet's basic block: its shortcut pads with zeros where the shape changes (option A)."""
+    shortcut = ZeroPadShortcut(c_in, c_out, stride) if stride != 1 or c_in != c_out else None
+    return _two_convs(c_in, c_out, stride, shortcut)
+
+
 def _basic_block(c_in: int, c_out: int, stride: int) -> ResBlock:
     downsample = None
     if stride != 1 or c_in != c_out:
         downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
-    return ResBlock(
-        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        downsample=downsample,
-    )
+    return _two_convs(c_in, c_out, stride, downsample)
