@@ -1,4 +1,4 @@
-"""The configuration of a benchmark run, its presets and its command line.
+"""The configuration of a benchmark run (its command line is ``benchmarks.cli``, its checks ``benchmarks.checks``).
 
 Every option has a role, which decides what a change of it invalidates:
 
@@ -11,21 +11,16 @@ Every option has a role, which decides what a change of it invalidates:
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
-
-import torch
 
 from neuralsde.models import CIFAR_ARCHS, TORCHVISION_ARCHS
 
-from .presets import PRESETS
+from .checks import LOWER_BOUNDS, check_device, check_finite, exists, float_options, named_data_hint
 
-__all__ = ["ALL_PARTS", "Config", "check_finite", "digest", "parse_args", "sigma_of"]
+__all__ = ["ALL_PARTS", "Config", "digest", "sigma_of"]
 
 #: Every part of the main job, in the order they run (the report last).
 ALL_PARTS = (
@@ -85,24 +80,6 @@ SHAPES_TRAIN_OPTIONS = tuple(
     "data_seed shapes_n shapes_size shapes_epochs diffusion method widths blocks lr schedule recalibrate "
     "batch_size threads".split()
 )
-
-
-def check_finite(options: dict) -> None:
-    """Every number of every option finite: NaN and infinities pass every comparison's silence.
-
-    Args:
-        options: option name (``--lr``) -> its value, a number or a list of numbers.
-
-    Raises:
-        ValueError: naming the first option with a value that is not finite.
-    """
-    import math
-
-    for name, value in options.items():
-        values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            shown = " ".join(f"{v:g}" for v in values) if isinstance(value, list) else f"{value:g}"
-            raise ValueError(f"{name} must be finite, got {shown}")
 
 
 def digest(value) -> str:
@@ -330,11 +307,10 @@ class Config:
             value = getattr(self, opt)
             if (opt == "data" and value in NAMED_DATA) or (opt == "data_root" and self.download):
                 continue
-            if value is not None and not _exists(value):
-                raise ValueError(
-                    f"--{opt.replace('_', '-')} {value}: no such file or folder" + _named_data_hint(opt, value)
-                )
-        floats = {f"--{name.replace('_', '-')}": getattr(self, name) for name in _float_options()}
+            if value is not None and not exists(value):
+                hint = named_data_hint(opt, value, NAMED_DATA)
+                raise ValueError(f"--{opt.replace('_', '-')} {value}: no such file or folder{hint}")
+        floats = {f"--{name.replace('_', '-')}": getattr(self, name) for name in float_options(Config)}
         check_finite(floats)
         archs = ("small", *CIFAR_ARCHS, *TORCHVISION_ARCHS)
         if self.arch not in archs:
@@ -395,7 +371,7 @@ class Config:
         unknown = set(self.robust_methods) - {"saliency", "integrated_gradients"}
         if unknown:
             raise ValueError(f"--robust-methods supports saliency and integrated_gradients, got {sorted(unknown)}")
-        for opt, low in _LOWER_BOUNDS.items():
+        for opt, low in LOWER_BOUNDS.items():
             value = getattr(self, opt)
             bad = any(v < low for v in value) if isinstance(value, list) else value < low
             if bad:
@@ -403,160 +379,4 @@ class Config:
         for opt in ("radius", "attack_eps", "lr", "sg_noise"):
             if getattr(self, opt) <= 0:
                 raise ValueError(f"--{opt.replace('_', '-')} must be positive, got {getattr(self, opt)}")
-        _check_device(self.device)
-
-
-def _float_options() -> list[str]:
-    """The options whose values are real numbers (one, or a list of them)."""
-    defaults = Config()
-    names = []
-    for f in dataclasses.fields(Config):
-        value = getattr(defaults, f.name)
-        if isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float)):
-            names.append(f.name)
-    return names
-
-
-# Options with a smallest allowed value.
-# fmt: off
-_LOWER_BOUNDS = {
-    "threads": 1, "blocks": 1, "widths": 1, "image_size": 8, "train_images": 0, "epochs": 1, "batch_size": 1,
-    "eval_images": 0, "chunk": 0,
-    "ig_batch": 0, "n_images": 1, "repetitions": 1, "n_perturb": 1, "mc_samples": 1, "ig_steps": 1,
-    "sg_samples": 1, "sg_ig_steps": 1, "robust_images": 1, "topk": 1, "attack_steps": 1, "theorem_images": 1,
-    "bound_steps": 1, "completeness_images": 1, "shapes_n": 20, "shapes_size": 8, "shapes_epochs": 1,
-    "figure_images": 1,
-    "shap_baselines": 2,  # DeepLIFT-SHAP needs a distribution of baselines
-}
-# fmt: on
-
-
-def _named_data_hint(opt: str, value: str) -> str:
-    """`` (named data sets: digits, cifar10)`` after a --data that is neither a folder nor a name."""
-    return f" (named data sets: {', '.join(NAMED_DATA)})" if opt == "data" else ""
-
-
-def _exists(path: str) -> bool:
-    from pathlib import Path
-
-    return Path(path).exists()
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
-    elif dev.type != "cpu":
-        raise ValueError(f"--device {device}: only cpu and cuda are supported")
-
-
-def _shown(value) -> str:
-    """An option's value as it would be typed on the command line."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, list):
-        if (
-            len(value) > 6
-            and all(isinstance(v, int) for v in value)
-            and value == list(range(value[0], value[0] + len(value)))
-        ):  # 0 1 ... 39
-            return f"{_shown(value[0])} {_shown(value[1])} ... {_shown(value[-1])}"
-        return " ".join(_shown(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return "none" if value is None else str(value)
-
-
-def _default_help(name: str, default) -> str:
-    """`` (default: X)``, and the presets' values where they differ (the parser's own defaults are None)."""
-    text = f"default: {_shown(default)}"
-    presets = [f"{p} {_shown(v[name])}" for p, v in sorted(PRESETS.items()) if name in v and v[name] != default]
-    if presets:
-        text += "; --preset " + ", ".join(presets)
-    return f" ({text})".replace("%", "%%")
-
-
-def build_parser(description: str = "") -> argparse.ArgumentParser:
-    """The command line shared by every benchmark entry point (one flag per Config field).
-
-    Every option's parser default is None, so that a preset applies where an option is not
-    given; its help shows the default it gets (``Config``'s) and the presets' values.
-    """
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
-    run = parser.add_argument_group("the run")
-    run.add_argument("--out", default="results", help="output folder (default: results)")
-    run.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        help="a named set of sizes (options given after it win); imagenet applies by default to an ImageFolder --data",
-    )
-    run.add_argument(
-        "--restart", action="store_true", help="discard the stored measurements in --out (the networks are kept)"
-    )
-    run.add_argument("--retrain", action="store_true", help="discard the stored networks in --out too")
-    run.add_argument(
-        "--quiet", action="store_true", help="no progress bars (warnings, errors and the summary still show)"
-    )
-    groups = {
-        "train": parser.add_argument_group("networks (changing one retrains)"),
-        "measure": parser.add_argument_group("measurements (changing one recomputes what depends on it)"),
-        "run": run,
-    }
-    defaults = Config()
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        value = getattr(defaults, f.name)
-        group, help_text = groups[f.metadata["role"]], f.metadata["help"].replace("%", "%%")
-        help_text += _default_help(f.name, value)
-        if isinstance(value, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif isinstance(value, list):
-            kind = type(value[0]) if value else str
-            group.add_argument(flag, nargs="+", type=kind, default=None, metavar=kind.__name__.upper(), help=help_text)
-        else:
-            kind = int if isinstance(value, int) else float if isinstance(value, float) else str
-            group.add_argument(flag, type=kind, default=None, help=help_text)
-    return parser
-
-
-def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Config, argparse.Namespace]:
-    """Build a Config from the command line (preset first, then explicit options), validated."""
-    parser = build_parser(description)
-    args = parser.parse_args(argv)
-    values = {}
-    explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
-    preset = args.preset or ("imagenet" if explicit.get("data", "digits") not in NAMED_DATA else None)
-    if preset:
-        values.update(PRESETS[preset])
-    values.update(explicit)
-    cfg = Config(**values)
-    try:
-        cfg.validate()
-    except ValueError as err:  # one line, no usage dump: the message names the option
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return cfg, args
-
-
-@contextlib.contextmanager
-def threads(count: int):
-    """torch computes on ``count`` intra-op CPU threads inside the block, as before it afterwards.
-
-    A run enters it before anything is computed or recorded (the count is part of the
-    numerics, and the run's record says which it was); a caller in the same process, a test
-    or a notebook, gets its own count back.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+        check_device(self.device)

@@ -36,8 +36,9 @@ from functools import partial
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .cli import parse_args, threads
 from .common import progress_bar, write_json
-from .config import ALL_PARTS, Config, parse_args, threads
+from .config import ALL_PARTS, Config
 from .store import OtherOptions, Store
 from .train import (
     Data,
@@ -327,7 +328,7 @@ def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") ->
     """Run the given parts of the benchmark; returns what the last ``finish`` returns.
 
     Args:
-        argv: the command line (default ``sys.argv[1:]``), see ``benchmarks.config.parse_args``.
+        argv: the command line (default ``sys.argv[1:]``), see ``benchmarks.cli.parse_args``.
         parts: the parts to run (in ``ALL_PARTS`` order, whatever their order here); of them, only
             those named by ``--parts`` (and the report) run.
         description: the command's help text.

@@ -12,7 +12,7 @@ Ratios (targets in brackets), each formed within one round and summarised over r
   (no target: the part of the SDE's extra cost that is the device's random number
   generator, e.g. about 4 ns per float32 sample on one CPU core)
 * Captum DeepLift on the ODEResNet / DeepLift on its discrete twin            [<= 1.1]
-  (``neuralsde.models.DiscreteResNet``: the same network without a solver, with a
+  (``neuralsde.discrete.DiscreteResNet``: the same network without a solver, with a
   distinct ReLU per call site, since DeepLift cannot run on torchvision's own blocks)
 
 Each line gives the median of the per-round ratios with its quartiles (the verdict uses
@@ -37,7 +37,7 @@ from captum.attr import DeepLift
 from tqdm import tqdm
 
 from neuralsde import ODEResNet, SDEResNet
-from neuralsde.models import DiscreteResNet
+from neuralsde.discrete import DiscreteResNet
 
 from .common import environment, paired_ratios, write_json
 

@@ -34,7 +34,6 @@ import fcntl
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from neuralsde.train import CheckpointDamaged, load_checkpoint
 
 from .common import environment, save_png, write_json
 from .config import LATER_TRAIN_OPTIONS, Config, digest
+from .damaged import RejectLog, not_a_file, say, set_aside
 from .verify import checksum, seeded, shape_problem, versions
 
 __all__ = ["FolderBusy", "FolderUnusable", "OtherOptions", "Store", "checksum", "seeded", "versions"]
@@ -61,45 +61,6 @@ class FolderUnusable(RuntimeError):
 
 class OtherOptions(RuntimeError):
     """The folder holds networks trained under other options, which the run would replace."""
-
-
-class _Log:
-    """One line per rejected file; repeats of a reason within a kind are counted, not printed."""
-
-    def __init__(self):
-        self.seen: dict[tuple[str, str], int] = {}
-
-    def __call__(self, path: Path, reason: str, *, group: str | None = None) -> None:
-        # Repeats are counted by the reason's kind, before its details ("...: x", "... (x)").
-        key = (group or str(path), reason.split(":")[0].split(" (")[0])
-        self.seen[key] = self.seen.get(key, 0) + 1
-        if self.seen[key] == 1:
-            _say(f"{path}: {reason}")
-
-    def close(self) -> None:
-        for (group, reason), n in self.seen.items():
-            if n > 1:
-                _say(f"... and {n - 1} more in {group} ({reason})")
-        self.seen.clear()
-
-
-def _say(line: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(line, file=sys.stderr)
-
-
-def _what(path: Path) -> str:
-    return "folder" if path.is_dir() else "special file"
-
-
-def set_aside(path: Path) -> Path:
-    """Rename ``path`` (whatever it is) to ``<name>.damaged`` (``.damaged.1``, ... if taken); returns the new path."""
-    aside, n = path.with_name(f"{path.name}.damaged"), 1
-    while aside.exists() or aside.is_symlink():
-        aside, n = path.with_name(f"{path.name}.damaged.{n}"), n + 1
-    os.replace(path, aside)
-    return aside
 
 
 def _changes(old: dict, new: dict) -> str:
@@ -145,7 +106,7 @@ class Store:
         self.root = Path(root)
         self.cfg = cfg
         self._lock = None
-        self.log = _Log()
+        self.log = RejectLog()
         self._prepare_folder()
         if lock:
             self._acquire()
@@ -274,7 +235,7 @@ class Store:
         if not path.exists():
             return None, None
         if not path.is_file():
-            return None, f"not a file but a {_what(path)}; set aside as {set_aside(path).name}"
+            return None, f"{not_a_file(path)}; set aside as {set_aside(path).name}"
         try:
             content = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
@@ -364,32 +325,6 @@ class Store:
         """
         return dict(sorted(self.used.get(kind, {}).items()))
 
-    def compute_seconds(self) -> dict[str, float]:
-        """Seconds spent computing the cells this run used, summed by kind (training: its own clock).
-
-        Unlike the sessions' times in ``runs.json``, this counts the work of a session cut
-        off before it could record its time (kill -9, a machine restarted). A network read
-        from a checkpoint whose training cell is gone (``--restart``) counts no training
-        time: ``untimed_networks`` says how many.
-        """
-        total: dict[str, float] = {}
-        for kind, cells in self.used.items():
-            for name, result in cells.items():
-                if kind == "train":  # a network read from its checkpoint has no training time of its own
-                    total["train"] = total.get("train", 0.0) + (result.get("train_seconds") or 0.0)
-                    continue
-                try:
-                    seconds = json.loads(self.path(kind, name).read_text()).get("seconds")
-                except (OSError, ValueError):
-                    seconds = None
-                total[kind] = total.get(kind, 0.0) + (seconds or 0.0)
-        return dict(sorted(total.items()))
-
-    def untimed_networks(self) -> int:
-        """The networks this run used whose training time is not recorded (see ``compute_seconds``)."""
-        cells = self.used.get("train", {}).values()
-        return sum(r.get("source") == "trained" and r.get("train_seconds") is None for r in cells)
-
     def write_manifest(self) -> None:
         """Record which cells the run used, for ``python -m benchmarks.report``."""
         write_json(self.root / "manifest.json", self.digests)
@@ -445,7 +380,7 @@ class Store:
         if not path.exists():
             return None
         if not path.is_file():
-            self.log(self.relative(path), f"not a file but a {_what(path)}; set aside as {set_aside(path).name}; "
+            self.log(self.relative(path), f"{not_a_file(path)}; set aside as {set_aside(path).name}; "
                      "training again")  # fmt: skip
             return None
         try:
@@ -467,13 +402,13 @@ class Store:
             )
         if "checksum" not in state and not self._warned_unverified:
             self._warned_unverified = True
-            _say(
+            say(
                 f"warning: {self.relative(path)} and maybe other networks carry no checksum (written by an older "
                 "version); they are reused unverified"
             )
         if meta.get("versions") != self.versions and not self._warned_versions:
             self._warned_versions = True
-            _say(
+            say(
                 f"warning: {self.relative(path)} and maybe other networks were trained under other library versions "
                 f"({_changes(meta.get('versions') or {}, self.versions)}); they are reused"
             )

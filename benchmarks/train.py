@@ -27,7 +27,8 @@ from neuralsde.data import digits, image_folder, shapes
 from neuralsde.train import evaluate, load_weights, train
 from neuralsde.weights import read_weights, weights_mismatch
 
-from .config import Config, digest, parse_args, sigma_of, threads
+from .cli import parse_args, threads
+from .config import Config, digest, sigma_of
 from .store import FolderBusy, FolderUnusable, OtherOptions, Store
 
 __all__ = [

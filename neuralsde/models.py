@@ -5,7 +5,7 @@ It and its noisy subclass, [SDEResNet][neuralsde.sde_models.SDEResNet], take ima
 have the same parameter names, so a state dict moves between a torchvision ResNet and
 its twin in either direction. With Euler's method and one step per block, the twin
 computes what the torchvision network computes, and so does
-[DiscreteResNet][neuralsde.models.DiscreteResNet], the same network without a solver.
+[DiscreteResNet][neuralsde.discrete.DiscreteResNet], the same network without a solver.
 
     >>> import torchvision, neuralsde
     >>> tv = torchvision.models.resnet18(num_classes=10)
@@ -39,7 +39,6 @@ from .weights import is_weights_file, parts_from_file
 __all__ = [
     "ARCHS",
     "CIFAR_ARCHS",
-    "DiscreteResNet",
     "ODEResNet",
     "TORCHVISION_ARCHS",
 ]
@@ -426,32 +425,3 @@ class ODEResNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"arch={self.arch!r}, in_channels={self.in_channels}, num_classes={self.num_classes}"
-
-
-class DiscreteResNet(nn.Module):
-    """The discrete ResNet that an ODE/SDE model equals at one Euler step per block.
-
-    Shares the model's modules (weights included) and applies every block as the
-    torchvision network would, but with a distinct activation module at every call
-    site, so Captum's DeepLift runs on it. It is the reference the continuous models
-    are checked against, and a DeepLift-ready plain ResNet in its own right.
-
-    Args:
-        model: an [`ODEResNet`][neuralsde.models.ODEResNet] or [`SDEResNet`][neuralsde.sde_models.SDEResNet].
-    """
-
-    def __init__(self, model: ODEResNet):
-        super().__init__()
-        if not isinstance(model, ODEResNet):
-            raise ValueError(f"expected an ODEResNet or SDEResNet, got {type(model).__name__}")
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits ``(B, num_classes)`` for images ``(B, in_channels, H, W)``."""
-        m = self.model
-        m._check_input(x)
-        x = m.stem(x)
-        for stage in m.stages:
-            for block in stage.blocks:
-                x = block(x)
-        return m.fc(torch.flatten(m.avgpool(x), 1))

@@ -236,7 +236,7 @@ def test_attribute_on_an_empty_batch_is_empty_and_shaped_like_a_batch(method):
 def test_training_and_benchmark_seeds_follow_the_same_rule(capsys):
     from torch.utils.data import TensorDataset
 
-    from benchmarks.config import parse_args
+    from benchmarks.cli import parse_args
     from neuralsde.train import train
 
     data = TensorDataset(images(4), torch.zeros(4, dtype=torch.long))

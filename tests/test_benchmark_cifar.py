@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from benchmarks.__main__ import main
-from benchmarks.config import Config, parse_args
+from benchmarks.cli import parse_args
+from benchmarks.config import Config
 from benchmarks.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]

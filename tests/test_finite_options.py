@@ -4,14 +4,14 @@ import argparse
 
 import pytest
 
-from benchmarks.config import build_parser
+from benchmarks.cli import build_parser
 
 #: Each entry point: its parser, and a call that parses and checks a command line as the command does.
 ENTRY_POINTS = {}
 
 
 def _main_job(argv):
-    from benchmarks.config import parse_args
+    from benchmarks.cli import parse_args
 
     parse_args(argv)
 

@@ -77,7 +77,7 @@ def test_compare_with_a_run_that_is_no_run_is_one_line(quick_run, tmp_path, caps
 
 @pytest.mark.parametrize("data", ["/nope", "digts"])
 def test_a_missing_data_path_is_named_before_anything_else(data, capsys):
-    from benchmarks.config import parse_args
+    from benchmarks.cli import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--data", data])  # an ImageFolder run would also need a torchvision --arch: said second

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from benchmarks.config import Config, parse_args
+from benchmarks.cli import parse_args
+from benchmarks.config import Config
 from benchmarks.presets import PRESETS
 from benchmarks.report import preset_of
 

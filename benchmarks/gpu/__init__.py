@@ -238,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict | None:
     """The command line; returns the run's record (None with ``--publish``)."""
-    from ..config import _check_device, check_finite
+    from ..checks import check_device, check_finite
     from .record import publish, terminal
 
     parser = _parser()
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if not args.budget > 0:
         parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
     try:
-        _check_device(args.device)
+        check_device(args.device)
     except ValueError as err:
         parser.error(str(err))
     command = " ".join(["python -m benchmarks.gpu", *(sys.argv[1:] if argv is None else argv)])

@@ -32,7 +32,7 @@ import torchvision
 from tqdm import tqdm
 
 from neuralsde import ODEResNet, SDEResNet
-from neuralsde.models import DiscreteResNet
+from neuralsde.discrete import DiscreteResNet
 
 from ..common import paired_ratios
 

@@ -21,6 +21,7 @@ import json
 from ..common import atomic_write_text, environment, write_json
 from ..pipeline import Part
 from ..store import Store
+from . import costs
 from . import verdicts as verdict_table
 from .completeness import COMPLETENESS
 from .dose import DOSE
@@ -93,8 +94,8 @@ def build(store: Store) -> dict:
         results.update(section.summarise(store, results))
     results["verdicts"] = [row for section in SECTIONS for row in section.verdicts(results)]
     results["figures"] = {k: v["path"] for k, v in store.results("figures").items()}
-    results["compute_seconds"] = store.compute_seconds()
-    results["untimed_networks"] = store.untimed_networks()
+    results["compute_seconds"] = costs.compute_seconds(store)
+    results["untimed_networks"] = costs.untimed_networks(store)
     return results
 
 
