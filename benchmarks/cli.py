@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from .checks import check_finite
 from .config import NAMED_DATA, Config
 from .presets import PRESETS
 
@@ -62,6 +63,14 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     run.add_argument(
         "--quiet", action="store_true", help="no progress bars (warnings, errors and the summary still show)"
     )
+    run.add_argument(
+        "--rank-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="under torchrun: a rank not heard from for this long is taken as lost, and the job stops with a line "
+        "saying to rerun it (default: 600)",
+    )
     groups = {
         "train": parser.add_argument_group("networks (changing one retrains)"),
         "measure": parser.add_argument_group("measurements (changing one recomputes what depends on it)"),
@@ -96,6 +105,9 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Co
     values.update(explicit)
     cfg = Config(**values)
     try:
+        check_finite({"--rank-timeout": args.rank_timeout})
+        if args.rank_timeout <= 0:
+            raise ValueError(f"--rank-timeout must be positive, got {args.rank_timeout:g}")
         cfg.validate()
     except ValueError as err:  # one line, no usage dump: the message names the option
         print(f"{parser.prog}: error: {err}", file=sys.stderr)

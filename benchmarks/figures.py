@@ -66,16 +66,15 @@ def _figure_cell(cfg: Config, store: Store, dataset: str, models, data: Data, me
 
 
 def run_figures(
-    cfg: Config,
-    store: Store,
+    ctx: Context,
     dataset: str,
     models: dict[str, nn.Module],
     prints: dict[str, str],
     data: Data,
     pool,
-    tick,
 ) -> None:
     """One PNG per method: a row per image, columns input | first model | second model."""
+    cfg, store = ctx.cfg, ctx.store
     chosen = pool[: cfg.figure_images]
     x = _stack(data.test, chosen).to(cfg.device)
     model_a = next(iter(models.values()))
@@ -89,10 +88,14 @@ def run_figures(
             "images": chosen,
         }
         compute = partial(_figure_cell, cfg, store, dataset, models, data, method, x, target, chosen)
-        if not store.figure(f"{dataset}-{method}.png").exists():
-            store.path("figures", f"{dataset}--{method}").unlink(missing_ok=True)  # the image is gone: draw it again
-        store.cell("figures", f"{dataset}--{method}", compute, depends=depends, rng=f"figures/{dataset}")
-        tick()
+        _redraw_if_gone(ctx, f"{dataset}--{method}", f"{dataset}-{method}.png")
+        ctx.cell("figures", f"{dataset}--{method}", compute, depends=depends, rng=f"figures/{dataset}")
+
+
+def _redraw_if_gone(ctx: Context, name: str, png: str) -> None:
+    """Forget the figure's cell when its image is gone, so that it is drawn again (by the rank it falls to)."""
+    if ctx.owns("figures", name) and not ctx.store.figure(png).exists():
+        ctx.store.path("figures", name).unlink(missing_ok=True)
 
 
 #: The methods of the maps figure of natural images, where the run has them.
@@ -114,8 +117,9 @@ def _maps_cell(cfg: Config, store: Store, dataset: str, models, data: Data, x, t
     return {"path": store.save_figure(fig, f"{dataset}-maps.png"), "images": chosen, "methods": methods}
 
 
-def run_maps(cfg: Config, store: Store, dataset: str, models, prints, data: Data, pool, tick) -> None:
+def run_maps(ctx: Context, dataset: str, models, prints, data: Data, pool) -> None:
     """One PNG of Saliency and IG maps, ODE beside SDE, for a few test images (natural images only)."""
+    cfg, store = ctx.cfg, ctx.store
     chosen = pool[: cfg.figure_images]
     x = _stack(data.test, chosen).to(cfg.device)
     with torch.no_grad():
@@ -127,11 +131,9 @@ def run_maps(cfg: Config, store: Store, dataset: str, models, prints, data: Data
         "options": {m: cfg.measurement("figures", m) for m in methods},
         "images": chosen,
     }
-    if not store.figure(f"{dataset}-maps.png").exists():
-        store.path("figures", f"{dataset}--maps").unlink(missing_ok=True)  # the image is gone: draw it again
+    _redraw_if_gone(ctx, f"{dataset}--maps", f"{dataset}-maps.png")
     compute = partial(_maps_cell, cfg, store, dataset, models, data, x, target, chosen)
-    store.cell("figures", f"{dataset}--maps", compute, depends=depends, rng=f"figures/{dataset}")
-    tick()
+    ctx.cell("figures", f"{dataset}--maps", compute, depends=depends, rng=f"figures/{dataset}")
 
 
 def _maps(cfg: Config) -> bool:
@@ -151,15 +153,15 @@ def _named(cfg: Config, nets: dict, prints: dict, names) -> tuple[dict, dict]:
 def _figures(ctx: Context) -> None:
     cfg, seed = ctx.cfg, ctx.cfg.seeds[0]
     named, prints = _named(cfg, ctx.nets[seed], ctx.prints[seed], ("ode", cfg.table_sde))
-    run_figures(cfg, ctx.store, ctx.data.name, named, prints, ctx.data, ctx.pools[seed], ctx.tick)
+    run_figures(ctx, ctx.data.name, named, prints, ctx.data, ctx.pools[seed])
     if _maps(cfg):
-        run_maps(cfg, ctx.store, ctx.data.name, named, prints, ctx.data, ctx.pools[seed], ctx.tick)
+        run_maps(ctx, ctx.data.name, named, prints, ctx.data, ctx.pools[seed])
 
 
 def _shape_figures(ctx: Context) -> None:
     cfg, seed = ctx.cfg, ctx.cfg.seeds[0]
     named, prints = _named(cfg, ctx.shape_nets[seed], ctx.shape_prints[seed], cfg.shape_names())
-    run_figures(cfg, ctx.store, "shapes", named, prints, ctx.shape_data, ctx.shape_pools[seed], ctx.tick)
+    run_figures(ctx, "shapes", named, prints, ctx.shape_data, ctx.shape_pools[seed])
 
 
 # One figure per method of the run's data set, and one of the shapes when the run has them

@@ -12,6 +12,10 @@ This module knows no part: the part modules define theirs and the entry points
 ``run``. Each measurement seeds its own random draws (see ``benchmarks.store``), so the
 parts' order does not change their numbers.
 
+Under torchrun a run is one job of many ranks (``benchmarks.ranks``): each trains its
+share of the networks and computes its share of the cells, and rank 0 writes the report
+from every rank's cells. The same cells and networks come out whatever the number of ranks.
+
 A run checks its options, its input files and its output folder before it trains
 anything, and ends with one line, not a traceback, when one of them does not do. Ctrl-C
 and SIGTERM stop it the same way, and so does a full disk: what is finished is kept, the
@@ -36,9 +40,11 @@ from functools import partial
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from . import ranks as _ranks
 from .cli import parse_args, threads
 from .common import progress_bar, write_json
 from .config import ALL_PARTS, Config
+from .ranks import RankFailed, Ranks, RankStopped
 from .store import OtherOptions, Store
 from .train import (
     Data,
@@ -46,6 +52,7 @@ from .train import (
     accuracy,
     check_inputs,
     correct_pool,
+    ddp_training,
     fingerprint,
     load_data,
     open_store,
@@ -96,7 +103,9 @@ class Context:
     ``nets[seed][name]`` is the network ``name`` trained with ``seed``; ``prints`` holds
     the fingerprints of their weights (what the measurements depend on) and ``pools[seed]``
     the test images every network of that seed classifies correctly. ``shape_*`` are the
-    same for the shapes networks, once a part asks for them.
+    same for the shapes networks, when a part measures them. ``ranks`` is this process's
+    place in its job; ``deferred`` holds the cells that fell to other ranks, which rank 0
+    reads back at the end.
     """
 
     cfg: Config
@@ -110,6 +119,8 @@ class Context:
     shape_nets: dict[int, dict[str, nn.Module]] = field(default_factory=dict)
     shape_prints: dict[int, dict[str, str]] = field(default_factory=dict)
     shape_pools: dict[int, list[int]] = field(default_factory=dict)
+    ranks: Ranks = field(default_factory=Ranks)
+    deferred: list[tuple] = field(default_factory=list)
 
     def pair(self, seed: int) -> dict[str, nn.Module]:
         """The ODE network and the SDE network of the pairwise tables, for one seed."""
@@ -170,17 +181,33 @@ class Context:
                             cell = Cell(seed, name, model, chosen, x, data, method, variant, rep)
                             extra = more(cell) if more is not None else {}
                             depends = self.depends(kind, {name: prints[seed][name]}, chosen, method, **extra)
-                            self.store.cell(
+                            self.cell(
                                 kind,
                                 cell.key,
                                 partial(compute, cell),
                                 depends=depends,
                                 rng=rng(cell) if rng is not None else None,
                             )
-                            self.tick()
+
+    def owns(self, kind: str, name: str) -> bool:
+        """Whether the cell ``kind/name`` falls to this process (always, in a run of one process)."""
+        return self.ranks.owns(f"{kind}/{name}")
+
+    def cell(self, kind: str, name: str, compute: Callable[[], dict], *, depends: dict, rng: str | None = None):
+        """``Store.cell`` for the cells that fall to this process; rank 0 keeps the others' for the end.
+
+        Every measurement goes through here, so that each cell is computed by exactly one
+        rank of a job; the progress bar moves one step per cell this process finishes.
+        """
+        if self.owns(kind, name):
+            self.store.cell(kind, name, compute, depends=depends, rng=rng)
+            self.tick()
+        elif self.ranks.lead:
+            self.deferred.append((kind, name, compute, depends, rng))
 
     def tick(self, n: int = 1) -> None:
-        if self.bar is not None:
+        self.ranks.tick("measurements", n)
+        if self.bar is not None and not self.ranks.many:  # many ranks: rank 0's heartbeat counts them all
             self.bar.update(n)
 
 
@@ -283,45 +310,113 @@ def _in_order(parts: Sequence[Part]) -> list[Part]:
     return sorted(parts, key=lambda p: ALL_PARTS.index(p.name))
 
 
-def _networks(cfg: Config, store: Store, data: Data, names: list[str], desc: str, quiet: bool = False):
-    """Train or reuse ``names`` for every seed; returns (nets, fingerprints, pools)."""
+def _train(
+    cfg: Config, store: Store, ranks: Ranks, sets: dict[str, tuple[Data, list[str]]], quiet: bool
+) -> dict[tuple[int, str], nn.Module]:
+    """Train (or reuse) this process's share of every network of the run; then wait for the other ranks'.
+
+    Every (seed, network) is trained once: in a job of many ranks, the ``i``-th (seeds
+    outer) by rank ``i`` modulo their number, whole, as one process would; the ImageNet
+    fine-tuning by every rank together (DistributedDataParallel), one network at a time.
+    The test accuracy of each network of the tables (not of the parts' own) is measured
+    where it is trained. Returns the networks this process trained or loaded, by
+    ``(seed, name)``.
+    """
+    tables = {*cfg.model_names(), *cfg.shape_names()}
+    order = [(seed, name, which) for seed in cfg.seeds for which, (_, names) in sets.items() for name in names]
+    ddp = ranks.many and ddp_training(cfg)
+    mine = [(seed, name, which) for i, (seed, name, which) in enumerate(order) if ddp or ranks.trains(i)]
+    epochs = not quiet and ranks.lead and sys.stderr.isatty()  # a bar per epoch only where it redraws in place
+    models = {}
+    desc = "networks" if not ranks.many or ddp else f"networks (rank {ranks.rank}'s {len(mine)} of {len(order)})"
+    with progress_bar(len(mine), desc, quiet=quiet or not ranks.lead) as bar:
+        for seed, name, which in mine:
+            data = sets[which][0]
+            model = trained_model(cfg, store, name, seed, data, progress=epochs, distributed=ddp)
+            if name in tables and (ranks.lead or not ddp):
+                accuracy(cfg, store, name, seed, model, data)
+            models[(seed, name)] = model
+            bar.update(1)
+    ranks.post("networks")
+    ranks.wait("networks")
+    return models
+
+
+def _networks(cfg: Config, store: Store, data: Data, names: list[str], trained: dict):
+    """Every network of ``names`` for every seed (trained above, or from its checkpoint); returns (nets, prints)."""
     nets: dict[int, dict[str, nn.Module]] = {}
     prints: dict[int, dict[str, str]] = {}
-    pools: dict[int, list[int]] = {}
-    epochs = not quiet and sys.stderr.isatty()  # a bar per epoch only where it redraws in place
-    with progress_bar(len(cfg.seeds) * len(names), desc, quiet=quiet) as bar:
-        for seed in cfg.seeds:
-            nets[seed], prints[seed] = {}, {}
-            for name in names:
-                model = trained_model(cfg, store, name, seed, data, progress=epochs)
-                nets[seed][name] = model
-                prints[seed][name] = fingerprint(model)
+    for seed in cfg.seeds:
+        nets[seed], prints[seed] = {}, {}
+        for name in names:
+            model = trained.get((seed, name))
+            if model is None:
+                model = trained_model(cfg, store, name, seed, data, progress=False)
                 accuracy(cfg, store, name, seed, model, data)
-                bar.update(1)
-            pools[seed] = correct_pool(nets[seed], data.test, cfg.device)
-    return nets, prints, pools
+            nets[seed][name] = model
+            prints[seed][name] = fingerprint(model)
+    return nets, prints
+
+
+def _pools(cfg: Config, store: Store, ranks: Ranks, sets: dict[str, tuple[Data, dict]]) -> dict[str, dict]:
+    """Per data set and seed, the test images every network of the seed classifies correctly (rank 0's, shared)."""
+    pools = None
+    if ranks.lead:
+        pools = {
+            which: {seed: correct_pool(nets[seed], data.test, cfg.device) for seed in cfg.seeds}
+            for which, (data, nets) in sets.items()
+        }
+        empty = [seed for seed, pool in pools["main"].items() if not pool]
+        if empty:
+            raise NothingToMeasure(
+                f"no test image is classified correctly by every network of seed {empty[0]}, so there is nothing to "
+                f"measure; the networks are kept in {store.root}: train them longer (--epochs) or give them more "
+                "test images (--eval-images)"
+            )
+        ranks.post("pools", pools=pools)
+        return pools
+    shared = ranks.wait("pools", ranks=[0])[0]["pools"]  # JSON: the seeds come back as strings
+    return {which: {int(seed): pool for seed, pool in by_seed.items()} for which, by_seed in shared.items()}
 
 
 def _measure(ctx: Context, parts: list[Part], quiet: bool = False) -> dict | None:
-    cfg, store = ctx.cfg, ctx.store
-    ctx.bar = progress_bar(sum(p.cells(ctx) for p in parts), "measurements", quiet=quiet)
+    store, ranks = ctx.store, ctx.ranks
+    ctx.bar = progress_bar(sum(p.cells(ctx) for p in parts), "measurements", quiet=quiet or not ranks.lead)
+    ranks.track("measurements", ctx.bar)
     for part in parts:
         if part.on_main is not None:
             part.on_main(ctx)
-    on_shapes = [p for p in parts if p.on_shapes is not None]
-    if cfg.shapes and on_shapes:
-        ctx.shape_data = load_data(cfg, "shapes")
-        ctx.shape_nets, ctx.shape_prints, ctx.shape_pools = _networks(
-            cfg, store, ctx.shape_data, cfg.shape_names(), "shapes networks", quiet
-        )
-        for part in on_shapes:
-            part.on_shapes(ctx)
+    if ctx.shape_data is not None:
+        for part in parts:
+            if part.on_shapes is not None:
+                part.on_shapes(ctx)
+    ranks.post("measured", last=not ranks.lead, computed=list(store.computed))
+    if not ranks.lead:
+        ctx.bar.close()
+        return None
+    others = ranks.wait("measured")
+    ranks.show()
     ctx.bar.close()
+    _collect(ctx, others)
     results = None
     for part in parts:
         if part.finish is not None:
             results = part.finish(ctx)
     return results
+
+
+def _collect(ctx: Context, others: dict[int, dict]) -> None:
+    """Rank 0: every cell of the other ranks, read back and verified (one missing is computed here)."""
+    store = ctx.store
+    for kind, name, compute, depends, rng in ctx.deferred:
+        path = store.path(kind, name)
+        if not path.exists():
+            where, group = store.relative(path), f"cells/{kind}"
+            store.log(where, "not written by the rank it fell to; computing it here", group=group)
+        store.cell(kind, name, compute, depends=depends, rng=rng)
+    ctx.deferred.clear()
+    for state in others.values():
+        store.computed.extend(state.get("computed", []))
 
 
 def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") -> dict | None:
@@ -338,51 +433,103 @@ def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") ->
     cfg, args = parse_args(argv, description)
     parts = [p for p in parts if p.name == "report" or p.name in cfg.parts]  # --parts chooses among them
     check_inputs(cfg)
-    names = cfg.model_names()
+    sets = {"main": cfg.model_names() + [name for p in parts if p.networks is not None for name in p.networks(cfg)]}
     if cfg.shapes and any(p.on_shapes is not None for p in parts):
-        names += cfg.shape_names()
-    names += [name for p in parts if p.networks is not None for name in p.networks(cfg)]
-    with threads(cfg.threads):  # before the store records the machine
-        store = open_store(args, cfg, networks=[(name, seed) for seed in cfg.seeds for name in names])
-        with _sigterm_as_interrupt():
-            return _run(cfg, store, argv, parts, args.quiet)
+        sets["shapes"] = cfg.shape_names()
+    ranks, cfg.device = _ranks.join(cfg.device, args.rank_timeout)
+    try:
+        with threads(cfg.threads):  # before the store records the machine
+            networks = [(name, seed) for seed in cfg.seeds for names in sets.values() for name in names]
+            store = _open(args, cfg, ranks, networks)
+            with _sigterm_as_interrupt():
+                return _run(cfg, store, ranks, argv, parts, sets, args.quiet)
+    finally:
+        _ranks.leave()
 
 
-def _run(cfg: Config, store: Store, argv, parts: list[Part], quiet: bool) -> dict | None:
+def _open(args, cfg: Config, ranks: Ranks, networks: list[tuple[str, int]]) -> Store:
+    """The run's store: rank 0 opens it (and holds its lock for the job); the others follow, or stop with it."""
+    if not ranks.many:
+        return open_store(args, cfg, networks)
+    store, code, job = None, None, None
+    if ranks.lead:
+        try:
+            store = open_store(args, cfg, networks)  # a refusal prints its one line on rank 0
+        except SystemExit as exit_:
+            code = exit_.code
+        else:
+            job = _ranks.new_job()
+            ranks.clean(store.root)
+            ranks.start(store.root, job)
+    code, job = _ranks.share(ranks, (code, job))
+    if code is not None:
+        raise SystemExit(code)
+    if store is None:
+        store = Store(args.out, cfg, lock=False, measure=False)
+        if not (store.root / ".ranks" / job).is_dir():
+            store.close()
+            print(
+                f"error: rank {ranks.rank}: --out {args.out} is not the folder rank 0 writes to; the ranks of a job "
+                "need one folder on a file system every machine shares",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        ranks.start(store.root, job)
+    return store
+
+
+def _run(cfg: Config, store: Store, ranks: Ranks, argv, parts: list[Part], sets: dict, quiet: bool) -> dict | None:
     start = time.perf_counter()
     status = "interrupted"
     failure = None
+    quiet_failure = False  # a rank but 0 whose failure another rank has reported
     try:
         data = load_data(cfg)
-        starting_accuracy(cfg, store, data)
-        nets, prints, pools = _networks(cfg, store, data, cfg.model_names(), "networks", quiet)
-        empty = [seed for seed, pool in pools.items() if not pool]
-        if empty:
-            raise NothingToMeasure(
-                f"no test image is classified correctly by every network of seed {empty[0]}, so there is nothing to "
-                f"measure; the networks are kept in {store.root}: train them longer (--epochs) or give them more "
-                "test images (--eval-images)"
-            )
-        for seed, pool in pools.items():
-            if len(pool) < cfg.n_images:
+        shape_data = load_data(cfg, "shapes") if "shapes" in sets else None
+        if ranks.lead:
+            starting_accuracy(cfg, store, data)
+        with_data = {"main": (data, sets["main"]), **({"shapes": (shape_data, sets["shapes"])} if shape_data else {})}
+        trained = _train(cfg, store, ranks, with_data, quiet)
+        nets, prints = _networks(cfg, store, data, cfg.model_names(), trained)
+        shape_nets, shape_prints = (
+            _networks(cfg, store, shape_data, sets["shapes"], trained) if shape_data else ({}, {})
+        )
+        nets_of = {"main": (data, nets), **({"shapes": (shape_data, shape_nets)} if shape_data else {})}
+        pools = _pools(cfg, store, ranks, nets_of)
+        for seed, pool in pools["main"].items():
+            if len(pool) < cfg.n_images and ranks.lead:
                 print(
                     f"warning: only {len(pool)} test images are classified correctly by every network of seed "
                     f"{seed} (asked for {cfg.n_images})",
                     file=sys.stderr,
                 )
-        results = _measure(Context(cfg, store, data, nets, prints, pools), parts, quiet)
-        store.write_manifest()
+        ctx = Context(cfg, store, data, nets, prints, pools["main"], ranks=ranks)
+        if shape_data is not None:
+            ctx.shape_data, ctx.shape_nets, ctx.shape_prints = shape_data, shape_nets, shape_prints
+            ctx.shape_pools = pools["shapes"]
+        results = _measure(ctx, parts, quiet)
+        if ranks.lead:
+            store.write_manifest()
         status = "finished"
     except KeyboardInterrupt as err:
         status, code = ("terminated", 143) if isinstance(err, Terminated) else ("interrupted", 130)
         what = "terminated (SIGTERM)" if code == 143 else "interrupted"
         failure = f"\n{what}: finished results are kept in {store.root}; run the same command again to resume", code
+        quiet_failure = True
     except OtherOptions as err:  # checked before training; only a concurrent change of the folder gets here
         status, failure = "refused", (f"error: {err}", 2)
     except NothingToMeasure as err:
         status, failure = "nothing to measure", (f"error: {err}", 1)
+    except RankFailed as err:
+        status = "a rank was lost"
+        quiet_failure = isinstance(err, RankStopped)
+        failure = (
+            f"error: {err}; finished results are kept in {store.root}: run the same command again to resume",
+            1,
+        )
     except OSError as err:
         if not _disk_full(err):
+            ranks.fail(f"{type(err).__name__}: {err}")
             raise
         status = "disk full"
         where = f" writing {err.filename}" if err.filename else ""
@@ -391,22 +538,35 @@ def _run(cfg: Config, store: Store, argv, parts: list[Part], quiet: bool) -> dic
             "free some space and run the same command again to resume",
             1,
         )
+    except Exception as err:  # a failure of this process: the other ranks stop waiting for it
+        ranks.fail(f"{type(err).__name__}: {err}")
+        raise
     finally:
+        if failure is not None:
+            ranks.fail(failure[0].strip().removeprefix("error: "))
+        ranks.close()
+        if ranks.lead and status == "finished":
+            ranks.clean(store.root)
         store.log.close()
-        try:
-            _log_run(store, argv, time.perf_counter() - start, status)
-        except OSError as err:
-            if not _disk_full(err):
-                raise
-            if failure is None:  # finished (or failing otherwise): only its record is lost
-                failure = (f"error: no space left on the device; the run is not recorded in {err.filename}", 1)
-            else:
-                failure = (failure[0] + " (the run could not be recorded in runs.json)", failure[1])
+        if ranks.lead:
+            try:
+                _log_run(store, argv, time.perf_counter() - start, status)
+            except OSError as err:
+                if not _disk_full(err):
+                    raise
+                if failure is None:  # finished (or failing otherwise): only its record is lost
+                    failure = (f"error: no space left on the device; the run is not recorded in {err.filename}", 1)
+                else:
+                    failure = (failure[0] + " (the run could not be recorded in runs.json)", failure[1])
         store.close()
     if failure is not None:
-        print(failure[0], file=sys.stderr)
+        if ranks.lead or not quiet_failure:  # the other ranks' own lines, where rank 0 has said it already
+            print(failure[0], file=sys.stderr)
         raise SystemExit(failure[1])
     took = time.perf_counter() - start
+    if not ranks.lead:
+        print(f"rank {ranks.rank}: {len(store.computed)} results computed; rank 0 writes the report", file=sys.stderr)
+        return None
     used = sum(len(cells) for cells in store.used.values())
     reused = max(used - len(store.computed), 0)
     print(f"{len(store.computed)} results computed, {reused} reused; {took:.0f} s")

@@ -241,7 +241,8 @@ def _sensitivity(ctx: Context) -> None:
     with GpuMonitor(ctx.cfg.device) as monitor:
         run_sensitivity(ctx)
     if len(ctx.store.computed) > before and ctx.cfg.device != "cpu":
-        ctx.store.put("profile", f"sensitivity-{len(ctx.store.computed)}", monitor.record(), depends={})
+        rank = f"r{ctx.ranks.rank}-" if ctx.ranks.many else ""  # the ranks of a job profile apart
+        ctx.store.put("profile", f"sensitivity-{rank}{len(ctx.store.computed)}", monitor.record(), depends={})
 
 
 SENSITIVITY = Part(

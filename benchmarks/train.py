@@ -37,6 +37,7 @@ __all__ = [
     "build_model",
     "check_inputs",
     "correct_pool",
+    "ddp_training",
     "fingerprint",
     "load_data",
     "open_store",
@@ -240,8 +241,24 @@ def build_model(cfg: Config, name: str, seed: int, data: Data) -> nn.Module:
     return model.to(cfg.device)
 
 
+def ddp_training(cfg: Config) -> bool:
+    """Whether the ranks of a job train each network together (DDP): the ImageNet fine-tuning.
+
+    Every other network is small enough to be trained whole by one rank, as one process
+    would train it, so that the results do not depend on the number of ranks.
+    """
+    return cfg.imagenet and bool(cfg.train_data)
+
+
 def trained_model(
-    cfg: Config, store: Store, name: str, seed: int, data: Data, *, progress: bool | None = None
+    cfg: Config,
+    store: Store,
+    name: str,
+    seed: int,
+    data: Data,
+    *,
+    progress: bool | None = None,
+    distributed: bool = False,
 ) -> nn.Module:
     """The network ``name`` trained with ``seed``: from its checkpoint, or trained now (resumably).
 
@@ -249,8 +266,11 @@ def trained_model(
     order, optimizer and epochs for one seed; they differ only in the noise. A checkpoint
     is used only if it verifies (``Store.verified_checkpoint``); otherwise the network is
     trained again, continuing a verified unfinished checkpoint. ``progress`` (default: when
-    stderr is a terminal) shows a bar per epoch.
+    stderr is a terminal) shows a bar per epoch. ``distributed``: train it across the process
+    group (DDP), every process of the group calling this alike; else here alone, as one
+    process would.
     """
+    lead = not distributed or dist.get_rank() == 0
     if progress is None:
         progress = sys.stderr.isatty()
     model = build_model(cfg, name, seed, data)
@@ -262,7 +282,7 @@ def trained_model(
     if cfg.imagenet and not cfg.train_data:  # the weights files are the networks
         if name != "ode":
             load_weights(model, cfg.sde_weights)
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        if lead:
             store.cell("train", f"s{seed}/{name}", lambda: _record([], "weights file"), depends=record)
         return model.eval()
     if not ckpt.exists() and store.path("train", f"s{seed}/{name}").exists():
@@ -291,8 +311,9 @@ def trained_model(
         checkpoint=ckpt,
         progress=progress,
         meta=meta,
+        distributed=distributed,
     )
-    if dist.is_initialized() and dist.get_rank() != 0:
+    if not lead:
         return model.eval()
     result = {**_record(history, "trained"), "train_seconds": time.perf_counter() - start}
     store.put("train", f"s{seed}/{name}", result, depends=record)
@@ -408,7 +429,13 @@ def main(argv: list[str] | None = None) -> None:
             data = load_data(cfg, "shapes" if known.model.startswith("shapes-") else "main")
             for seed in cfg.seeds:
                 model = trained_model(
-                    cfg, store, known.model, seed, data, progress=not args.quiet and sys.stderr.isatty()
+                    cfg,
+                    store,
+                    known.model,
+                    seed,
+                    data,
+                    progress=not args.quiet and sys.stderr.isatty(),
+                    distributed=dist.is_initialized(),
                 )
                 if rank0:
                     acc = accuracy(cfg, store, known.model, seed, model, data)

@@ -217,6 +217,7 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[int, dict], None] | None = None,
     meta: dict | None = None,
+    distributed: bool | None = None,
 ) -> list[dict]:
     """Train with Adam and cross-entropy; resume from ``checkpoint`` if it exists.
 
@@ -245,6 +246,11 @@ def train(
         on_epoch: called with ``(epoch, record)`` after every epoch (rank 0).
         meta: saved in every checkpoint as ``"meta"`` (e.g. what the training depends on),
             for the caller to check before resuming from it; not checked here.
+        distributed: train with DistributedDataParallel across the process group's
+            processes (default: whenever a group of more than one process is initialised).
+            ``False`` trains the whole model in this process alone, as a process with no
+            group would (same seeds, same numbers), and writes its checkpoint itself: how
+            the processes of one job share out small networks.
 
     Returns:
         The history: one record per epoch (``epoch``, ``loss``, ``train_accuracy``,
@@ -269,17 +275,18 @@ def train(
         start = int(state["epoch"])
         for group in optimizer.param_groups:  # this call's lr (the cosine schedule sets its own per step)
             group["lr"] = lr
-    distributed = _world() > 1
+    distributed = _world() > 1 if distributed is None else bool(distributed) and _world() > 1
+    rank = _rank() if distributed else 0  # a model trained alone is trained as rank 0 of one
     net = model
     if distributed:
         ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     sampler = DistributedSampler(train_set, shuffle=True, seed=seed) if distributed else None
-    show = progress and _rank() == 0
+    show = progress and rank == 0
     for epoch in range(start, epochs):
         # Shuffling and noise follow (seed, epoch, rank) alone, so a resumed run repeats
         # exactly what an uninterrupted one does; every process draws its own noise.
-        torch.manual_seed(((seed * 1_000_003 + epoch) * 1009 + _rank()) % 2**63)
+        torch.manual_seed(((seed * 1_000_003 + epoch) * 1009 + rank) % 2**63)
         net.train()
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -308,10 +315,10 @@ def train(
         if recalibrate and epoch + 1 == epochs:
             recalibrate_batchnorm(model, train_set, batch_size=batch_size, seed=seed, device=device)
             record["recalibrated"] = True
-        if eval_set is not None and _rank() == 0:
+        if eval_set is not None and rank == 0:
             record["eval_accuracy"] = evaluate(model, eval_set, device=device)
         history.append(record)
-        if _rank() == 0:
+        if rank == 0:
             if checkpoint is not None:
                 save_checkpoint(
                     checkpoint,
