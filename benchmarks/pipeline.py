@@ -383,20 +383,22 @@ def _measure(ctx: Context, parts: list[Part], quiet: bool = False) -> dict | Non
     store, ranks = ctx.store, ctx.ranks
     ctx.bar = progress_bar(sum(p.cells(ctx) for p in parts), "measurements", quiet=quiet or not ranks.lead)
     ranks.track("measurements", ctx.bar)
-    for part in parts:
-        if part.on_main is not None:
-            part.on_main(ctx)
-    if ctx.shape_data is not None:
+    try:  # the bar ends its line before anything else is said, a failure included
         for part in parts:
-            if part.on_shapes is not None:
-                part.on_shapes(ctx)
-    ranks.post("measured", last=not ranks.lead, computed=list(store.computed))
-    if not ranks.lead:
+            if part.on_main is not None:
+                part.on_main(ctx)
+        if ctx.shape_data is not None:
+            for part in parts:
+                if part.on_shapes is not None:
+                    part.on_shapes(ctx)
+        ranks.post("measured", last=not ranks.lead, computed=list(store.computed))
+        if not ranks.lead:
+            return None
+        others = ranks.wait("measured")
+        ranks.show()
+    finally:
+        ranks.track("measurements", None)
         ctx.bar.close()
-        return None
-    others = ranks.wait("measured")
-    ranks.show()
-    ctx.bar.close()
     _collect(ctx, others)
     results = None
     for part in parts:

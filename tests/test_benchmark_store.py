@@ -361,8 +361,9 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_what_is_finished(quick_
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         main([*QUICK, "--out", str(copy)])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
-    assert info.value.code == 1 and len(err) == 1, err
+    capsys_all = capsys.readouterr().err
+    err = [line for line in capsys_all.splitlines() if line.startswith("error")]
+    assert info.value.code == 1 and len(err) == 1, capsys_all
     assert err[0].startswith(f"error: no space left on the device writing {cells / names[2]}.json; finished results")
     assert f"kept in {copy}" in err[0] and "run the same command again to resume" in err[0]
     monkeypatch.setattr(common, "atomic_write_text", write)

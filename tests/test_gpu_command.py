@@ -155,3 +155,20 @@ def test_bad_options_end_in_one_line_before_anything_runs(tmp_path, capsys, argv
         gpu.main(["--out", str(tmp_path / "out"), *argv])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_rank_count_for_an_hour_is_the_fewest_that_fit():
+    from benchmarks.gpu.protocol import extrapolate, ranks_for
+
+    # 2 h of fine-tuning and 200 cells of 60 s: 16 ranks take 450 + 13 * 60 = 1230 s, 3 take
+    # 2400 + 67 * 60 = 6420 s; the fewest within the hour is the smallest r with
+    # 7200 / r + ceil(200 / r) * 60 <= 3600: r = 5 gives 1440 + 2400 = 3840, r = 6 gives 1200 + 2040 = 3240.
+    assert ranks_for(3600, 7200, 200, 60) == 6
+    assert ranks_for(3600, 0, 200, 3601) is None  # one cell alone is over the hour
+    assert ranks_for(3600, 0, 1, 3600) == 1
+    times = {net: {m: {"steady": 0.5} for m in ("saliency", "integrated_gradients", "deeplift", "deeplift_shap")}
+             for net in ("ode", "sde-0.5")}  # fmt: skip
+    ex = extrapolate(times, {"ode": 1000.0, "sde": 1000.0})
+    # Per seed: 8 (network, method) pairs x 100 images x 5 repetitions x 0.5 s = 2000 s; fine-tuning 2 x 1281 s.
+    assert ex["attributions_per_seed_s"] == pytest.approx(2000.0)
+    assert ex["ranks_for_an_hour"] == ranks_for(3600, 5 * ex["fine_tuning_per_seed_s"], 200, 50.0)

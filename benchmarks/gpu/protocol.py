@@ -175,13 +175,33 @@ def extrapolate(times: dict[str, dict[str, dict]], rates: dict[str, float]) -> d
                 return {"complete": False, "missing": f"no time for {method}"}
             per_seed_attr += t * FULL["images"] * FULL["repetitions"]
     per_seed_train = sum(FULL["train_images"] * FULL["epochs"] / rates[name] for name in ("ode", "sde"))
+    cells = FULL["seeds"] * 2 * len(METHODS) * FULL["repetitions"]
     return {
         "complete": True,
         "attributions_per_seed_s": per_seed_attr,
         "fine_tuning_per_seed_s": per_seed_train,
         "total_s": FULL["seeds"] * (per_seed_attr + per_seed_train),
+        "ranks_for_an_hour": ranks_for(
+            3600.0, FULL["seeds"] * per_seed_train, cells, FULL["seeds"] * per_seed_attr / cells
+        ),
         "assumes": FULL,
     }
+
+
+def ranks_for(limit_s: float, train_s: float, cells: int, cell_s: float, most: int = 4096) -> int | None:
+    """The fewest ranks (GPUs) of one torchrun job that finish the protocol within ``limit_s``, at best.
+
+    With R ranks, the fine-tuning (``train_s`` on one GPU) runs with DistributedDataParallel
+    on all of them, taken as R times as fast, and the ``cells`` measurement cells of
+    ``cell_s`` each (one network, method and repetition over the protocol's images) are
+    shared out, at most ``ceil(cells / R)`` to a rank: ``train_s / R + ceil(cells / R) *
+    cell_s``. Perfect scaling, so the true count is this or more. None if no count up to
+    ``most`` does (one cell alone takes longer than the limit).
+    """
+    for r in range(1, most + 1):
+        if train_s / r + -(-cells // r) * cell_s <= limit_s:
+            return r
+    return None
 
 
 def run(section) -> None:

@@ -235,6 +235,14 @@ def protocol_md(res: dict, device: str = "cuda") -> str:
             f"{_duration(ex['fine_tuning_per_seed_s'])} per seed, **{_duration(ex['total_s'])}** in all "
             "(data loading and the other parts of the main job not included)."
         )
+        if "ranks_for_an_hour" in ex:
+            ranks = ex["ranks_for_an_hour"]
+            parts.append(
+                f"Within one hour as one torchrun job ([Running at scale](scale.md)): at least **{ranks}** such GPUs "
+                "(linear DDP fine-tuning, cells shared out evenly)."
+                if ranks is not None
+                else "Within one hour as one torchrun job: not possible, one measurement cell alone takes longer."
+            )
     return "\n\n".join(parts)
 
 
