@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from .common import write_json
 
-__all__ = ["PHASES", "RankFailed", "RankLost", "RankStopped", "Ranks", "join", "leave", "share"]
+__all__ = ["PHASES", "RankFailed", "RankLost", "RankStopped", "Ranks", "init_group", "join", "leave", "share"]
 
 #: What a rank has finished, in order.
 PHASES = ("started", "networks", "pools", "measured")
@@ -261,23 +261,33 @@ def join(device: str, timeout: float) -> tuple[Ranks, str]:
     """This process's ``Ranks`` and device: the process group of a torchrun job, if it is one.
 
     Outside torchrun (no ``WORLD_SIZE`` above 1) this is rank 0 of 1 and starts nothing. In
-    a job, the process group is initialised (gloo on CPUs; NCCL for CUDA tensors beside
-    gloo for the job's own messages) with ``timeout`` (at least 60 s) on every collective
-    call, and a CUDA run computes on the GPU of its ``LOCAL_RANK``.
+    a job, the process group is initialised (``init_group``) and a CUDA run computes on the
+    GPU of its ``LOCAL_RANK``.
     """
     size = world_size()
     if size == 1:
         return Ranks(), device
+    device = init_group(device, timeout)
+    return Ranks(dist.get_rank(), dist.get_world_size(), timeout), device
+
+
+def init_group(device: str, timeout: float) -> str:
+    """Initialise the process group of a torchrun job (once); the device this process computes on.
+
+    gloo on CPUs; for a CUDA run NCCL for CUDA tensors beside gloo for the job's own
+    messages, and the GPU of ``LOCAL_RANK``. Every collective call times out after
+    ``timeout`` seconds (at least 60: the ranks of a job start within seconds of each other,
+    not at once).
+    """
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo"
-        # At least a minute: the ranks of a job start within seconds of each other, not at once.
         wait = datetime.timedelta(seconds=max(timeout, 60.0))
-        rank = _env_int("RANK", 0)
+        rank, size = _env_int("RANK", 0), world_size()
         dist.init_process_group(backend, store=_store(rank, size, wait), rank=rank, world_size=size, timeout=wait)
     if device.startswith("cuda"):
         device = f"cuda:{_env_int('LOCAL_RANK', 0)}"
         torch.cuda.set_device(device)
-    return Ranks(dist.get_rank(), dist.get_world_size(), timeout), device
+    return device
 
 
 def _store(rank: int, size: int, wait: datetime.timedelta) -> dist.Store:

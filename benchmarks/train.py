@@ -413,12 +413,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: --model {known.model} is not a network of this run; valid: {valid}", file=sys.stderr)
         raise SystemExit(2)
     check_inputs(cfg)
-    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend)
-        if cfg.device.startswith("cuda"):
-            cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            torch.cuda.set_device(cfg.device)
+    if "WORLD_SIZE" in os.environ:
+        from .ranks import init_group
+
+        cfg.device = init_group(cfg.device, args.rank_timeout)
     try:
         with threads(cfg.threads):
             rank0 = not dist.is_initialized() or dist.get_rank() == 0

@@ -1,5 +1,7 @@
 """benchmarks/store.py: what a run reuses is verified; interrupted runs resume bit for bit; nothing finished is lost."""
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -164,58 +166,62 @@ def test_a_concurrent_run_is_refused(tmp_path, capsys):
     Store(tmp_path / "busy", cfg).close()  # released when the first run ends
 
 
-# Runs the main job and sends it a real SIGINT at a chosen point: after the checkpoint of
-# epoch 1 of seed 1's ODE network (NEURALSDE_STOP_CHECKPOINT), or after the process's
-# N-th finished measurement (NEURALSDE_STOP_CELL). The point is the same on any machine.
-INTERRUPTED = """
-import os, runpy, signal
-from pathlib import Path
-import benchmarks.store as store
-import neuralsde.train as training
+def _interrupted_at(monkeypatch, argv, *, checkpoint: str | None = None, cell: int = 0) -> str:
+    """Run the main job here and send it a real SIGINT at a chosen point; its stderr.
 
-stop_ckpt, stop_cell = os.environ.get("NEURALSDE_STOP_CHECKPOINT"), int(os.environ.get("NEURALSDE_STOP_CELL", "0"))
-save, put = training.save_checkpoint, store.Store.put
+    The point is after the checkpoint ``"s1/ode.pt:EPOCH"`` is written, or after the
+    ``cell``-th measurement this run finishes: the same on any machine.
+    """
+    import signal
 
-def save_then_interrupt(path, **content):
-    save(path, **content)
-    name, epoch = (stop_ckpt or ":0").split(":")
-    if stop_ckpt and str(Path(path)).endswith(name) and content["epoch"] == int(epoch):
-        os.kill(os.getpid(), signal.SIGINT)
+    import benchmarks.store as store
+    import neuralsde.train as training
 
-puts = []
-def put_then_interrupt(self, kind, name, *args, **kwargs):
-    put(self, kind, name, *args, **kwargs)
-    if kind not in ("train", "accuracy"):
-        puts.append(name)
-        if len(puts) == stop_cell:
+    save, put, puts = training.save_checkpoint, store.Store.put, []
+
+    def save_then_interrupt(path, **content):
+        save(path, **content)
+        name, epoch = (checkpoint or ":0").split(":")
+        if checkpoint and str(Path(path)).endswith(name) and content["epoch"] == int(epoch):
             os.kill(os.getpid(), signal.SIGINT)
 
-training.save_checkpoint, store.Store.put = save_then_interrupt, put_then_interrupt
-# A shell that starts a job in the background hands it SIGINT ignored, and Python keeps it
-# so: the interruption must not depend on how the test suite was launched.
-signal.signal(signal.SIGINT, signal.default_int_handler)
-runpy.run_module("benchmarks", run_name="__main__", alter_sys=True)
-"""
+    def put_then_interrupt(self, kind, name, *args, **kwargs):
+        put(self, kind, name, *args, **kwargs)
+        if kind not in ("train", "accuracy"):
+            puts.append(name)
+            if len(puts) == cell:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "save_checkpoint", save_then_interrupt)
+        patch.setattr(store.Store, "put", put_then_interrupt)
+        # A shell that starts a job in the background hands it SIGINT ignored: the
+        # interruption must not depend on how the test suite was launched.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+                main(argv)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    assert exit_.value.code == 130, err.getvalue()[-3000:]
+    return err.getvalue()
 
 
 @pytest.mark.slow
-def test_kill_and_resume_at_several_points_is_bit_identical(quick_run, tmp_path):
-    """Interrupted in training, in the sensitivity cells and in the shapes part, then finished: same results."""
+def test_kill_and_resume_at_several_points_is_bit_identical(quick_run, tmp_path, monkeypatch):
+    """Interrupted in training, in the sensitivity cells and in the shapes part, then finished anew: same results."""
     out = tmp_path / "r"
     args = [*QUICK, "--out", str(out)]
-    stops = [
-        {"NEURALSDE_STOP_CHECKPOINT": "s1/ode.pt:1"},  # in training, seed 1
-        {"NEURALSDE_STOP_CELL": "7"},  # among the sensitivity cells
-        {"NEURALSDE_STOP_CELL": "45"},  # past robustness and Theorem 1
-        {"NEURALSDE_STOP_CELL": "30"},  # in the shapes' localisation
-    ]
-    for stop in stops:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **stop}
-        proc = subprocess.run(
-            [sys.executable, "-c", INTERRUPTED, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 130 and "run the same command again to resume" in proc.stderr, proc.stderr[-3000:]
+    for stop in (
+        {"checkpoint": "s1/ode.pt:1"},  # in training, seed 1
+        {"cell": 7},  # among the sensitivity cells
+        {"cell": 45},  # past robustness and Theorem 1
+        {"cell": 30},  # in the shapes' localisation
+    ):
+        assert "run the same command again to resume" in _interrupted_at(monkeypatch, args, **stop)
     assert torch.load(out / "checkpoints" / "s1" / "ode.pt", weights_only=True)["epoch"] == 2
+    # The last run in a fresh interpreter, as a user's rerun would be.
     proc = subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads((out / "runs.json").read_text())

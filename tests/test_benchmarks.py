@@ -120,7 +120,7 @@ def _image_folder(root: Path, classes=2, per_class=6):
 def gpu_dry_run(tmp_path_factory):
     """``python -m benchmarks.gpu --device cpu``, its protocol's run kept: (folder, record, work).
 
-    The budget is ten times what the dry run needs on an idle machine (about 40 s), so
+    The budget is over ten times what the dry run needs on an idle machine (about 45 s), so
     that no section reaches its share however loaded the machine is: the test checks
     that every code path runs, not how fast.
     """
@@ -179,7 +179,7 @@ def test_the_gpu_command_dry_run_runs_every_section(gpu_dry_run):
 
 @pytest.mark.slow
 def test_imagefolder_protocol_runs_end_to_end(gpu_dry_run):
-    """The README's ImageNet command, on the GPU command's synthetic ImageFolder (resnet18 at 32x32)."""
+    """The README's ImageNet command, on the GPU command's synthetic ImageFolder (resnet18 at 16x16)."""
     work = gpu_dry_run[2]
     results = json.loads((work / "run" / "results.json").read_text())
     assert results["models"]["ode"]["source"] == "trained" and results["config"]["arch"] == "resnet18"
@@ -210,19 +210,9 @@ def test_torchrun_trains_with_two_gloo_processes(tmp_path):
     assert torchrun, "torchrun comes with torch"
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one_seed = [*QUICK, "--seeds", "0", "--out", str(out)]
     proc = subprocess.run(
-        [
-            torchrun,
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "benchmarks.train",
-            "--model",
-            "sde-0.5",
-            *QUICK,
-            "--out",
-            str(out),
-        ],
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "benchmarks.train", "--model", "sde-0.5", *one_seed],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -230,11 +220,11 @@ def test_torchrun_trains_with_two_gloo_processes(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "sde-0.5 (seed 0): test accuracy" in proc.stdout and "sde-0.5 (seed 1): test accuracy" in proc.stdout
-    cell = json.loads((out / "cells" / "train" / "s1" / "sde-0.5.json").read_text())["result"]
+    assert "sde-0.5 (seed 0): test accuracy" in proc.stdout
+    cell = json.loads((out / "cells" / "train" / "s0" / "sde-0.5.json").read_text())["result"]
     assert len(cell["history"]) == 2 and cell["source"] == "trained"
-    # The main job then uses that network instead of training it again.
-    main([*QUICK, "--out", str(out)])
+    # The main job (one part of it is enough) then uses that network instead of training it again.
+    main([*one_seed, "--parts", "theorem1"])
     computed = json.loads((out / "runs.json").read_text())[-1]["computed"]
     assert "train/s0/sde-0.5" not in computed and "train/s0/ode" in computed
 

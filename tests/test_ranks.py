@@ -23,6 +23,7 @@ from benchmarks.ranks import Ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "quick"]
+PARTS = [*QUICK, "--parts", "sensitivity", "theorem1"]
 
 
 def _drop_timing(value):
@@ -117,6 +118,8 @@ def test_two_ranks_give_the_one_process_results(quick_run, tmp_path):
 def faulted_job(tmp_path_factory):
     """One quick job through its faults, in order; what each showed.
 
+    The quick preset's sensitivity and Theorem 1 parts (their cells are the quick run's):
+
     1. Two ranks started by hand (as torchrun would) with ``--rank-timeout 3``; while rank 1
        measures, a second job is started on the same folder, and then rank 1 is stopped
        (SIGSTOP: a hung process or machine). Rank 0 gives up on it.
@@ -125,7 +128,7 @@ def faulted_job(tmp_path_factory):
     """
     out = tmp_path_factory.mktemp("faults") / "job"
     logs = [out.parent / f"rank-{rank}.log" for rank in (0, 1)]
-    argv = [sys.executable, "-m", "benchmarks", *QUICK, "--out", str(out), "--quiet"]
+    argv = [sys.executable, "-m", "benchmarks", *PARTS, "--out", str(out), "--quiet"]
     port = _free_port()
     procs = []
     for rank in (0, 1):
@@ -144,7 +147,7 @@ def faulted_job(tmp_path_factory):
         stopped = _measuring(out, 1, logs)
         err = io.StringIO()
         with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
-            main([*QUICK, "--out", str(out), "--quiet"])
+            main([*PARTS, "--out", str(out), "--quiet"])
         seen["second job"] = (exit_.value.code, err.getvalue())
         os.kill(stopped["pid"], signal.SIGSTOP)
         procs[0].wait(timeout=120)
@@ -194,8 +197,13 @@ def test_a_killed_rank_is_restarted_and_the_results_are_the_one_process_ones(fau
     out, seen = faulted_job
     code, said = seen["killed rank"]
     assert code == 0, said[-3000:]
-    assert _drop_timing(json.loads((out / "results.json").read_text())) == _drop_timing(quick_run[1])
-    assert _cells(out) == _cells(quick_run[0])
+    # Every cell, and the two parts' results, are the one-process run's.
+    cells, alone = _cells(out), _cells(quick_run[0])
+    assert any(k.startswith("sensitivity/") for k in cells) and any(k.startswith("theorem1/") for k in cells)
+    assert {k: alone.get(k) for k in cells} == cells
+    results = json.loads((out / "results.json").read_text())
+    for part in ("sensitivity", "theorem1"):
+        assert _drop_timing(results[part]) == _drop_timing(quick_run[1][part])
     runs = json.loads((out / "runs.json").read_text())
     # The stopped job, the generation torchrun stopped when rank 1 was killed, the restarted one.
     assert [r["status"] for r in runs] == ["a rank was lost", "terminated", "finished"]

@@ -9,6 +9,7 @@ computed, and checks it against what that cell depends on.
 """
 
 import dataclasses
+import shutil
 
 import pytest
 
@@ -31,11 +32,13 @@ def _allowed(kind: str, name: str, depends: dict) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def reads(tmp_path_factory):
+def reads(tmp_path_factory, quick_run):
     """(kind, cell, option) read while computing a cell but not among its dependencies, for one quick run.
 
     The run leaves ``radius`` out of the sensitivity cells' declared options, which the
     guard must catch (the sensitivity code reads it): a guard that cannot fail is none.
+    It starts from the quick run's networks of its seed (the guard is about the cells,
+    every one of which it computes).
     """
     found: set[tuple[str, str, str]] = set()
     active: list[tuple[str, str, set[str]]] = []
@@ -63,6 +66,7 @@ def reads(tmp_path_factory):
         declared = tuple(o for o in config.MEASURE_OPTIONS["sensitivity"] if o != "radius")
         mp.setitem(config.MEASURE_OPTIONS, "sensitivity", declared)
         out = tmp_path_factory.mktemp("stale") / "results"
+        shutil.copytree(quick_run[0] / "checkpoints" / "s0", out / "checkpoints" / "s0")
         results = main(["--preset", "quick", "--seeds", "0", "--quiet", "--out", str(out)])
     return found, results["config"]
 

@@ -28,7 +28,7 @@ are kept beside: at most four files, no sub-folder.
 The exit status is 1 if a section failed, 0 otherwise (a section stopped by its share is
 not a failure).
 
-On a CPU (``--device cpu``) the command is a dry run at tiny sizes (ResNet-18 at 32x32,
+On a CPU (``--device cpu``) the command is a dry run at tiny sizes (ResNet-18 at 32x32 and 16x16,
 a few images, ``torch.compile``'s "eager" backend): every code path runs, and the
 figures mean nothing. ``--tiny`` forces those sizes on a GPU too.
 """
