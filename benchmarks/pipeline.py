@@ -45,7 +45,7 @@ from .cli import parse_args, threads
 from .common import progress_bar, write_json
 from .config import ALL_PARTS, Config
 from .ranks import RankFailed, Ranks, RankStopped
-from .store import OtherOptions, Store
+from .store import FolderUnusable, OtherOptions, Store
 from .train import (
     Data,
     _stack,
@@ -338,7 +338,8 @@ def _train(
             models[(seed, name)] = model
             bar.update(1)
     ranks.post("networks")
-    ranks.wait("networks")
+    if ranks.lead:  # the others wait for rank 0 alone, which hands out the images once every network is there
+        ranks.wait("networks")
     return models
 
 
@@ -359,22 +360,27 @@ def _networks(cfg: Config, store: Store, data: Data, names: list[str], trained: 
 
 
 def _pools(cfg: Config, store: Store, ranks: Ranks, sets: dict[str, tuple[Data, dict]]) -> dict[str, dict]:
-    """Per data set and seed, the test images every network of the seed classifies correctly (rank 0's, shared)."""
-    pools = None
-    if ranks.lead:
-        pools = {
-            which: {seed: correct_pool(nets[seed], data.test, cfg.device) for seed in cfg.seeds}
-            for which, (data, nets) in sets.items()
-        }
-        empty = [seed for seed, pool in pools["main"].items() if not pool]
-        if empty:
-            raise NothingToMeasure(
-                f"no test image is classified correctly by every network of seed {empty[0]}, so there is nothing to "
-                f"measure; the networks are kept in {store.root}: train them longer (--epochs) or give them more "
-                "test images (--eval-images)"
-            )
-        ranks.post("pools", pools=pools)
-        return pools
+    """Rank 0: per data set and seed, the test images every network of the seed classifies correctly.
+
+    It hands them to the other ranks (``_shared_pools``), which measure on the same images.
+    """
+    pools = {
+        which: {seed: correct_pool(nets[seed], data.test, cfg.device) for seed in cfg.seeds}
+        for which, (data, nets) in sets.items()
+    }
+    empty = [seed for seed, pool in pools["main"].items() if not pool]
+    if empty:
+        raise NothingToMeasure(
+            f"no test image is classified correctly by every network of seed {empty[0]}, so there is nothing to "
+            f"measure; the networks are kept in {store.root}: train them longer (--epochs) or give them more "
+            "test images (--eval-images)"
+        )
+    ranks.post("pools", pools=pools)
+    return pools
+
+
+def _shared_pools(ranks: Ranks) -> dict[str, dict]:
+    """A rank but 0: rank 0's images, once it has them (and so once every rank's networks are trained)."""
     shared = ranks.wait("pools", ranks=[0])[0]["pools"]  # JSON: the seeds come back as strings
     return {which: {int(seed): pool for seed, pool in by_seed.items()} for which, by_seed in shared.items()}
 
@@ -467,7 +473,11 @@ def _open(args, cfg: Config, ranks: Ranks, networks: list[tuple[str, int]]) -> S
     if code is not None:
         raise SystemExit(code)
     if store is None:
-        store = Store(args.out, cfg, lock=False, measure=False)
+        try:
+            store = Store(args.out, cfg, lock=False, measure=False)
+        except (FolderUnusable, OSError) as err:  # rank 0 could use it: this machine cannot
+            print(f"error: rank {ranks.rank}: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
         if not (store.root / ".ranks" / job).is_dir():
             store.close()
             print(
@@ -492,12 +502,13 @@ def _run(cfg: Config, store: Store, ranks: Ranks, argv, parts: list[Part], sets:
             starting_accuracy(cfg, store, data)
         with_data = {"main": (data, sets["main"]), **({"shapes": (shape_data, sets["shapes"])} if shape_data else {})}
         trained = _train(cfg, store, ranks, with_data, quiet)
+        shared = None if ranks.lead else _shared_pools(ranks)
         nets, prints = _networks(cfg, store, data, cfg.model_names(), trained)
         shape_nets, shape_prints = (
             _networks(cfg, store, shape_data, sets["shapes"], trained) if shape_data else ({}, {})
         )
         nets_of = {"main": (data, nets), **({"shapes": (shape_data, shape_nets)} if shape_data else {})}
-        pools = _pools(cfg, store, ranks, nets_of)
+        pools = _pools(cfg, store, ranks, nets_of) if ranks.lead else shared
         for seed, pool in pools["main"].items():
             if len(pool) < cfg.n_images and ranks.lead:
                 print(

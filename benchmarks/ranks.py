@@ -4,8 +4,9 @@
 
 starts N processes (ranks) of one job. Each trains its share of the networks (every
 (seed, network) once, in turn across the ranks; the ImageNet fine-tuning, one network at
-a time with DistributedDataParallel across all of them), waits for the others' networks,
-then computes the measurement cells whose key falls to it (a hash of the key modulo the
+a time with DistributedDataParallel across all of them); rank 0 waits for every rank's
+networks and hands out the test images to measure, which the others wait for; each then
+computes the measurement cells whose key falls to it (a hash of the key modulo the
 number of ranks) and writes each into the one store. Rank 0 then reads every cell back,
 verified, and writes the report. Every cell is seeded from its own key and every network
 is trained as it would be alone, so the results do not depend on the number of ranks.
@@ -234,7 +235,8 @@ class Ranks:
                     )
             if len(states) == len(ranks):
                 return states
-            time.sleep(min(0.2, self._interval()))
+            # A file read per rank waited for: fewer rounds for many ranks, at most one every 5 s.
+            time.sleep(min(max(0.2, len(ranks) / 50), 5.0, self._interval()))
 
     def close(self) -> None:
         """Stop the heartbeat (this rank's file stays, with its last phase)."""
