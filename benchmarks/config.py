@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from neuralsde.models import CIFAR_ARCHS, TORCHVISION_ARCHS
 
 from .checks import LOWER_BOUNDS, check_device, check_finite, exists, float_options, named_data_hint
+from .seeds import MAX_REPETITIONS
 
 __all__ = ["ALL_PARTS", "Config", "digest", "sigma_of"]
 
@@ -371,6 +372,8 @@ class Config:
         unknown = set(self.robust_methods) - {"saliency", "integrated_gradients"}
         if unknown:
             raise ValueError(f"--robust-methods supports saliency and integrated_gradients, got {sorted(unknown)}")
+        if self.repetitions > MAX_REPETITIONS:  # repetition r draws its images with the seed offset r
+            raise ValueError(f"--repetitions must be at most {MAX_REPETITIONS}, got {self.repetitions}")
         for opt, low in LOWER_BOUNDS.items():
             value = getattr(self, opt)
             bad = any(v < low for v in value) if isinstance(value, list) else value < low

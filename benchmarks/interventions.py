@@ -29,6 +29,7 @@ from .config import Config
 from .mechanism import mechanism_cell
 from .pipeline import Cell, Context, Part, run
 from .report import REPORT
+from .seeds import purpose_seed
 from .sensitivity import chosen_images, sensitivity_cell
 from .train import build_model, fingerprint, predictions, trained_model
 
@@ -37,7 +38,7 @@ __all__ = ["INTERVENTIONS", "run_interventions"]
 
 def _path_seed(seed: int) -> int:
     """The first of the fixed Brownian paths an attribution-time-noise attribution averages over."""
-    return seed * 1000 + 43
+    return purpose_seed(seed, "attribution-time paths")
 
 
 def _sensitivity(cfg: Config, cell: Cell) -> dict:

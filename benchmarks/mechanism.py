@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .config import Config
 from .pipeline import Cell, Context, Part, run
 from .report import REPORT
+from .seeds import purpose_seed
 from .sensitivity import chosen_images
 
 __all__ = ["MECHANISM", "activation_stats", "mechanism_cell", "run_mechanism"]
@@ -125,7 +126,7 @@ def _logit_stats(model: nn.Module, x: Tensor) -> dict[str, list[float]]:
 def mechanism_cell(cfg: Config, cell: Cell) -> dict:
     """The activation pattern per stage, the logit margins and the input-gradient norms of the cell's images."""
     model, x = cell.model.eval(), cell.x
-    gen = torch.Generator().manual_seed(cell.seed * 1000 + 41)
+    gen = torch.Generator().manual_seed(purpose_seed(cell.seed, "mechanism perturbations"))
     noise = (2 * torch.rand((cfg.n_perturb, *x.shape), generator=gen) - 1) * cfg.radius
     perturbed = x.unsqueeze(0) + noise.to(x)  # Captum's max-sensitivity perturbs without clamping
     return {

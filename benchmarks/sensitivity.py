@@ -30,6 +30,7 @@ from .common import GpuMonitor
 from .config import Config
 from .pipeline import Cell, Context, Part, run
 from .report import REPORT
+from .seeds import images_seed, purpose_seed
 from .train import Data
 
 __all__ = [
@@ -130,7 +131,7 @@ def sensitivity_cell(cfg: Config, cell: Cell, **noise) -> dict:
 
 def chosen_images(pool: list[int], n: int, seed: int, rep: int) -> list[int]:
     """The images of one repetition: ``n`` drawn from the seed's pool, the same for every network."""
-    gen = torch.Generator().manual_seed(seed * 1000 + rep)
+    gen = torch.Generator().manual_seed(images_seed(seed, rep))
     return [pool[i] for i in torch.randperm(len(pool), generator=gen)[:n].tolist()]
 
 
@@ -159,7 +160,7 @@ def _robustness_cell(cfg: Config, pairs: dict, cell: Cell) -> dict:
     with torch.no_grad():
         target = cell.model(x).argmax(1)
     base = explain(x, target)
-    gen = torch.Generator().manual_seed(seed * 1000 + 17)
+    gen = torch.Generator().manual_seed(purpose_seed(seed, "robustness noise"))
     noise = (2 * torch.rand(x.shape, generator=gen) - 1).to(x) * cfg.attack_eps
     x_rand = (x + noise).clamp(lo, hi)
     a_rand = explain(x_rand, target)

@@ -44,11 +44,16 @@ import torch
 from neuralsde.train import CheckpointDamaged, load_checkpoint
 
 from .common import environment, save_png, write_json
-from .config import LATER_TRAIN_OPTIONS, Config, digest
+from .config import LATER_TRAIN_OPTIONS, MEASURE_OPTIONS, Config, digest
 from .damaged import RejectLog, not_a_file, say, set_aside
 from .verify import checksum, seeded, shape_problem, versions
 
-__all__ = ["FolderBusy", "FolderUnusable", "OtherOptions", "Store", "checksum", "seeded", "versions"]
+__all__ = ["KINDS", "FolderBusy", "FolderUnusable", "OtherOptions", "Store", "checksum", "seeded", "versions"]
+
+
+#: Every kind of result a store holds: the measurements', the networks' training records,
+#: the starting weights' accuracy, and the GPU profiles of the sensitivity cells.
+KINDS = frozenset({*MEASURE_OPTIONS, "figures", "train", "start_accuracy", "profile"})
 
 
 class FolderBusy(RuntimeError):
@@ -322,7 +327,12 @@ class Store:
 
         Sorted, so that every summary, down to the order of its sums and bars, is the
         same whether the cells were just computed or read back from the manifest.
+
+        Raises:
+            ValueError: ``kind`` is no kind of result (a misspelt kind would read as none measured).
         """
+        if kind not in KINDS:
+            raise ValueError(f"no kind of result {kind!r}; kinds: {', '.join(sorted(KINDS))}")
         return dict(sorted(self.used.get(kind, {}).items()))
 
     def write_manifest(self) -> None:

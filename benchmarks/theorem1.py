@@ -31,6 +31,7 @@ from neuralsde.theory import amplification, completeness_residual, local_bound, 
 from .config import Config
 from .pipeline import Cell, Context, Part, run
 from .report import REPORT
+from .seeds import purpose_seed
 from .sensitivity import explainer
 
 __all__ = ["COMPLETENESS", "SOLVERS", "THEOREM1", "path_seed_of", "run_completeness", "run_theorem1"]
@@ -52,7 +53,7 @@ COMPLETE_METHODS = ("integrated_gradients", "integrated_gradients_x10", "deeplif
 
 def path_seed_of(seed: int) -> int:
     """The fixed Brownian path along which an SDE network's pathwise derivative is bounded."""
-    return seed * 1000 + 31
+    return purpose_seed(seed, "pathwise path")
 
 
 def _local(stage, state: torch.Tensor, cfg: Config, seed: int, path: int | None) -> dict:
@@ -107,7 +108,7 @@ def _solver_variant(model: nn.Module, solver: str, x: torch.Tensor) -> tuple[nn.
 def _completeness_cell(cfg: Config, cell: Cell) -> dict:
     x, seed = cell.x, cell.seed
     lo, hi = cell.data.value_range
-    gen = torch.Generator().manual_seed(seed * 1000 + 23)
+    gen = torch.Generator().manual_seed(purpose_seed(seed, "completeness perturbation"))
     x_hat = (x + cfg.radius * (2 * torch.rand(x.shape, generator=gen) - 1).to(x)).clamp(lo, hi)
     with torch.no_grad():
         target = cell.model.eval()(x).argmax(1)

@@ -31,7 +31,7 @@ class DiscreteResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, num_classes)`` for images ``(B, in_channels, H, W)``."""
         m = self.model
-        m._check_input(x)
+        m.check_input(x)
         x = m.stem(x)
         for stage in m.stages:
             for block in stage.blocks:

@@ -319,7 +319,8 @@ class ODEResNet(nn.Module):
         return self.layer1.frozen is not None
 
     # -- forward ----------------------------------------------------------------------
-    def _check_input(self, x: Tensor) -> None:
+    def check_input(self, x: Tensor) -> None:
+        """Raise ValueError unless ``x`` is a batch of images this network takes: shape (B, in_channels, H, W)."""
         if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != self.in_channels:
             got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f"expected images of shape (B, {self.in_channels}, H, W), got {got}")
@@ -366,7 +367,7 @@ class ODEResNet(nn.Module):
             SolverError: if a stage's state stopped being finite (checked once, after
                 the last stage: one read back to the host per forward pass).
         """
-        self._check_input(x)
+        self.check_input(x)
         self._choose_backprop(x)
         x = self.stem(x)
         for stage in self.stages:

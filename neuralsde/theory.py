@@ -163,7 +163,7 @@ def stage_bound(stage: ContinuousStage, input_shape: tuple[int, ...]) -> dict:
 @torch.no_grad()
 def stage_inputs(model: ODEResNet, x: Tensor) -> list[Tensor]:
     """The states entering each stage's flow (after its transitions) for images ``x``."""
-    model._check_input(x)
+    model.check_input(x)
     states = []
     h = model.stem(x)
     for stage in model.stages:
