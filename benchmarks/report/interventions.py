@@ -16,7 +16,7 @@ from ..store import Store
 from .formatting import VERDICT_MARK, effect, in_run_order, markdown_table, percent, title
 from .plotting import plt
 from .section import Section, verdict_row
-from .stats import by_seed, finite_mean, log_effect, log_gm, mean_ci
+from .stats import by_seed, finite_mean, in_repetition_order, log_effect, log_gm, mean_ci
 
 __all__ = ["INTERVENTIONS", "MARGIN"]
 
@@ -39,7 +39,7 @@ def _label(name: str) -> str:
 
 
 def _sorted_cells(store: Store, kind: str) -> dict:
-    return dict(sorted(store.results(kind).items(), key=lambda kv: (kv[1]["seed"], kv[1].get("rep") or 0)))
+    return in_repetition_order(store.results(kind))
 
 
 def _ratio_effect(logs: list[float]) -> dict:

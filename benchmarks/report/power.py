@@ -19,7 +19,7 @@ from ..config import sigma_of
 from ..store import Store
 from .formatting import markdown_table, number, title
 from .section import Section
-from .stats import by_seed
+from .stats import by_seed, in_repetition_order
 
 __all__ = ["POWER"]
 
@@ -46,7 +46,7 @@ def _t(df: int) -> float:
 
 def summarise(store: Store, results: dict) -> dict:
     cfg, models = store.cfg, results["models"]
-    cells = dict(sorted(store.results("sensitivity").items(), key=lambda kv: (kv[1]["seed"], kv[1]["rep"])))
+    cells = in_repetition_order(store.results("sensitivity"))
     names = cfg.model_names()
     # The cost of a seed: everything the run does once per seed whatever its number of
     # sensitivity images (training every network, the other measurements; mean over

@@ -206,6 +206,16 @@ def log_effect(a: dict[int, list[float]], b: dict[int, list[float]], *, sign: in
     }
 
 
+def in_repetition_order(cells: dict) -> dict:
+    """Cells (key -> result) ordered by training seed, then repetition, else by key.
+
+    The order every summary of repeated cells reads them in: the values of one seed are
+    concatenated repetition after repetition, for every network alike, whether the cells
+    were just computed or read back.
+    """
+    return dict(sorted(cells.items(), key=lambda kv: (kv[1]["seed"], kv[1].get("rep") or 0)))
+
+
 def by_seed(cells: dict, model: str, method: str | None = None, field: str = "values") -> dict[int, list[float]]:
     """Seed -> the values of ``field`` of one network's cells (of one method), in the cells' order."""
     out: dict[int, list[float]] = {}
