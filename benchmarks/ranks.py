@@ -245,12 +245,11 @@ class Ranks:
             self._thread.join()
             self._thread = None
 
-    def clean(self, root: Path, keep: str | None = None) -> None:
-        """Rank 0, holding the lock: remove the files of earlier jobs (and of this one, unless ``keep``)."""
+    def clean(self, root: Path) -> None:
+        """Rank 0, holding the lock: remove the files of every job, this one's included."""
         folder = root / ".ranks"
         for old in folder.glob("*") if folder.is_dir() else ():
-            if old.name != keep:
-                shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
         with contextlib.suppress(OSError):
             folder.rmdir()  # when empty
 

@@ -1,5 +1,11 @@
 """Helpers shared by test modules (import as ``from helpers import ...``)."""
 
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
 import torch
 import torch._dynamo
 import torch._inductor.config as inductor
@@ -89,3 +95,27 @@ def assert_no_import_circle(graph: dict[str, set[str]]) -> None:
 
     for module in graph:
         visit(module, [])
+
+
+def drop_timing(value):
+    """A stored result or ``results.json`` without its timings and machine: what may differ between equal runs."""
+    if isinstance(value, dict):
+        return {k: drop_timing(v) for k, v in value.items() if "seconds" not in k and k != "environment"}
+    if isinstance(value, list):
+        return [drop_timing(v) for v in value]
+    return value
+
+
+def stored_results(out: Path) -> dict:
+    """Every stored cell's result of the run folder ``out``, by key, timings left out."""
+    return {
+        str(p.relative_to(out / "cells").with_suffix("")): drop_timing(json.loads(p.read_text())["result"])
+        for p in sorted((out / "cells").rglob("*.json"))
+    }
+
+
+def torchrun() -> str:
+    """The torchrun that comes with this interpreter's torch."""
+    path = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    assert path, "torchrun comes with torch"
+    return path

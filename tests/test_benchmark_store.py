@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import drop_timing, stored_results
 
 from benchmarks.__main__ import main
 from benchmarks.cli import parse_args
@@ -43,27 +44,11 @@ def _computed(out: Path) -> list[str]:
     return json.loads((out / "runs.json").read_text())[-1]["computed"]
 
 
-def _results(out: Path) -> dict:
-    """A cell's result by key (timings left out: they are the only thing allowed to differ)."""
-    return {
-        str(p.relative_to(out / "cells").with_suffix("")): _drop_timing(json.loads(p.read_text())["result"])
-        for p in sorted((out / "cells").rglob("*.json"))
-    }
-
-
-def _drop_timing(value):
-    if isinstance(value, dict):
-        return {k: _drop_timing(v) for k, v in value.items() if "seconds" not in k and k != "environment"}
-    if isinstance(value, list):
-        return [_drop_timing(v) for v in value]
-    return value
-
-
 def test_a_second_run_reuses_everything(quick_run, tmp_path):
     copy = _copy(quick_run, tmp_path)
     main([*QUICK, "--out", str(copy)])
     assert _computed(copy) == []
-    assert _drop_timing(json.loads((copy / "results.json").read_text())) == _drop_timing(quick_run[1])
+    assert drop_timing(json.loads((copy / "results.json").read_text())) == drop_timing(quick_run[1])
 
 
 def test_deleted_truncated_and_foreign_checkpoints_are_retrained(quick_run, tmp_path, capsys):
@@ -83,8 +68,8 @@ def test_deleted_truncated_and_foreign_checkpoints_are_retrained(quick_run, tmp_
     assert {"train/s0/ode", "train/s1/ode", "train/s1/sde-0.5"} <= set(computed)
     assert not any(c.startswith("train/s0/sde") for c in computed)
     # Retrained from the same seed, the networks are the same: so is every result.
-    assert _results(copy) == _results(quick_run[0]) | {
-        k: v for k, v in _results(copy).items() if k.startswith("train/")
+    assert stored_results(copy) == stored_results(quick_run[0]) | {
+        k: v for k, v in stored_results(copy).items() if k.startswith("train/")
     }
     for path in ("s0/ode.pt", "s1/ode.pt", "s1/sde-0.5.pt"):
         assert torch.load(ckpt / path, weights_only=True)["epoch"] == 2
@@ -131,7 +116,7 @@ def test_damaged_foreign_and_stray_cells(quick_run, tmp_path, capsys):
     )
     # The stray file is left alone and counted nowhere; the recomputed cells equal the originals.
     assert "sensitivity/s0/ode--saliency--rep7" not in json.loads((copy / "manifest.json").read_text())
-    assert _drop_timing(json.loads((copy / "results.json").read_text())) == _drop_timing(quick_run[1])
+    assert drop_timing(json.loads((copy / "results.json").read_text())) == drop_timing(quick_run[1])
 
 
 def test_changing_a_measurement_option_keeps_the_networks(quick_run, tmp_path, capsys):
@@ -227,8 +212,8 @@ def test_kill_and_resume_at_several_points_is_bit_identical(quick_run, tmp_path,
     runs = json.loads((out / "runs.json").read_text())
     assert [r["status"] for r in runs] == ["interrupted"] * 4 + ["finished"]
     # Bit for bit: every stored result, and the summary, equal those of the uninterrupted run.
-    assert _results(out) == _results(quick_run[0])
-    assert _drop_timing(json.loads((out / "results.json").read_text())) == _drop_timing(quick_run[1])
+    assert stored_results(out) == stored_results(quick_run[0])
+    assert drop_timing(json.loads((out / "results.json").read_text())) == drop_timing(quick_run[1])
 
 
 # -- the store checks contents, not only provenance ---------------------------------------
@@ -250,7 +235,7 @@ def test_a_cell_with_an_edited_number_is_recomputed_and_named(quick_run, tmp_pat
     err = capsys.readouterr().err
     assert "cells/sensitivity/s0/ode--saliency--rep0.json: damaged (its checksum does not match its contents" in err
     assert _computed(copy) == ["sensitivity/s0/ode--saliency--rep0"]  # that cell only
-    assert _results(copy) == _results(quick_run[0])  # recomputed as it was
+    assert stored_results(copy) == stored_results(quick_run[0])  # recomputed as it was
 
 
 def test_cells_with_values_of_the_wrong_type_or_no_checksum_are_recomputed(quick_run, tmp_path, capsys):
@@ -274,7 +259,7 @@ def test_cells_with_values_of_the_wrong_type_or_no_checksum_are_recomputed(quick
         "sensitivity/s0/ode--saliency--rep0",
         "sensitivity/s0/ode--saliency--rep1",
     ]
-    assert _results(copy) == _results(quick_run[0])
+    assert stored_results(copy) == stored_results(quick_run[0])
 
 
 def _flip_a_byte(path: Path, tensor: torch.Tensor) -> None:
@@ -297,8 +282,8 @@ def test_a_checkpoint_with_a_flipped_byte_is_retrained(quick_run, tmp_path, caps
     assert "checkpoints/s0/ode.pt: damaged (its checksum does not match its contents); training again" in err
     # Retrained from its seed it is the same network: its measurements are reused.
     assert _computed(copy) == ["train/s0/ode"]
-    assert _results(copy) == _results(quick_run[0]) | {
-        k: v for k, v in _results(copy).items() if k.startswith("train/")
+    assert stored_results(copy) == stored_results(quick_run[0]) | {
+        k: v for k, v in stored_results(copy).items() if k.startswith("train/")
     }
 
 

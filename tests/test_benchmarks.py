@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from helpers import torchrun
 
 from benchmarks.__main__ import main
 from benchmarks.common import quartiles
@@ -206,13 +206,11 @@ def test_imagefolder_run_needs_the_sde_network(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_torchrun_trains_with_two_gloo_processes(tmp_path):
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    assert torchrun, "torchrun comes with torch"
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one_seed = [*QUICK, "--seeds", "0", "--out", str(out)]
     proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "benchmarks.train", "--model", "sde-0.5", *one_seed],
+        [torchrun(), "--standalone", "--nproc_per_node=2", "-m", "benchmarks.train", "--model", "sde-0.5", *one_seed],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import drop_timing, stored_results, torchrun
 
 from benchmarks.__main__ import main
 from benchmarks.ranks import Ranks
@@ -24,28 +24,6 @@ from benchmarks.ranks import Ranks
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "quick"]
 PARTS = [*QUICK, "--parts", "sensitivity", "theorem1"]
-
-
-def _drop_timing(value):
-    if isinstance(value, dict):
-        return {k: _drop_timing(v) for k, v in value.items() if "seconds" not in k and k != "environment"}
-    if isinstance(value, list):
-        return [_drop_timing(v) for v in value]
-    return value
-
-
-def _cells(out: Path) -> dict:
-    """Every stored cell's result by key, timings left out."""
-    return {
-        str(p.relative_to(out / "cells").with_suffix("")): _drop_timing(json.loads(p.read_text())["result"])
-        for p in sorted((out / "cells").rglob("*.json"))
-    }
-
-
-def _torchrun() -> str:
-    path = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    assert path, "torchrun comes with torch"
-    return path
 
 
 def _env() -> dict:
@@ -96,7 +74,7 @@ def test_a_cell_falls_to_exactly_one_rank():
 def test_two_ranks_give_the_one_process_results(quick_run, tmp_path):
     out = tmp_path / "two"
     proc = subprocess.run(
-        [_torchrun(), "--standalone", "--nproc_per_node=2", "-m", "benchmarks", *QUICK, "--out", str(out), "--quiet"],
+        [torchrun(), "--standalone", "--nproc_per_node=2", "-m", "benchmarks", *QUICK, "--out", str(out), "--quiet"],
         cwd=ROOT,
         env=_env(),
         capture_output=True,
@@ -104,8 +82,8 @@ def test_two_ranks_give_the_one_process_results(quick_run, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _drop_timing(json.loads((out / "results.json").read_text())) == _drop_timing(quick_run[1])
-    assert _cells(out) == _cells(quick_run[0])
+    assert drop_timing(json.loads((out / "results.json").read_text())) == drop_timing(quick_run[1])
+    assert stored_results(out) == stored_results(quick_run[0])
     # Every cell and network was computed once, by one rank or the other, and the job's files are gone.
     computed = json.loads((out / "runs.json").read_text())[-1]["computed"]
     assert (
@@ -159,7 +137,7 @@ def faulted_job(tmp_path_factory):
     log = out.parent / "torchrun.log"
     with open(log, "w") as fh:
         job = subprocess.Popen(
-            [_torchrun(), "--standalone", "--nproc_per_node=2", "--max-restarts=1", *argv[1:]],
+            [torchrun(), "--standalone", "--nproc_per_node=2", "--max-restarts=1", *argv[1:]],
             cwd=ROOT,
             env=_env(),
             stdout=fh,
@@ -198,12 +176,12 @@ def test_a_killed_rank_is_restarted_and_the_results_are_the_one_process_ones(fau
     code, said = seen["killed rank"]
     assert code == 0, said[-3000:]
     # Every cell, and the two parts' results, are the one-process run's.
-    cells, alone = _cells(out), _cells(quick_run[0])
+    cells, alone = stored_results(out), stored_results(quick_run[0])
     assert any(k.startswith("sensitivity/") for k in cells) and any(k.startswith("theorem1/") for k in cells)
     assert {k: alone.get(k) for k in cells} == cells
     results = json.loads((out / "results.json").read_text())
     for part in ("sensitivity", "theorem1"):
-        assert _drop_timing(results[part]) == _drop_timing(quick_run[1][part])
+        assert drop_timing(results[part]) == drop_timing(quick_run[1][part])
     runs = json.loads((out / "runs.json").read_text())
     # The stopped job, the generation torchrun stopped when rank 1 was killed, the restarted one.
     assert [r["status"] for r in runs] == ["a rank was lost", "terminated", "finished"]
