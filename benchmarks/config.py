@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from neuralsde.models import CIFAR_ARCHS, TORCHVISION_ARCHS
 
 from .checks import LOWER_BOUNDS, check_device, check_finite, exists, float_options, named_data_hint
+from .networks import Network, stage_names
 from .seeds import MAX_REPETITIONS
 
-__all__ = ["ALL_PARTS", "Config", "digest", "sigma_of"]
+__all__ = ["ALL_PARTS", "Config", "digest"]
 
 #: Every part of the main job, in the order they run (the report last).
 ALL_PARTS = (
@@ -86,11 +87,6 @@ SHAPES_TRAIN_OPTIONS = tuple(
 def digest(value) -> str:
     """A short hash of a JSON-serialisable value (results of different inputs never mix)."""
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def sigma_of(name: str) -> float:
-    """The noise σ of the network ``name`` (``"ode"``, ``"sde-0.5"``, ``"shapes-sde-0.5"``...); 0 for an ODE."""
-    return 0.0 if name.endswith("ode") else float(name.rsplit("-", 1)[1])
 
 
 def _opt(default, role: str, help: str):
@@ -229,42 +225,44 @@ class Config:
         return self.data == "cifar10"
 
     def stage_names(self) -> list[str]:
-        """The continuous stages of the run's architecture: ``layer1`` ... (three or four, from ``arch``)."""
-        if self.arch == "small":
-            count = len(self.widths)
-        else:
-            count = 3 if self.arch in CIFAR_ARCHS else 4
-        return [f"layer{i + 1}" for i in range(count)]
+        """The continuous stages of the run's architecture, read from the built network: ``layer1`` ..."""
+        return stage_names(self.arch, self.widths, self.blocks)
 
-    def model_names(self) -> list[str]:
-        """``"ode"`` and one ``"sde-<sigma>"`` per noise magnitude."""
-        return ["ode"] + [f"sde-{s:g}" for s in self.sigmas]
+    def table_networks(self) -> list[Network]:
+        """The networks of the tables: the ODE network and one SDE network per noise magnitude."""
+        return [Network()] + [Network(s) for s in self.sigmas]
 
-    def shape_names(self) -> list[str]:
+    def shape_networks(self) -> list[Network]:
         """The two shapes networks (localisation)."""
-        return ["shapes-ode", f"shapes-{self.table_sde}"]
+        return [Network(shapes=True), Network(self.table_sigma, shapes=True)]
 
-    def intervention_names(self) -> list[str]:
+    def intervention_networks(self) -> list[Network]:
         """The networks the interventions train: noise in each stage (or the first) alone, and in all but the first."""
         stages = self.stage_names() if self.interventions else []
         alone = stages if self.intervention_each_stage else stages[:1]
-        names = [f"sde-at-{s}-{self.intervention_sigma:g}" for s in alone] + [self.deep_network] * bool(stages)
-        return list(dict.fromkeys(names))  # with two stages, "all but the first" is the second alone
+        nets = [Network(self.intervention_sigma, (s,)) for s in alone] + [self.deep_network] * bool(stages)
+        return list(dict.fromkeys(nets))  # with two stages, "all but the first" is the second alone
 
     @property
-    def attribution_time_network(self) -> str:
-        """The ODE network with the noise of ``intervention_sigma`` on at attribution time only (σ in its name)."""
-        return f"ode+noise-at-attribution-{self.intervention_sigma:g}"
+    def attribution_time_network(self) -> Network:
+        """The ODE network with the noise of ``intervention_sigma`` on at attribution time only."""
+        return Network(self.intervention_sigma, at_attribution=True)
 
     @property
-    def deep_network(self) -> str:
+    def intervention_sde(self) -> Network:
+        """The SDE network whose noise the attribution-time network is given (noise in every stage)."""
+        return Network(self.intervention_sigma)
+
+    @property
+    def deep_network(self) -> Network:
         """The intervention network with noise in every stage but the first."""
         stages = self.stage_names()
-        return f"sde-at-{'+'.join(stages[1:] or stages)}-{self.intervention_sigma:g}"
+        return Network(self.intervention_sigma, tuple(stages[1:] or stages))
 
     @property
-    def table_sde(self) -> str:
-        return f"sde-{self.table_sigma:g}"
+    def table_sde(self) -> Network:
+        """The SDE network of the single-σ tables (robustness, localisation, figures)."""
+        return Network(self.table_sigma)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -273,14 +271,14 @@ class Config:
         """The values of the named options."""
         return {n: getattr(self, n) for n in names}
 
-    def network(self, name: str, seed: int) -> dict:
-        """What the network ``name`` trained with ``seed`` depends on (its checkpoint's identity)."""
-        if name.startswith("shapes-"):
+    def network(self, network: Network, seed: int) -> dict:
+        """What ``network`` trained with ``seed`` depends on (its checkpoint's identity)."""
+        if network.shapes:
             names = SHAPES_TRAIN_OPTIONS
         else:
             names = [f.name for f in dataclasses.fields(self) if f.metadata["role"] == "train"]
         names = [n for n in names if not (n in LATER_TRAIN_OPTIONS and getattr(self, n) == LATER_TRAIN_OPTIONS[n])]
-        return {"network": name, "seed": seed, "sigma": sigma_of(name), **self.options(names)}
+        return {"network": network.name, "seed": seed, "sigma": network.sigma, **self.options(names)}
 
     def measurement(self, kind: str, method: str | None = None) -> dict:
         """The measurement options a result of ``kind`` (with attribution ``method``) depends on."""

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .config import Config
+from .networks import Network
 from .ranks import Ranks
 from .store import Store
 from .train import Data, _stack
@@ -54,6 +55,11 @@ class Cell:
         parts = [f"s{self.seed}/{self.name}", self.method, self.variant, None if self.rep is None else f"rep{self.rep}"]
         return "--".join(p for p in parts if p is not None)
 
+    @property
+    def network(self) -> Network:
+        """The network measured (the record its ``name`` stands for)."""
+        return Network.parse(self.name)
+
 
 @dataclass
 class Context:
@@ -83,8 +89,8 @@ class Context:
 
     def pair(self, seed: int) -> dict[str, nn.Module]:
         """The ODE network and the SDE network of the pairwise tables, for one seed."""
-        nets = self.nets[seed]
-        return {"ode": nets["ode"], self.cfg.table_sde: nets[self.cfg.table_sde]}
+        nets, pair = self.nets[seed], (Network().name, self.cfg.table_sde.name)
+        return {name: nets[name] for name in pair}
 
     def depends(self, kind: str, prints: dict[str, str], images: list[int], method: str | None = None, **more) -> dict:
         """What a cell depends on: its networks' weights, its measurement options and its images."""
@@ -184,7 +190,7 @@ class Part:
         on_main: measures ``ctx.nets`` on ``ctx.data``.
         on_shapes: measures ``ctx.shape_nets`` on ``ctx.shape_data``.
         finish: runs after every measurement; what it returns, the run returns.
-        networks: ``cfg -> names`` of the networks of its own it trains (checked with
+        networks: ``cfg -> [Network]``, the networks of its own it trains (checked with
             the run's networks before anything is trained).
     """
 
@@ -193,4 +199,4 @@ class Part:
     on_main: Callable[[Context], None] | None = None
     on_shapes: Callable[[Context], None] | None = None
     finish: Callable[[Context], dict] | None = None
-    networks: Callable[[Config], list[str]] | None = None
+    networks: Callable[[Config], list[Network]] | None = None

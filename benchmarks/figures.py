@@ -17,10 +17,11 @@ from torch import nn  # noqa: E402
 
 from neuralsde.metrics import importance  # noqa: E402
 
+from .cells import explainer  # noqa: E402
 from .config import METHOD_TITLES, Config  # noqa: E402
+from .networks import Network  # noqa: E402
 from .pipeline import Context, Part, run  # noqa: E402
 from .report import REPORT  # noqa: E402
-from .sensitivity import explainer  # noqa: E402
 from .store import Store  # noqa: E402
 from .train import Data, _stack  # noqa: E402
 
@@ -152,7 +153,7 @@ def _named(cfg: Config, nets: dict, prints: dict, names) -> tuple[dict, dict]:
 
 def _figures(ctx: Context) -> None:
     cfg, seed = ctx.cfg, ctx.cfg.seeds[0]
-    named, prints = _named(cfg, ctx.nets[seed], ctx.prints[seed], ("ode", cfg.table_sde))
+    named, prints = _named(cfg, ctx.nets[seed], ctx.prints[seed], (Network().name, cfg.table_sde.name))
     run_figures(ctx, ctx.data.name, named, prints, ctx.data, ctx.pools[seed])
     if _maps(cfg):
         run_maps(ctx, ctx.data.name, named, prints, ctx.data, ctx.pools[seed])
@@ -160,7 +161,7 @@ def _figures(ctx: Context) -> None:
 
 def _shape_figures(ctx: Context) -> None:
     cfg, seed = ctx.cfg, ctx.cfg.seeds[0]
-    named, prints = _named(cfg, ctx.shape_nets[seed], ctx.shape_prints[seed], cfg.shape_names())
+    named, prints = _named(cfg, ctx.shape_nets[seed], ctx.shape_prints[seed], [n.name for n in cfg.shape_networks()])
     run_figures(ctx, "shapes", named, prints, ctx.shape_data, ctx.shape_pools[seed])
 
 

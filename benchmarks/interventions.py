@@ -25,12 +25,12 @@ from __future__ import annotations
 import sys
 from functools import partial
 
+from .cells import chosen_images, mechanism_cell, sensitivity_cell
 from .config import Config
-from .mechanism import mechanism_cell
+from .networks import Network
 from .pipeline import Cell, Context, Part, run
 from .report import REPORT
 from .seeds import purpose_seed
-from .sensitivity import chosen_images, sensitivity_cell
 from .train import build_model, fingerprint, predictions, trained_model
 
 __all__ = ["INTERVENTIONS", "run_interventions"]
@@ -42,7 +42,7 @@ def _path_seed(seed: int) -> int:
 
 
 def _sensitivity(cfg: Config, cell: Cell) -> dict:
-    if cell.name != cfg.attribution_time_network:
+    if cell.network != cfg.attribution_time_network:
         return sensitivity_cell(cfg, cell)
     return sensitivity_cell(cfg, cell, noise="mc", samples=cfg.mc_samples, seed=_path_seed(cell.seed))
 
@@ -57,11 +57,11 @@ def _networks(ctx: Context) -> dict[int, dict]:
     cfg, out = ctx.cfg, {}
     for seed in cfg.seeds:
         out[seed] = {}
-        for name in cfg.intervention_names():
-            out[seed][name] = trained_model(cfg, ctx.store, name, seed, ctx.data, progress=False)
-        noisy = build_model(cfg, f"sde-{cfg.intervention_sigma:g}", seed, ctx.data)
-        noisy.load_state_dict(ctx.nets[seed]["ode"].state_dict())  # the ODE network's weights, with a diffusion
-        out[seed][cfg.attribution_time_network] = noisy.eval()
+        for net in cfg.intervention_networks():
+            out[seed][net.name] = trained_model(cfg, ctx.store, net, seed, ctx.data, progress=False)
+        noisy = build_model(cfg, cfg.attribution_time_network, seed, ctx.data)  # the SDE network's diffusion...
+        noisy.load_state_dict(ctx.nets[seed][Network().name].state_dict())  # ... on the ODE network's weights
+        out[seed][cfg.attribution_time_network.name] = noisy.eval()
         for name, model in out[seed].items():
             ctx.prints[seed][name] = fingerprint(model)
     return out
@@ -86,17 +86,17 @@ def run_interventions(ctx: Context) -> None:
         "intervention_patterns",
         partial(_pattern, cfg),
         images=lambda seed, rep: chosen_images(ctx.pools[seed], cfg.n_images, seed, 0),
-        networks=lambda seed: {n: m for n, m in nets[seed].items() if n != cfg.attribution_time_network},
+        networks=lambda seed: {n: m for n, m in nets[seed].items() if n != cfg.attribution_time_network.name},
     )
 
 
 def _cells(ctx: Context) -> int:
     cfg = ctx.cfg
-    n = len(cfg.intervention_names())
+    n = len(cfg.intervention_networks())
     return len(cfg.seeds) * ((n + 1) * len(cfg.intervention_methods) * cfg.repetitions + n)
 
 
-INTERVENTIONS = Part("interventions", cells=_cells, on_main=run_interventions, networks=Config.intervention_names)
+INTERVENTIONS = Part("interventions", cells=_cells, on_main=run_interventions, networks=Config.intervention_networks)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,6 +42,7 @@ from .cli import parse_args, threads
 from .common import progress_bar, write_json
 from .config import ALL_PARTS, Config
 from .context import Cell, Context, Part
+from .networks import Network
 from .ranks import RankFailed, Ranks, RankStopped
 from .store import FolderUnusable, OtherOptions, Store
 from .train import (
@@ -134,8 +135,8 @@ def _in_order(parts: Sequence[Part]) -> list[Part]:
 
 
 def _train(
-    cfg: Config, store: Store, ranks: Ranks, sets: dict[str, tuple[Data, list[str]]], quiet: bool
-) -> dict[tuple[int, str], nn.Module]:
+    cfg: Config, store: Store, ranks: Ranks, sets: dict[str, tuple[Data, list[Network]]], quiet: bool
+) -> dict[tuple[int, Network], nn.Module]:
     """Train (or reuse) this process's share of every network of the run; then wait for the other ranks'.
 
     Every (seed, network) is trained once: in a job of many ranks, the ``i``-th (seeds
@@ -143,22 +144,22 @@ def _train(
     fine-tuning by every rank together (DistributedDataParallel), one network at a time.
     The test accuracy of each network of the tables (not of the parts' own) is measured
     where it is trained. Returns the networks this process trained or loaded, by
-    ``(seed, name)``.
+    ``(seed, network)``.
     """
-    tables = {*cfg.model_names(), *cfg.shape_names()}
-    order = [(seed, name, which) for seed in cfg.seeds for which, (_, names) in sets.items() for name in names]
+    tables = {*cfg.table_networks(), *cfg.shape_networks()}
+    order = [(seed, net, which) for seed in cfg.seeds for which, (_, nets) in sets.items() for net in nets]
     ddp = ranks.many and ddp_training(cfg)
-    mine = [(seed, name, which) for i, (seed, name, which) in enumerate(order) if ddp or ranks.trains(i)]
+    mine = [(seed, net, which) for i, (seed, net, which) in enumerate(order) if ddp or ranks.trains(i)]
     epochs = not quiet and ranks.lead and sys.stderr.isatty()  # a bar per epoch only where it redraws in place
     models = {}
     desc = "networks" if not ranks.many or ddp else f"networks (rank {ranks.rank}'s {len(mine)} of {len(order)})"
     with progress_bar(len(mine), desc, quiet=quiet or not ranks.lead) as bar:
-        for seed, name, which in mine:
+        for seed, net, which in mine:
             data = sets[which][0]
-            model = trained_model(cfg, store, name, seed, data, progress=epochs, distributed=ddp)
-            if name in tables and (ranks.lead or not ddp):
-                accuracy(cfg, store, name, seed, model, data)
-            models[(seed, name)] = model
+            model = trained_model(cfg, store, net, seed, data, progress=epochs, distributed=ddp)
+            if net in tables and (ranks.lead or not ddp):
+                accuracy(cfg, store, net, seed, model, data)
+            models[(seed, net)] = model
             bar.update(1)
     ranks.post("networks")
     if ranks.lead:  # the others wait for rank 0 alone, which hands out the images once every network is there
@@ -166,19 +167,22 @@ def _train(
     return models
 
 
-def _networks(cfg: Config, store: Store, data: Data, names: list[str], trained: dict):
-    """Every network of ``names`` for every seed (trained above, or from its checkpoint); returns (nets, prints)."""
+def _networks(cfg: Config, store: Store, data: Data, networks: list[Network], trained: dict):
+    """Every one of ``networks`` for every seed (trained above, or from its checkpoint); returns (nets, prints).
+
+    Both are keyed by seed, then by the network's name (its key in the store).
+    """
     nets: dict[int, dict[str, nn.Module]] = {}
     prints: dict[int, dict[str, str]] = {}
     for seed in cfg.seeds:
         nets[seed], prints[seed] = {}, {}
-        for name in names:
-            model = trained.get((seed, name))
+        for net in networks:
+            model = trained.get((seed, net))
             if model is None:
-                model = trained_model(cfg, store, name, seed, data, progress=False)
-                accuracy(cfg, store, name, seed, model, data)
-            nets[seed][name] = model
-            prints[seed][name] = fingerprint(model)
+                model = trained_model(cfg, store, net, seed, data, progress=False)
+                accuracy(cfg, store, net, seed, model, data)
+            nets[seed][net.name] = model
+            prints[seed][net.name] = fingerprint(model)
     return nets, prints
 
 
@@ -264,13 +268,13 @@ def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") ->
     cfg, args = parse_args(argv, description)
     parts = [p for p in parts if p.name == "report" or p.name in cfg.parts]  # --parts chooses among them
     check_inputs(cfg)
-    sets = {"main": cfg.model_names() + [name for p in parts if p.networks is not None for name in p.networks(cfg)]}
+    sets = {"main": cfg.table_networks() + [net for p in parts if p.networks is not None for net in p.networks(cfg)]}
     if cfg.shapes and any(p.on_shapes is not None for p in parts):
-        sets["shapes"] = cfg.shape_names()
+        sets["shapes"] = cfg.shape_networks()
     ranks, cfg.device = _ranks.join(cfg.device, args.rank_timeout)
     try:
         with threads(cfg.threads):  # before the store records the machine
-            networks = [(name, seed) for seed in cfg.seeds for names in sets.values() for name in names]
+            networks = [(net, seed) for seed in cfg.seeds for nets in sets.values() for net in nets]
             store = _open(args, cfg, ranks, networks)
             with _sigterm_as_interrupt():
                 return _run(cfg, store, ranks, argv, parts, sets, args.quiet)
@@ -278,7 +282,7 @@ def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") ->
         _ranks.leave()
 
 
-def _open(args, cfg: Config, ranks: Ranks, networks: list[tuple[str, int]]) -> Store:
+def _open(args, cfg: Config, ranks: Ranks, networks: list[tuple[Network, int]]) -> Store:
     """The run's store: rank 0 opens it (and holds its lock for the job); the others follow, or stop with it."""
     if not ranks.many:
         return open_store(args, cfg, networks)
@@ -326,7 +330,7 @@ def _run(cfg: Config, store: Store, ranks: Ranks, argv, parts: list[Part], sets:
         with_data = {"main": (data, sets["main"]), **({"shapes": (shape_data, sets["shapes"])} if shape_data else {})}
         trained = _train(cfg, store, ranks, with_data, quiet)
         shared = None if ranks.lead else _shared_pools(ranks)
-        nets, prints = _networks(cfg, store, data, cfg.model_names(), trained)
+        nets, prints = _networks(cfg, store, data, cfg.table_networks(), trained)
         shape_nets, shape_prints = (
             _networks(cfg, store, shape_data, sets["shapes"], trained) if shape_data else ({}, {})
         )

@@ -23,53 +23,16 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from neuralsde import attribute
-from neuralsde.metrics import kendall_tau, localisation, sensitivity, topk_attack, topk_intersection
+from neuralsde.metrics import kendall_tau, localisation, topk_attack, topk_intersection
 
+from .cells import chosen_images, chunks, explainer, sensitivity_cell
 from .common import GpuMonitor
 from .config import Config
 from .pipeline import Cell, Context, Part, run
 from .report import REPORT
-from .seeds import images_seed, purpose_seed
-from .train import Data
+from .seeds import purpose_seed
 
-__all__ = [
-    "LOCALISATION",
-    "ROBUSTNESS",
-    "SENSITIVITY",
-    "chosen_images",
-    "explainer",
-    "run_localisation",
-    "run_robustness",
-    "run_sensitivity",
-    "sensitivity_cell",
-]
-
-
-def explainer(
-    model: nn.Module, method: str, cfg: Config, data: Data, *, ig_steps: int | None = None, **noise
-) -> Callable[[Tensor, Tensor], Tensor]:
-    """``(inputs, target) -> attributions`` for one of the benchmark's methods.
-
-    IG takes ``ig_steps`` if given; ``noise`` goes to ``neuralsde.attribute`` (e.g.
-    ``noise="mc", samples=K, seed=s`` for an SDE network's noise at attribution time).
-    """
-    lo, hi = data.value_range
-    kwargs: dict = {}
-    if method == "integrated_gradients":
-        kwargs = dict(n_steps=ig_steps or cfg.ig_steps)
-    elif method == "smoothgrad_ig":
-        kwargs = dict(n_steps=cfg.sg_ig_steps, nt_samples=cfg.sg_samples, stdevs=cfg.sg_noise * (hi - lo))
-    elif method == "deeplift_shap":
-        kwargs = dict(baselines=data.shap_baselines.to(cfg.device))
-    if cfg.ig_batch and method in ("integrated_gradients", "smoothgrad_ig"):
-        kwargs["internal_batch_size"] = cfg.ig_batch
-    kwargs.update(noise)
-
-    def explain(x: Tensor, target) -> Tensor:
-        return attribute(model, x, method, target=target, **kwargs).attribution.detach()
-
-    return explain
+__all__ = ["LOCALISATION", "ROBUSTNESS", "SENSITIVITY", "run_localisation", "run_robustness", "run_sensitivity"]
 
 
 #: Riemann steps of the IG surrogate whose gradient steers the top-k attack. The attack
@@ -98,41 +61,6 @@ def differentiable_explainer(model: nn.Module, method: str, cfg: Config) -> Call
         return x * total / steps
 
     return explain
-
-
-def _chunks(n: int, size: int):
-    size = size or n
-    return [range(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def sensitivity_cell(cfg: Config, cell: Cell, **noise) -> dict:
-    """The max-sensitivity of each of the cell's images, with its numerator and denominator."""
-    model, chosen = cell.model, cell.images
-    explain = explainer(model, cell.method, cfg, cell.data, **noise)
-    parts: dict[str, list[float]] = {"values": [], "change": [], "norm": []}
-    with torch.no_grad():
-        target_all = model(cell.x).argmax(1)
-    for idx in _chunks(len(chosen), cfg.chunk):
-        x, target = cell.x[list(idx)], target_all[list(idx)]
-        s = sensitivity(
-            explain,
-            x,
-            target=target,
-            radius=cfg.radius,
-            n_perturb=cfg.n_perturb,
-            max_examples_per_batch=(cfg.chunk * cfg.n_perturb) or None,
-            parts=True,
-        )
-        for key, part in (("values", "sensitivity"), ("change", "change"), ("norm", "norm")):
-            parts[key].extend(s[part].detach().float().cpu().tolist())
-    # values = change / norm: the numerator and the denominator of each max-sensitivity.
-    return {"model": cell.name, "seed": cell.seed, "method": cell.method, "rep": cell.rep, "images": chosen, **parts}
-
-
-def chosen_images(pool: list[int], n: int, seed: int, rep: int) -> list[int]:
-    """The images of one repetition: ``n`` drawn from the seed's pool, the same for every network."""
-    gen = torch.Generator().manual_seed(images_seed(seed, rep))
-    return [pool[i] for i in torch.randperm(len(pool), generator=gen)[:n].tolist()]
 
 
 def run_sensitivity(ctx: Context) -> None:
@@ -211,7 +139,7 @@ def _localisation_cell(cfg: Config, cell: Cell) -> dict:
     with torch.no_grad():
         target = cell.model(cell.x).argmax(1)
     values = []
-    for idx in _chunks(len(cell.images), cfg.chunk):
+    for idx in chunks(len(cell.images), cfg.chunk):
         values.extend(localisation(explain(cell.x[list(idx)], target[list(idx)]), masks[list(idx)]).float().tolist())
     object_share = masks.flatten(1).float().mean(1).tolist()
     return {
@@ -248,12 +176,12 @@ def _sensitivity(ctx: Context) -> None:
 
 SENSITIVITY = Part(
     "sensitivity",
-    cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.model_names()) * len(ctx.cfg.methods) * ctx.cfg.repetitions,
+    cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.table_networks()) * len(ctx.cfg.methods) * ctx.cfg.repetitions,
     on_main=_sensitivity,
 )
 ROBUSTNESS = Part(
     "robustness",
-    cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.model_names()) * len(ctx.cfg.robust_methods),
+    cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.table_networks()) * len(ctx.cfg.robust_methods),
     on_main=run_robustness,
 )
 # Two shapes networks (ODE and SDE) per seed, when the run has the shapes.

@@ -46,6 +46,7 @@ from neuralsde.train import CheckpointDamaged, load_checkpoint
 from .common import environment, save_png, write_json
 from .config import LATER_TRAIN_OPTIONS, MEASURE_OPTIONS, Config, digest
 from .damaged import RejectLog, not_a_file, say, set_aside
+from .networks import Network
 from .verify import checksum, seeded, shape_problem, versions
 
 __all__ = ["KINDS", "FolderBusy", "FolderUnusable", "OtherOptions", "Store", "checksum", "seeded", "versions"]
@@ -85,7 +86,7 @@ class Store:
         retrain: discard the stored networks too.
         lock: hold the folder's lock (refuse a second concurrent run). Processes of one
             distributed run other than rank 0 pass ``False``.
-        networks: the ``(name, seed)`` of every network the run trains or reuses: checked
+        networks: the ``(Network, seed)`` of every network the run trains or reuses: checked
             before anything else is done (unless ``retrain``).
         measure: whether this process measures: it records its machine in
             ``config.json``. A report alone passes ``False`` and keeps the machine of the
@@ -105,7 +106,7 @@ class Store:
         restart: bool = False,
         retrain: bool = False,
         lock: bool = True,
-        networks: list[tuple[str, int]] = (),
+        networks: list[tuple[Network, int]] = (),
         measure: bool = True,
     ):
         self.root = Path(root)
@@ -191,7 +192,8 @@ class Store:
     def _check_networks(self, networks) -> None:
         """Refuse to go on if a checkpoint of ``networks`` was trained under other options."""
         differ = []
-        for name, seed in networks:
+        for network, seed in networks:
+            name = network.name
             path = self.checkpoint(name, seed)
             if not path.is_file():
                 continue
@@ -201,7 +203,7 @@ class Store:
                 old = dict(meta["network"])
             except Exception:  # damaged or foreign: retrained later, with its line
                 continue
-            identity = self.cfg.network(name, seed)
+            identity = self.cfg.network(network, seed)
             if old.get("network") != name or old.get("seed") != seed or meta.get("digest") == digest(identity):
                 continue
             differ.append(f"{self.relative(path)}: {_changes(old, identity)}")

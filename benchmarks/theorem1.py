@@ -28,11 +28,11 @@ from neuralsde import SDEResNet
 from neuralsde.attribution import noise_path
 from neuralsde.theory import amplification, completeness_residual, local_bound, stage_bound, stage_inputs
 
+from .cells import explainer
 from .config import Config
 from .pipeline import Cell, Context, Part, run
 from .report import REPORT
 from .seeds import purpose_seed
-from .sensitivity import explainer
 
 __all__ = ["COMPLETENESS", "SOLVERS", "THEOREM1", "path_seed_of", "run_completeness", "run_theorem1"]
 
@@ -145,7 +145,7 @@ def run_completeness(ctx: Context) -> None:
     )
 
 
-THEOREM1 = Part("theorem1", cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.model_names()), on_main=run_theorem1)
+THEOREM1 = Part("theorem1", cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.table_networks()), on_main=run_theorem1)
 # The ODE network under each of SOLVERS and the table's SDE network under each of
 # SDE_SOLVERS on the first seed; both under their own solver on the other seeds.
 COMPLETENESS = Part(

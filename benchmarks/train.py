@@ -28,7 +28,8 @@ from neuralsde.train import evaluate, load_weights, train
 from neuralsde.weights import read_weights, weights_mismatch
 
 from .cli import parse_args, threads
-from .config import Config, digest, sigma_of
+from .config import Config, digest
+from .networks import Network
 from .store import FolderBusy, FolderUnusable, OtherOptions, Store
 
 __all__ = [
@@ -217,11 +218,13 @@ def _check_weights(cfg: Config, classes: int, where: str = "CIFAR-10 has 10 clas
             raise ValueError(f"{flag} {path} takes images with {channels} channels, not RGB (3)")
 
 
-def build_model(cfg: Config, name: str, seed: int, data: Data) -> nn.Module:
-    """A fresh (or, for ImageNet, pretrained) ODE/SDE network of the run, initialised from ``seed``."""
-    sigma = None if name.endswith("ode") else sigma_of(name)
-    if sigma is not None and "-at-" in name:  # noise in some stages only: sde-at-layer2+layer3-0.75
-        sigma = {stage: sigma for stage in name.split("-at-")[1].rsplit("-", 1)[0].split("+")}
+def build_model(cfg: Config, network: Network, seed: int, data: Data) -> nn.Module:
+    """A fresh (or, for ImageNet, pretrained) ``network`` of the run, initialised from ``seed``.
+
+    Its noise (none, σ in every stage, or σ in some stages) is ``network.noise()``; a network
+    with noise at attribution time only is built with it (its weights are the ODE network's).
+    """
+    sigma = network.noise()
     kwargs = {} if sigma is None else dict(sigma=sigma, diffusion=cfg.diffusion)
     cls = ODEResNet if sigma is None else SDEResNet
     torch.manual_seed(seed)  # ODE and SDE networks of one seed start from the same weights
@@ -253,14 +256,14 @@ def ddp_training(cfg: Config) -> bool:
 def trained_model(
     cfg: Config,
     store: Store,
-    name: str,
+    network: Network,
     seed: int,
     data: Data,
     *,
     progress: bool | None = None,
     distributed: bool = False,
 ) -> nn.Module:
-    """The network ``name`` trained with ``seed``: from its checkpoint, or trained now (resumably).
+    """``network`` trained with ``seed``: from its checkpoint, or trained now (resumably).
 
     ODE and SDE networks are trained by the same loop with the same initial weights, data
     order, optimizer and epochs for one seed; they differ only in the noise. A checkpoint
@@ -273,14 +276,15 @@ def trained_model(
     lead = not distributed or dist.get_rank() == 0
     if progress is None:
         progress = sys.stderr.isatty()
-    model = build_model(cfg, name, seed, data)
-    identity = cfg.network(name, seed)
+    name = network.name
+    model = build_model(cfg, network, seed, data)
+    identity = cfg.network(network, seed)
     meta = {"digest": digest(identity), "network": identity, "versions": store.versions}
     record = {"networks": {name: digest(identity)}}
     ckpt = store.checkpoint(name, seed)
-    epochs = cfg.shapes_epochs if name.startswith("shapes-") else cfg.epochs
+    epochs = cfg.shapes_epochs if network.shapes else cfg.epochs
     if cfg.imagenet and not cfg.train_data:  # the weights files are the networks
-        if name != "ode":
+        if not network.is_ode:
             load_weights(model, cfg.sde_weights)
         if lead:
             store.cell("train", f"s{seed}/{name}", lambda: _record([], "weights file"), depends=record)
@@ -296,7 +300,7 @@ def trained_model(
         else:
             store.cell("train", f"s{seed}/{name}", lambda: _record(state["history"], "trained"), depends=record)
             return model.eval()
-        model = build_model(cfg, name, seed, data)
+        model = build_model(cfg, network, seed, data)
     start = time.perf_counter()
     history = train(
         model,
@@ -331,8 +335,9 @@ def fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def accuracy(cfg: Config, store: Store, name: str, seed: int, model: nn.Module, data: Data) -> float:
+def accuracy(cfg: Config, store: Store, network: Network, seed: int, model: nn.Module, data: Data) -> float:
     """The test accuracy of a network of the run (a measurement, stored like the others)."""
+    name = network.name
     depends = {"networks": {name: fingerprint(model)}, "options": cfg.measurement("accuracy")}
     cell = store.cell(
         "accuracy",
@@ -341,7 +346,7 @@ def accuracy(cfg: Config, store: Store, name: str, seed: int, model: nn.Module, 
             "model": name,
             "seed": seed,
             "test_accuracy": evaluate(model, data.test, device=cfg.device),
-            "sigma": sigma_of(name),
+            "sigma": network.sigma,
             "parameters": sum(p.numel() for p in model.parameters()),
         },
         depends=depends,
@@ -359,7 +364,7 @@ def starting_accuracy(cfg: Config, store: Store, data: Data) -> float | None:
     """
     if not cfg.weights:
         return None
-    model = build_model(cfg, "ode", cfg.seeds[0], data).eval()
+    model = build_model(cfg, Network(), cfg.seeds[0], data).eval()
     depends = {"networks": {"pretrained": fingerprint(model)}, "options": cfg.measurement("accuracy")}
 
     def compute() -> dict:
@@ -385,8 +390,8 @@ def _record(history: list, source: str) -> dict:
     return {"source": source, "history": history, "epochs": len(history)}
 
 
-def open_store(args, cfg: Config, networks: list[tuple[str, int]] = ()) -> Store:
-    """The run's store, for ``networks`` (``(name, seed)``, see ``Store``).
+def open_store(args, cfg: Config, networks: list[tuple[Network, int]] = ()) -> Store:
+    """The run's store, for ``networks`` (``(network, seed)``, see ``Store``).
 
     A one-line error and exit status 2 if another run holds the folder, ``--out`` is a
     file or cannot be written, or the folder holds networks trained under other options.
@@ -408,10 +413,13 @@ def main(argv: list[str] | None = None) -> None:
     pre.add_argument("--model", required=True, help="ode, sde-<sigma>, shapes-ode or shapes-sde-<sigma>")
     known, rest = pre.parse_known_args(argv)
     cfg, args = parse_args(rest, description=__doc__.split("\n\n")[0])
-    if known.model not in cfg.model_names() + cfg.shape_names():
-        valid = ", ".join(cfg.model_names() + cfg.shape_names())
-        print(f"error: --model {known.model} is not a network of this run; valid: {valid}", file=sys.stderr)
+    networks = {n.name: n for n in cfg.table_networks() + cfg.shape_networks()}
+    if known.model not in networks:
+        print(
+            f"error: --model {known.model} is not a network of this run; valid: {', '.join(networks)}", file=sys.stderr
+        )
         raise SystemExit(2)
+    network = networks[known.model]
     check_inputs(cfg)
     if "WORLD_SIZE" in os.environ:
         from .ranks import init_group
@@ -420,23 +428,23 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with threads(cfg.threads):
             rank0 = not dist.is_initialized() or dist.get_rank() == 0
-            store = open_store(args, cfg, [(known.model, seed) for seed in cfg.seeds]) if rank0 else None
+            store = open_store(args, cfg, [(network, seed) for seed in cfg.seeds]) if rank0 else None
             if dist.is_initialized():
                 dist.barrier()
                 store = store or Store(args.out, cfg, lock=False)
-            data = load_data(cfg, "shapes" if known.model.startswith("shapes-") else "main")
+            data = load_data(cfg, network.data)
             for seed in cfg.seeds:
                 model = trained_model(
                     cfg,
                     store,
-                    known.model,
+                    network,
                     seed,
                     data,
                     progress=not args.quiet and sys.stderr.isatty(),
                     distributed=dist.is_initialized(),
                 )
                 if rank0:
-                    acc = accuracy(cfg, store, known.model, seed, model, data)
+                    acc = accuracy(cfg, store, network, seed, model, data)
                     print(f"{known.model} (seed {seed}): test accuracy {acc:.4f}")
             store.close()
     finally:

@@ -10,6 +10,7 @@ import torch
 from benchmarks.__main__ import main
 from benchmarks.cli import parse_args
 from benchmarks.config import Config
+from benchmarks.networks import Network
 from benchmarks.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,23 +63,23 @@ def test_the_cifar_presets_name_what_they_run():
         assert "smoothgrad_ig" not in cfg.methods and set(cfg.parts) >= {"sensitivity", "theorem1", "figures"}
     cfg = Config(**PRESETS["cifar10"])
     # One intervention: noise in the first stage alone against noise in every other stage.
-    assert cfg.intervention_names() == ["sde-at-layer1-0.5", "sde-at-layer2+layer3-0.5"]
+    assert cfg.intervention_networks() == [Network(0.5, ("layer1",)), Network(0.5, ("layer2", "layer3"))]
 
 
 def test_intervention_stages_come_from_the_architecture():
     # A four-stage ResNet has a network with noise in layer4 alone, and "all but the first" is layers 2 to 4.
     cfg = Config(arch="resnet18", intervention_sigma=0.75)
     assert cfg.stage_names() == ["layer1", "layer2", "layer3", "layer4"]
-    assert "sde-at-layer4-0.75" in cfg.intervention_names()
-    assert cfg.deep_network == "sde-at-layer2+layer3+layer4-0.75"
+    assert Network(0.75, ("layer4",)) in cfg.intervention_networks()
+    assert cfg.deep_network == Network(0.75, ("layer2", "layer3", "layer4"))
     assert Config(arch="resnet56").stage_names() == ["layer1", "layer2", "layer3"]
 
 
 def test_earlier_stores_keep_their_networks():
     # The training options added for CIFAR-10 are left out of a network's identity at their default.
-    identity = Config().network("sde-0.5", 0)
+    identity = Config().network(Network(0.5), 0)
     assert "data_root" not in identity and "train_images" not in identity
-    assert Config(train_images=100).network("sde-0.5", 0)["train_images"] == 100
+    assert Config(train_images=100).network(Network(0.5), 0)["train_images"] == 100
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import torch
 from benchmarks.__main__ import main
 from benchmarks.cli import build_parser, parse_args
 from benchmarks.config import Config
+from benchmarks.networks import Network
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "quick"]
@@ -66,8 +67,9 @@ def test_config_roles_cover_every_option():
     assert roles == {"train", "measure", "run"}
     cfg = Config()
     # What a network depends on ignores measurement options; a measurement ignores other kinds' options.
-    assert cfg.network("ode", 0) == Config(ig_steps=99, n_images=3).network("ode", 0)
-    assert cfg.network("ode", 0) != Config(epochs=3).network("ode", 0)
+    ode = Network()
+    assert cfg.network(ode, 0) == Config(ig_steps=99, n_images=3).network(ode, 0)
+    assert cfg.network(ode, 0) != Config(epochs=3).network(ode, 0)
     assert cfg.measurement("sensitivity", "saliency") == Config(ig_steps=99).measurement("sensitivity", "saliency")
     assert cfg.measurement("sensitivity", "integrated_gradients") != Config(ig_steps=99).measurement(
         "sensitivity", "integrated_gradients"

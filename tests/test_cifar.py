@@ -159,7 +159,7 @@ def test_captum_layer_method_and_solver_on_a_cifar_twin():
 @pytest.mark.skipif(not RESNET20.exists(), reason="../shared/data is not here")
 @pytest.mark.parametrize("path", [RESNET20, RESNET56], ids=["resnet20", "resnet56"])
 def test_shared_checkpoints_convert_exactly(path):
-    arch = path.name.split("-")[0]
+    arch = path.name.split("-")[0]  # not a network's name: a checkpoint file of the shared data
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     ref = ReferenceCifarResNet(CIFAR_ARCHS[arch])
     ref.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.mechanism import activation_stats
+from benchmarks.cells import activation_stats
 from benchmarks.report.stats import correlation, pearson
 from neuralsde.metrics import sensitivity
 

@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 from benchmarks.docs import PAGES, TEMPLATES
+from benchmarks.networks import Network
 from benchmarks.report import SECTIONS
 from benchmarks.report.formatting import markdown_table
 from benchmarks.report.stats import mean_ci, paired_test
@@ -101,7 +102,8 @@ def _dose_cells(falls: dict[int, float], sigmas=(0.5, 1.0)) -> dict:
     cells = {}
     for seed, k in falls.items():
         base = [0.5 + 0.1 * i for i in range(4)]
-        for name, sigma in [("ode", 0.0), *((f"sde-{s:g}", s) for s in sigmas)]:
+        for sigma in (0.0, *sigmas):
+            name = Network(sigma).name
             values = [v * math.exp(-k * sigma) for v in base]
             cells[f"s{seed}/{name}"] = {"model": name, "seed": seed, "method": "saliency", "rep": 0, "values": values}
     return cells
@@ -147,16 +149,17 @@ def test_the_allocation_is_the_narrowest_for_its_cost_and_meets_the_target():
 def test_the_causal_claims_follow_their_stated_rules():
     from benchmarks.report.interventions import MARGIN, TRAINING_TIME, verdicts
 
-    at_name = "ode+noise-at-attribution-0.75"
+    at_name = Network(0.75, at_attribution=True).name
+    first_name, deep_name = Network(0.75, ("layer1",)).name, Network(0.75, ("layer2", "layer3")).name
 
     def eff(mean, low, high, verdict="depends"):
         return {"effect": {"mean": mean, "low": low, "high": high}, "verdict": verdict, "agree": 0, "seeds": 3,
                 "per_seed": [{"effect": mean}] * 3}  # fmt: skip
 
     def rows(first, at, trained, deep):
-        iv = {"sigma": 0.75, "deep": "sde-at-layer2+layer3-0.75", "first": "sde-at-layer1-0.75", "attribution": at_name,
-              "effects": {"saliency": {"sde-at-layer1-0.75": first, at_name: at, TRAINING_TIME: trained,
-                                       "sde-at-layer2+layer3-0.75": deep}}}  # fmt: skip
+        iv = {"sigma": 0.75, "deep": deep_name, "first": first_name, "attribution": at_name,
+              "effects": {"saliency": {first_name: first, at_name: at, TRAINING_TIME: trained,
+                                       deep_name: deep}}}  # fmt: skip
         return {r["claim"]: r["verdict"] for r in verdicts({"interventions": iv, "config": {"methods": ["saliency"]}})}
 
     lowers = eff(-0.15, -0.25, -0.07, "holds")  # a decrease beyond the margin, over the whole interval
@@ -182,12 +185,14 @@ def test_the_causal_claims_follow_their_stated_rules():
 
 def test_every_intervention_network_carries_its_sigma_in_its_name():
     """σ of the interventions is a run option: a network's σ must be in its name, or a cell would be reused."""
-    from benchmarks.config import Config, sigma_of
+    from benchmarks.config import Config
+    from benchmarks.networks import Network
 
     for sigma in (0.5, 0.75):
         cfg = Config(sigmas=[0.5, 0.75], intervention_sigma=sigma)
-        names = [*cfg.intervention_names(), cfg.attribution_time_network]
-        assert len(names) == 5 and all(sigma_of(name) == sigma for name in names)
+        nets = [*cfg.intervention_networks(), cfg.attribution_time_network]
+        assert len(nets) == 5 and all(net.sigma == sigma for net in nets)
+        assert all(Network.parse(net.name) == net for net in nets)  # σ is in the name: a store tells them apart
 
 
 def _row(claim, setting, verdict, mean=-0.1):

@@ -16,6 +16,7 @@ import pytest
 import benchmarks.config as config
 from benchmarks.__main__ import main
 from benchmarks.config import SHAPES_TRAIN_OPTIONS, Config
+from benchmarks.networks import Network
 from benchmarks.store import Store
 
 FIELDS = {f.name: f.metadata["role"] for f in dataclasses.fields(Config)}
@@ -23,9 +24,18 @@ RUN = {name for name, role in FIELDS.items() if role == "run"}
 TRAIN = {name for name, role in FIELDS.items() if role == "train"}
 
 
+def _of_shapes(key: str) -> bool:
+    """Whether a cell's network is a shapes network; a figure's label ("ODE") or "pretrained" names none."""
+    try:
+        return Network.parse(key).shapes
+    except ValueError:
+        return False
+
+
 def _allowed(kind: str, name: str, depends: dict) -> set[str]:
     """What a cell may read: its declared options, the run options and what its networks were trained with."""
-    shapes = name.startswith("shapes") or any(n.startswith("shapes") for n in depends.get("networks", {}))
+    figure = name.startswith("shapes--")  # not a network's name: the shapes figures' cell key
+    shapes = figure or any(_of_shapes(n) for n in depends.get("networks", {}))
     # A train option retrains the networks, which changes the cell's networks: safe to read.
     # The shapes networks depend on a subset of them only.
     return set(depends.get("options", {})) | RUN | (set(SHAPES_TRAIN_OPTIONS) if shapes else TRAIN)

@@ -7,6 +7,7 @@ import torch
 
 from benchmarks.cli import parse_args
 from benchmarks.config import Config
+from benchmarks.networks import Network
 from benchmarks.presets import PRESETS
 from benchmarks.report import preset_of
 
@@ -43,11 +44,11 @@ def test_a_thread_count_below_one_is_refused_in_one_line(value, capsys, threads_
 
 
 def test_the_thread_count_is_part_of_every_networks_identity():
-    for name in ("sde-0.5", "shapes-ode"):
+    for net in (Network(0.5), Network(shapes=True)):
         # At the default, left out: a store written before the option keeps its networks.
-        assert "threads" not in Config().network(name, 0)
-        assert Config(threads=2).network(name, 0)["threads"] == 2
-        assert Config(threads=2).network(name, 0) != Config().network(name, 0)
+        assert "threads" not in Config().network(net, 0)
+        assert Config(threads=2).network(net, 0)["threads"] == 2
+        assert Config(threads=2).network(net, 0) != Config().network(net, 0)
 
 
 def test_runs_on_other_thread_counts_share_the_digest_and_the_preset():

@@ -31,11 +31,14 @@ import torch
 import torchvision
 
 from ..common import paired_ratios
+from ..networks import ODE, Network
 from .correctness import ROOT
 
 LOG = "protocol.log"
 METHODS = ("saliency", "integrated_gradients", "deeplift", "deeplift_shap")
 #: The paper's protocol: images per repetition, repetitions, training seeds, ImageNet's training set.
+#: The SDE twin the extrapolation times (σ of the paper's tables).
+SIGMA = 0.5
 FULL = {"images": 100, "repetitions": 5, "seeds": 5, "train_images": 1_281_167, "epochs": 1}
 
 SIZES = {
@@ -128,7 +131,7 @@ def train_steps(arch: str, classes: int, batch: int, size: int, device: torch.de
     nets = {
         "torchvision": tv.to(device).train(),
         "ode": ODEResNet.from_torchvision(tv).to(device).train(),
-        "sde": SDEResNet.from_torchvision(tv, sigma=0.5).to(device).train(),
+        "sde": SDEResNet.from_torchvision(tv, sigma=SIGMA).to(device).train(),
     }
     gen = torch.Generator(device=device).manual_seed(2)
     x = torch.randn(batch, 3, size, size, device=device, generator=gen)
@@ -254,7 +257,7 @@ def run(section) -> None:
         )
         result["train_step"] = steps
         rates = {"ode": steps["images_per_s"]["ode"], "sde": steps["images_per_s"]["sde"]}
-        nets = {net: m for net, m in result["per_image_s"].items() if net in ("ode", "sde-0.5")}
+        nets = {net: m for net, m in result["per_image_s"].items() if net in (ODE, Network(SIGMA).name)}
         result["extrapolation"] = extrapolate(nets, rates) if len(nets) == 2 else {"complete": False}
         if code not in (0, None):
             raise RuntimeError(f"the protocol's run exited with {code}: {_last_error(log)}")

@@ -17,6 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from ..networks import ODE, Network
 from .formatting import VERDICT_MARK, effect, markdown_table, number
 from .stats import ACCURACY_GAP
 
@@ -49,7 +50,7 @@ def label_of(results: dict) -> str:
 
 def title_of(label: str) -> str:
     """``CIFAR-10, ResNet-20`` for ``cifar10-resnet20``."""
-    data, arch = label.split("-", 1)
+    data, arch = label.split("-", 1)  # not a network's name: a run's label, <data>-<arch>
     data = {"cifar10": "CIFAR-10", "imagenet": "ImageNet", "digits": "digits"}.get(data, data)
     arch = re.sub(r"^resnet(\d+)$", r"ResNet-\1", arch)
     return f"{data}, {arch}"
@@ -88,10 +89,11 @@ def match_rows(base: list[dict], others: list[list[dict]]) -> list[list[dict | N
 def unequal_seeds(results: dict) -> dict[float, int]:
     """Per σ of the run's SDE networks: how many seeds are more than ``ACCURACY_GAP`` from the same seed's ODE twin."""
     models = results.get("models", {})
-    ode = models.get("ode", {}).get("accuracy", {})
+    ode = models.get(ODE, {}).get("accuracy", {})
     out = {}
     for name, m in models.items():
-        if name.startswith("sde-") and "-at-" not in name:
+        net = Network.parse(name)
+        if not net.is_ode and not net.shapes and net.stages is None:
             out[m["sigma"]] = sum(
                 abs(acc - ode[seed]) > ACCURACY_GAP for seed, acc in m["accuracy"].items() if seed in ode
             )
@@ -284,7 +286,7 @@ def _accuracy_lines(results: dict) -> list[str]:
     start = results.get("start") or {}
     models = results.get("models", {})
     seeds = [str(s) for s in results["seeds"]]
-    ode = models.get("ode", {}).get("accuracy", {})
+    ode = models.get(ODE, {}).get("accuracy", {})
     rows, flagged_any = [], {}
     for name, m in sorted(models.items(), key=lambda kv: kv[1]["sigma"]):
         gaps = [abs(m["accuracy"][s] - ode[s]) for s in seeds if s in m["accuracy"] and s in ode]
@@ -296,8 +298,8 @@ def _accuracy_lines(results: dict) -> list[str]:
         rows.append([
             name, f"{m['sigma']:g}", number(start.get("test_accuracy"), 4),
             f"{number(acc['mean'], 4)} [{number(acc['low'], 4)}, {number(acc['high'], 4)}]",
-            "–" if name == "ode" else number(max(gaps) if gaps else math.nan, 4),
-            "–" if name == "ode" else f"{len(flagged)} of {len(seeds)}",
+            "–" if name == ODE else number(max(gaps) if gaps else math.nan, 4),
+            "–" if name == ODE else f"{len(flagged)} of {len(seeds)}",
         ])  # fmt: skip
     weights = (
         f"Every twin starts from `{start['weights']}` (SHA-256 `{start['sha256'][:16]}…`), He et al.'s ResNet "

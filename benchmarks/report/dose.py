@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import sigma_of
+from ..networks import ODE, sigma_of
 from ..store import Store
 from .formatting import VERDICT_MARK, in_run_order, markdown_table, number, percent, title
 from .section import Section, verdict_row
@@ -83,10 +83,10 @@ def _per_image_slopes(ode: list[float], sdes: dict[float, list[float]]) -> list[
 def summarise(store: Store, results: dict) -> dict:
     cfg = store.cfg
     cells = in_repetition_order(store.results("sensitivity"))
-    sdes = [n for n in cfg.model_names() if n != "ode"]
+    sdes = [n.name for n in cfg.table_networks() if not n.is_ode]
     methods: dict = {}
     for method in cfg.methods:
-        ode = by_seed(cells, "ode", method)
+        ode = by_seed(cells, ODE, method)
         series = {sigma_of(n): by_seed(cells, n, method) for n in sdes}
         seeds = [s for s in sorted(ode) if all(s in v for v in series.values())]
         if not seeds or not series:

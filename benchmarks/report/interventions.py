@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from ..networks import ODE, Network
 from ..store import Store
 from .formatting import VERDICT_MARK, effect, in_run_order, markdown_table, percent, title
 from .plotting import plt
@@ -26,16 +27,19 @@ MARGIN = 0.05
 #: The claim about noise in the first stage alone, phrased as what it asserts.
 FIRST_STAGE = f"noise in the first stage alone lowers it by {100 * MARGIN:g}% or more"
 TRAINING_TIME = "training time (the table's SDE network, noise off)"
-#: The start of the name of the ODE network with noise at attribution time only.
-ATTRIBUTION_TIME = "ode+noise-at-attribution"
 
 
 def _label(name: str) -> str:
-    if name.startswith(ATTRIBUTION_TIME):
-        return "noise at attribution time only"
     if name == TRAINING_TIME:
         return "noise at training time (all stages)"
-    return "noise in " + " and ".join(name.split("-at-")[1].rsplit("-", 1)[0].split("+")) + " only"
+    if Network.parse(name).at_attribution:
+        return "noise at attribution time only"
+    return f"noise in {_where(name)} only"
+
+
+def _where(name: str) -> str:
+    """Where the noise of the intervention network ``name`` is, in words."""
+    return Network.parse(name).where()
 
 
 def _sorted_cells(store: Store, kind: str) -> dict:
@@ -53,7 +57,7 @@ def _pattern_effects(store: Store, names: list[str]) -> dict:
     median |z| ÷ the RMS change of z over images) to the same seed's ODE network's; the
     interval over seeds, as relative changes.
     """
-    base = {c["seed"]: c for c in store.results("mechanism").values() if c["model"] == "ode"}
+    base = {c["seed"]: c for c in store.results("mechanism").values() if c["model"] == ODE}
     cells = store.results("intervention_patterns").values()
     out: dict = {}
     for name in names:
@@ -85,23 +89,24 @@ def summarise(store: Store, results: dict) -> dict:
     if not cfg.interventions or not cells:
         return {"interventions": {}}
     main = _sorted_cells(store, "sensitivity")
-    names = [*cfg.intervention_names(), cfg.attribution_time_network]
-    trained_sde = f"sde-{cfg.intervention_sigma:g}"
+    trained = cfg.intervention_networks()
+    names = [n.name for n in [*trained, cfg.attribution_time_network]]
+    trained_sde = cfg.intervention_sde.name
     effects: dict = {}
     for method in cfg.intervention_methods:
-        ode = by_seed(main, "ode", method)
+        ode = by_seed(main, ODE, method)
         effects[method] = {n: log_effect(by_seed(cells, n, method), ode, sign=-1) for n in names}
         effects[method][TRAINING_TIME] = log_effect(by_seed(main, trained_sde, method), ode, sign=-1)
     return {
         "interventions": {
             "sigma": cfg.intervention_sigma,
             "networks": names,
-            "first": cfg.intervention_names()[0],
-            "deep": cfg.deep_network,
-            "attribution": cfg.attribution_time_network,
+            "first": trained[0].name,
+            "deep": cfg.deep_network.name,
+            "attribution": cfg.attribution_time_network.name,
             "effects": effects,
-            "patterns": _pattern_effects(store, cfg.intervention_names()),
-            "ode_accuracy": results["models"].get("ode", {}).get("test_accuracy"),
+            "patterns": _pattern_effects(store, [n.name for n in trained]),
+            "ode_accuracy": results["models"].get(ODE, {}).get("test_accuracy"),
             "margin": MARGIN,
         }
     }
@@ -130,13 +135,13 @@ def verdicts(results: dict) -> list[dict]:
     for method, by_net in in_run_order(iv.get("effects", {}), results):
         deep, first = by_net[iv["deep"]], by_net[iv["first"]]
         at, trained = by_net[iv["attribution"]], by_net[TRAINING_TIME]
-        where = " and ".join(iv["deep"].split("-at-")[1].rsplit("-", 1)[0].split("+"))
+        where = _where(iv["deep"])
         rows.append(verdict_row(
             "noise in the deeper stages alone lowers the sensitivity", f"{title(method)}, noise in {where}, {sigma}",
             deep["verdict"], deep["effect"], "relative", deep["agree"], deep["seeds"]))  # fmt: skip
         agree = sum(p["effect"] < -MARGIN for p in first["per_seed"])
         rows.append(verdict_row(
-            FIRST_STAGE, f"{title(method)}, noise in layer1, {sigma}",
+            FIRST_STAGE, f"{title(method)}, noise in {_where(iv['first'])}, {sigma}",
             _beyond_margin(first["effect"]), first["effect"], "relative", agree, first["seeds"],
             f"holds where the whole interval lies below −{100 * MARGIN:g}%", line=-MARGIN))  # fmt: skip
         if trained["verdict"] == "fails" or _no_decrease(at["effect"]) == "fails":
@@ -239,7 +244,7 @@ def plain_words(results: dict) -> str:
     trained = [e[TRAINING_TIME]["effect"]["mean"] for e in iv["effects"].values()]
     n_first = sum(r["verdict"] == "holds" for r in first_rows)
     n_deep = sum(r["verdict"] == "holds" for r in deep_rows)
-    where = " and ".join(iv["deep"].split("-at-")[1].rsplit("-", 1)[0].split("+"))
+    where = _where(iv["deep"])
     text = (
         f"**What the interventions decided, in plain words** (σ = {iv['sigma']:g}, against the ODE network on the same "
         f"images and perturbations). Noise in the first stage alone lowers the sensitivity by {100 * MARGIN:g}% or "

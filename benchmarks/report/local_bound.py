@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import sigma_of
+from ..networks import sigma_of
 from ..store import Store
 from .formatting import defined, markdown_table, ratio
 from .plotting import plt

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import sigma_of
+from ..networks import sigma_of
 from ..store import Store
 from .formatting import VERDICT_MARK, ci, flags, in_run_order, markdown_table, title
 from .section import Section, verdict_row
@@ -16,7 +16,7 @@ def summarise(store: Store, results: dict) -> dict:
     cells = store.results("localisation")
     if not cells:
         return {"localisation": {}}
-    ode, sde = cfg.shape_names()
+    ode, sde = (n.name for n in cfg.shape_networks())
     per_model: dict = {}
     comparisons = {}
     for method in cfg.methods:

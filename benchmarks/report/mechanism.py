@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 
-from ..config import Config, sigma_of
+from ..config import Config
+from ..networks import ODE, sigma_of
 from ..store import Store
 from .mechanism_tables import tables
 from .mechanism_text import conclusion, plot
@@ -83,9 +84,9 @@ def _level(scalars: dict, model: str, key: str) -> dict:
 def _effects(scalars: dict, sde: str, key: str) -> dict:
     """Per seed log(SDE / ODE) of a candidate, and its 95% interval over seeds (as relative changes)."""
     per_seed = {
-        seed: row[key] - scalars[("ode", seed)][key]
+        seed: row[key] - scalars[(ODE, seed)][key]
         for (m, seed), row in sorted(scalars.items())
-        if m == sde and key in row and key in scalars.get(("ode", seed), {})
+        if m == sde and key in row and key in scalars.get((ODE, seed), {})
     }
     ci = mean_ci(list(per_seed.values()))
     rel = {k: math.expm1(ci[k]) if math.isfinite(ci[k]) else math.nan for k in ("mean", "low", "high")}
@@ -95,9 +96,9 @@ def _effects(scalars: dict, sde: str, key: str) -> dict:
 def mechanism(cfg: Config, store: Store) -> dict:
     """The sensitivity's two factors, the activation pattern's stability and the other candidates, per σ."""
     scalars = _scalars(store)
-    if not any(k[0] == "ode" for k in scalars) or not store.results("mechanism"):
+    if not any(k[0] == ODE for k in scalars) or not store.results("mechanism"):
         return {}
-    sdes = [n for n in cfg.model_names() if n != "ode"]
+    sdes = [n.name for n in cfg.table_networks() if not n.is_ode]
     methods = [m for m in cfg.methods if any(f"norm:{m}" in row for row in scalars.values())]
     stages = sorted(
         {k.split(":")[1] for row in scalars.values() for k in row if k.startswith("flip:")},
@@ -112,7 +113,7 @@ def mechanism(cfg: Config, store: Store) -> dict:
     }
     keys = [f"{k}:{s}" for k in ("flip", "margin", "zmedian", "zq10", "dz") for s in stages]
     keys += ["flip", "margin", "logit_margin", "grad_norm", "jacobian"]
-    levels = {key: {n: _level(scalars, n, key) for n in cfg.model_names()} for key in keys}
+    levels = {key: {n: _level(scalars, n, key) for n in (net.name for net in cfg.table_networks())} for key in keys}
     effects = {key: {sde: _effects(scalars, sde, key) for sde in sdes} for key in keys}
     predictors = dict(PREDICTORS)
     for stage in stages:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import sigma_of
+from ..networks import sigma_of
 from .formatting import defined, markdown_table, percent, ratio, title
 
 __all__ = ["methods_of", "num", "rel", "sdes", "sigma", "sure", "tables"]

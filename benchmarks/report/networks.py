@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..networks import Network
 from ..store import Store
 from .formatting import ci, markdown_table, number
 from .section import Section
@@ -54,7 +55,7 @@ def _gap(results: dict, seed: str) -> float | None:
     """The largest accuracy difference between a network of ``seed`` and its ODE twin (main and shapes)."""
     models, gaps = results["models"], []
     for name, m in models.items():
-        twin = "shapes-ode" if name.startswith("shapes-") else "ode"
+        twin = Network(shapes=Network.parse(name).shapes).name
         if name != twin and twin in models and seed in m["accuracy"] and seed in models[twin]["accuracy"]:
             gaps.append(abs(m["accuracy"][seed] - models[twin]["accuracy"][seed]))
     return max(gaps) if gaps else None
@@ -63,7 +64,7 @@ def _gap(results: dict, seed: str) -> float | None:
 def tables(results: dict) -> list[str]:
     """The networks and their accuracy per seed (one column per seed, or one row per seed for many seeds)."""
     seeds = [str(s) for s in results["seeds"]]
-    order = sorted(results["models"].items(), key=lambda kv: (kv[0].startswith("shapes"), kv[1]["sigma"]))
+    order = sorted(results["models"].items(), key=lambda kv: (Network.parse(kv[0]).shapes, kv[1]["sigma"]))
     lines = [
         "## Networks",
         "",

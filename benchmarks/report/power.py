@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import sigma_of
+from ..networks import ODE, Network, sigma_of
 from ..store import Store
 from .formatting import markdown_table, number, title
 from .section import Section
@@ -47,7 +47,7 @@ def _t(df: int) -> float:
 def summarise(store: Store, results: dict) -> dict:
     cfg, models = store.cfg, results["models"]
     cells = in_repetition_order(store.results("sensitivity"))
-    names = cfg.model_names()
+    names = [n.name for n in cfg.table_networks()]
     # The cost of a seed: everything the run does once per seed whatever its number of
     # sensitivity images (training every network, the other measurements; mean over
     # seeds); of an image: every network and method, and the measurements made on the
@@ -71,7 +71,7 @@ def summarise(store: Store, results: dict) -> dict:
     rows = {}
     for sde in names[1:]:
         for method in cfg.methods:
-            a, b = by_seed(cells, sde, method), by_seed(cells, "ode", method)
+            a, b = by_seed(cells, sde, method), by_seed(cells, ODE, method)
             seeds = sorted(set(a) & set(b))
             if len(seeds) < 2:
                 continue
@@ -199,14 +199,14 @@ def summary(results: dict) -> str:
 def _reached(power: dict, judged: list[dict]) -> str:
     """The precision this run reached on the judged rows (half-widths of their 95% intervals)."""
     reached = power.get("reached") or {}
-    widths = {k: reached[k] for k in (f"{r['method']}@sde-{r['sigma']:g}" for r in judged) if k in reached}
+    widths = {k: reached[k] for k in (f"{r['method']}@{Network(r['sigma']).name}" for r in judged) if k in reached}
     if not widths:
         return ""
     worst = max(widths, key=widths.get)
-    method, sde = worst.split("@")
+    method, sde = worst.split("@")  # "<method>@<network>", the keys of power["reached"]
     within = sum(w <= power["target"] for w in widths.values())
     return (
-        f" This run reached ±{100 * widths[worst]:.1f}% at worst ({title(method)}, σ = {sde[4:]}; half the "
+        f" This run reached ±{100 * widths[worst]:.1f}% at worst ({title(method)}, σ = {sigma_of(sde):g}; half the "
         f"width of the 95% interval of the log ratio, as the target), and {within} of the {len(widths)} rows are "
         f"within ±{100 * power['target']:.0f}%."
     )

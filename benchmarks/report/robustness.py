@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import sigma_of
+from ..networks import ODE, sigma_of
 from ..store import Store
 from .formatting import VERDICT_MARK, ci, markdown_table, number, title
 from .section import Section
@@ -26,9 +26,9 @@ def summarise(store: Store, results: dict) -> dict:
                 for model, vals in series.items():
                     entry = per_model.setdefault(model, {}).setdefault(method, {}).setdefault(setting, {})
                     entry[metric] = mean_ci([finite_mean(v) for v in vals.values()])
-                if "ode" in series and cfg.table_sde in series:
+                if ODE in series and cfg.table_sde.name in series:
                     comparisons.setdefault(method, {}).setdefault(setting, {})[metric] = seed_effect(
-                        series[cfg.table_sde], series["ode"], sign=1, relative=False
+                        series[cfg.table_sde.name], series[ODE], sign=1, relative=False
                     )
     k = next((c["k"] for c in cells.values()), None)
     eps = next((c["epsilon"] for c in cells.values()), None)

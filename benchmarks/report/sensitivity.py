@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import sigma_of
+from ..networks import ODE, sigma_of
 from ..paper import PAPER_SENSITIVITY
 from ..store import Store
 from .formatting import (
@@ -49,13 +49,13 @@ def summarise(store: Store, results: dict) -> dict:
                     "seed_means": seed_means,
                 }
     comparisons = {}
-    for sde in [n for n in names if n.startswith("sde")]:
-        comp = {"accuracy_flags": accuracy_flags(models, "ode", sde), "methods": {}}
+    for sde in [n for n in names if sigma_of(n) > 0]:
+        comp = {"accuracy_flags": accuracy_flags(models, ODE, sde), "methods": {}}
         for method in cfg.methods:
-            a, b = by_seed(cells, sde, method), by_seed(cells, "ode", method)
+            a, b = by_seed(cells, sde, method), by_seed(cells, ODE, method)
             if a and b:
                 comp["methods"][method] = {
-                    "ode": per_model["ode"][method],
+                    "ode": per_model[ODE][method],
                     "sde": per_model[sde][method],
                     **log_effect(a, b, sign=-1),
                 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import sigma_of
+from ..networks import ODE, Network, sigma_of
 from ..store import Store
 from .formatting import ci, markdown_table, title
 from .plotting import plt
@@ -19,7 +19,7 @@ def summarise(store: Store, results: dict) -> dict:
     cfg, models = store.cfg, results["models"]
     sens, th = results["sensitivity"], results["theorem1"]
     rows = []
-    for name in sorted((n for n in models if not n.startswith("shapes")), key=sigma_of):
+    for name in sorted((n for n in models if not Network.parse(n).shapes), key=sigma_of):
         by_method = sens["per_model"].get(name, {})
         rows.append(
             {
@@ -31,8 +31,8 @@ def summarise(store: Store, results: dict) -> dict:
             }
         )
     claims = {}
-    ode = models.get("ode", {}).get("accuracy", {})
-    for name in cfg.model_names()[1:]:
+    ode = models.get(ODE, {}).get("accuracy", {})
+    for name in (n.name for n in cfg.table_networks() if not n.is_ode):
         acc = models.get(name, {}).get("accuracy", {})
         if acc and ode:
             # The cost: the ODE network's accuracy minus the SDE network's, so that its sign and

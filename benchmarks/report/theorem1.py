@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import sigma_of
+from ..networks import ODE, sigma_of
 from ..store import Store
 from .formatting import VERDICT_MARK, effect, markdown_table, number
 from .plotting import plt
@@ -46,12 +46,12 @@ def summarise(store: Store, results: dict) -> dict:
                 row[key] = mean_ci([s[key] for s in seeds])
             row["bound_over_measured"] = [s["bound"] / s["measured_max"] for s in seeds]
     claim = {}
-    for sde in [n for n in amps if n.startswith("sde")]:
+    for sde in [n for n in amps if sigma_of(n) > 0]:
         stages = {}
-        for stage, ode_vals in amps.get("ode", {}).items():
+        for stage, ode_vals in amps.get(ODE, {}).items():
             if stage in amps[sde]:
                 stages[stage] = seed_effect(amps[sde][stage], ode_vals, sign=-1)
-        claim[sde] = {"stages": stages, "network": _across_stages(amps[sde], amps.get("ode", {}))}
+        claim[sde] = {"stages": stages, "network": _across_stages(amps[sde], amps.get(ODE, {}))}
     return {
         "theorem1": {
             "per_model": {
@@ -263,7 +263,7 @@ def _plot(results: dict, store: Store) -> str | None:
             )
         ax.set_yscale("log")
         ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels(["ODE" if m == "ode" else f"σ {sigma_of(m):g}" for m in names], fontsize=9)
+        ax.set_xticklabels(["ODE" if m == ODE else f"σ {sigma_of(m):g}" for m in names], fontsize=9)
         ax.set_title(stage, fontsize=10)
     axes[0][0].set_ylabel(r"$\|F(x+\delta) - F(x)\| / \|\delta\|$")
     axes[0][-1].legend(fontsize=8, loc="upper right")
