@@ -40,8 +40,7 @@ from neuralsde import ODEResNet, SDEResNet
 from neuralsde.discrete import DiscreteResNet
 
 from .common import environment, paired_ratios, write_json
-
-TARGETS = {"ode/torchvision": 1.05, "sde/ode": 1.2, "ode/discrete": 1.1}
+from .targets import target as target_of
 
 
 def noise_draws(sde: SDEResNet, x: torch.Tensor) -> list[int]:
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         record["results"][arch] = res
         for phase, data in res.items():
             for ratio, r in data["ratios"].items():
-                target = TARGETS.get(ratio)
+                target = target_of("cpu", phase, ratio)
                 verdict = "" if target is None else f"{target:7.2f}  " + ("yes" if r["median"] <= target else "NO")
                 print(
                     f"{arch:10} {phase:17} {ratio:17} {r['median']:7.3f} [{r['q1']:6.3f}, {r['q3']:6.3f}] "

@@ -50,6 +50,10 @@ class GridBrownian(torchsde.BaseBrownian):
             and querying an earlier interval again raises.
         shared: draw one path of shape ``(1, noise_dims)`` and give it to every batch
             element (common random numbers: every sample sees the same noise).
+        zero: the path that stays at 0, drawing nothing: what a solver needs to run an
+            SDE method with a diffusion that is zero (a stage at sigma = 0, or its noise
+            off, under a method with no ODE twin), whose increments would only be
+            multiplied by 0.
     """
 
     __slots__ = (
@@ -64,6 +68,7 @@ class GridBrownian(torchsde.BaseBrownian):
         "_cache",
         "_released",
         "_shared",
+        "_zero",
         "queries",
     )
 
@@ -78,6 +83,7 @@ class GridBrownian(torchsde.BaseBrownian):
         generator: torch.Generator | None = None,
         keep: bool = True,
         shared: bool = False,
+        zero: bool = False,
     ):
         if levy_area not in ("none", "space-time"):
             raise ValueError(f"levy_area must be 'none' or 'space-time', got {levy_area!r}")
@@ -94,6 +100,7 @@ class GridBrownian(torchsde.BaseBrownian):
         self._generator = generator
         self._keep = keep
         self._shared = shared
+        self._zero = bool(zero)
         self._cache: dict[int, tuple[Tensor, Tensor | None]] = {}
         self._released = -1
         self.queries = 0
@@ -116,6 +123,8 @@ class GridBrownian(torchsde.BaseBrownian):
         return i
 
     def _gaussian(self, std: float) -> Tensor:
+        if self._zero:
+            return torch.zeros((), dtype=self._dtype, device=self._device).expand(self._shape)
         shape = (1, self._shape[1]) if self._shared else self._shape
         z = torch.empty(shape, dtype=self._dtype, device=self._device)
         z.normal_(0.0, std, generator=self._generator)  # scaled inside the sampler: one pass

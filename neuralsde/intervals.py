@@ -111,8 +111,12 @@ class BlockInterval:
         return self.ts[-1]
 
     def _fixed_path(self, x: Tensor) -> GridBrownian:
-        generator = torch.Generator(device=x.device)
-        generator.manual_seed(self.path_seed)
+        """The interval's piece of the fixed Brownian path of ``path_seed``, or the zero path for a zero diffusion."""
+        zero = isinstance(self.diffusion, ZeroDiffusion)
+        generator = None
+        if not zero:
+            generator = torch.Generator(device=x.device)
+            generator.manual_seed(self.path_seed)
         return GridBrownian(
             step_grid(self.ts, self.dt),
             (x.shape[0], math.prod(x.shape[1:])),
@@ -122,6 +126,7 @@ class BlockInterval:
             generator=generator,
             keep=False,
             shared=True,
+            zero=zero,
         )
 
     def solve(self, block: ResBlock, x: Tensor) -> Tensor:
@@ -136,8 +141,8 @@ class BlockInterval:
             stage checks every block's output once per forward pass.
         """
         bm = None
-        if self.diffusion is not None and self.path_seed is not None:
-            bm = self._fixed_path(x)
+        if isinstance(self.diffusion, ZeroDiffusion) or (self.diffusion is not None and self.path_seed is not None):
+            bm = self._fixed_path(x)  # a zero diffusion draws no increment: they would be multiplied by 0
         recording = self.recording is not None and self.adaptive and is_adaptive(self.method)
         stats = SolverStats(times=[]) if recording else self.stats
         x1 = integrate(

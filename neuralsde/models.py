@@ -300,7 +300,7 @@ class ODEResNet(nn.Module):
             grids = [stage.recorded for stage in self.stages]
         finally:
             for stage in self.stages:
-                stage._recording = None
+                stage.stop_recording()
             self.train(training)
         for stage, grid in zip(self.stages, grids):
             stage.freeze(grid)

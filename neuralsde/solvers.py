@@ -280,7 +280,10 @@ def integrate(
                 f"or adjoint_params=() if it uses none; got a {type(drift).__name__} and adjoint_params=None"
             )
         if adjoint or (adaptive and is_adaptive(method)):
-            ys = _odeint(drift, y0, times, grid, method, dt, rtol, atol, adjoint, adjoint_params, local, options)
+            ys = _odeint(
+                drift, y0, times, grid, method=method, dt=dt, rtol=rtol, atol=atol, adjoint=adjoint,
+                adjoint_params=adjoint_params, stats=local, options=options,
+            )  # fmt: skip
             ys = ys[len(ys) - len(saved) :]
         elif method == "euler":
             ys = fixed_grid(EulerStep(drift, None, None, y0.shape, local), y0, grid, set(saved), local)
@@ -312,7 +315,11 @@ def integrate(
     return torch.stack(ys) if saveat == "ts" else ys[-1]
 
 
-def _odeint(drift, y0, times, grid, method, dt, rtol, atol, adjoint, adjoint_params, stats, options) -> list[Tensor]:
+def _odeint(
+    drift, y0: Tensor, times, grid, *, method: str, dt, rtol: float, atol: float, adjoint: bool, adjoint_params,
+    stats: SolverStats, options,
+) -> list[Tensor]:  # fmt: skip
+    """torchdiffeq's solve (adaptive, or with the adjoint) at ``times``; the grid is used by fixed-step methods."""
     adaptive = is_adaptive(method)
     try:
         return _adaptive_odeint(

@@ -323,6 +323,10 @@ class ContinuousStage(nn.Module):
         """Record the step grids of the next forward pass (read them from ``recorded``)."""
         self._recording = []
 
+    def stop_recording(self) -> None:
+        """Stop recording step grids; what was recorded is dropped."""
+        self._recording = None
+
     @property
     def recorded(self) -> list[list[float]] | None:
         """The step grids recorded since [`record_grids`][neuralsde.stage.ContinuousStage.record_grids].

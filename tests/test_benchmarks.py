@@ -250,7 +250,14 @@ def test_speed_benchmark_writes_every_ratio(tmp_path, capsys):
     for phase in saved["results"]["resnet18"].values():
         for r in phase["ratios"].values():
             assert 0 < r["q1"] <= r["median"] <= r["q3"]
-    assert "gaussians/ode" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "gaussians/ode" in out
+    # Each line's target is the CPU's from the one table both speed benchmarks read.
+    from benchmarks.targets import TARGETS
+
+    for (phase, ratio), goal in TARGETS["cpu"].items():
+        line = next(line for line in out.splitlines() if line.split()[1:3] == [phase, ratio])
+        assert f"{goal:7.2f}" in line
 
 
 def test_quartiles_stay_within_the_data():

@@ -50,6 +50,18 @@ def test_a_stage_with_sigma_zero_draws_no_noise_at_all(monkeypatch):
     assert torch.equal(out, ode(X))
 
 
+@pytest.mark.parametrize("method", ["euler", "milstein", "srk"])
+def test_no_solver_draws_for_a_stage_at_sigma_zero_or_with_its_noise_off(method):
+    """SRK has no ODE twin: such a stage runs it with a zero diffusion, along a zero path, drawing nothing."""
+    kw = dict(method=method, diffusion="additive")  # SRK needs an element-wise diffusion
+    for sigma, mode in (([0.0, 0.0, 0.0], "train"), (0.5, "eval")):
+        model = sde(sigma, **kw).train(mode == "train")
+        state = torch.get_rng_state()
+        out = model(X)
+        assert torch.equal(torch.get_rng_state(), state), (sigma, mode)
+        assert torch.isfinite(out).all()
+
+
 def test_noise_in_one_stage_changes_only_from_that_stage_on():
     model = sde({"layer2": 0.5}).train()
     seen = {}

@@ -52,6 +52,47 @@ def test_no_module_reaches_into_a_stage_private_state():
         assert not [p for p in private if p in text], module
 
 
+def _private_names(tree: ast.AST) -> set[str]:
+    """The private attributes a module defines: ``self._x = ...`` and a class's ``_x`` methods and fields."""
+    names = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("self", "cls")
+        ):
+            names.add(node.attr)
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    names.add(item.name)
+                elif isinstance(item, (ast.Assign, ast.AnnAssign)):
+                    targets = item.targets if isinstance(item, ast.Assign) else [item.target]
+                    names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def reaches(module: str, trees: dict[str, ast.AST]) -> list[str]:
+    """``obj._x`` in ``module`` where ``_x`` is private to another module of the library."""
+    own = _private_names(trees[module])
+    others = {n for m, t in trees.items() if m != module for n in _private_names(t)} - own
+    found = []
+    for node in ast.walk(trees[module]):
+        if isinstance(node, ast.Attribute) and node.attr in others:
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"{module}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_module_reaches_a_private_attribute_of_another():
+    trees = {m: ast.parse((PACKAGE / f"{m}.py").read_text()) for m in MODULES}
+    assert [line for m in MODULES for line in reaches(m, trees)] == []
+    # The scan sees such a reach: the one models.py made before the stage had stop_recording.
+    trees["models"] = ast.parse("def f(stage):\n    stage._recording = None\n")
+    assert reaches("models", trees) == ["models:2: stage._recording"]
+
+
 def test_the_stage_doors_do_what_they_say():
     import torch
     from torch import nn

@@ -36,7 +36,6 @@ figures mean nothing. ``--tiny`` forces those sizes on a GPU too.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
@@ -48,8 +47,9 @@ from pathlib import Path
 import torch
 
 from ..common import atomic_write_text, write_json
+from .sections import SECTIONS, load
 
-__all__ = ["SECTIONS", "Section", "main", "run"]
+__all__ = ["SECTIONS", "Section", "load", "main", "run"]
 
 #: Each section's share of the budget.
 SHARES = {"environment": 0.02, "correctness": 0.25, "speed": 0.37, "protocol": 0.36}
@@ -136,9 +136,6 @@ def _sections() -> dict[str, Callable[[Section], None]]:
         "speed": speed.run,
         "protocol": protocol.run,
     }
-
-
-SECTIONS = ("environment", "correctness", "speed", "protocol", "record")
 
 
 def run(out: str | Path, *, budget: float = 360.0, device: str = "cuda", tiny: bool | None = None,
@@ -268,16 +265,4 @@ def main(argv: list[str] | None = None) -> dict | None:
     )
     print(terminal(record))
     print(f"wrote {args.out}/gpu.json and {args.out}/gpu.md ({record['elapsed_s']:.0f} s)")
-    return record
-
-
-def load(path: str | Path) -> dict:
-    """A run's record from its ``gpu.json``; ValueError if it is not one."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable gpu.json ({err})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("sections"), dict):
-        raise ValueError(f"{path}: not a record of python -m benchmarks.gpu (no 'sections')")
     return record

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from ..common import atomic_write_text
+from .sections import SECTIONS, load
 
 GPU_COMMAND = """\
 pip install -e ".[bench]"          # or, where torch is installed already, see below
@@ -85,8 +86,6 @@ def _section(record: dict, name: str) -> dict:
 
 def _in_order(record: dict) -> list[tuple[str, dict]]:
     """The sections in the order they run (``gpu.json`` keeps its keys sorted)."""
-    from . import SECTIONS
-
     sections = record.get("sections", {})
     return [(n, sections[n]) for n in SECTIONS if n in sections] + [
         (n, e) for n, e in sections.items() if n not in SECTIONS
@@ -357,7 +356,8 @@ def page(record: dict | None) -> str:
 
 def targets_md() -> str:
     """The speed section's targets, as a table."""
-    from .speed import SIZES, TARGETS
+    from ..targets import TARGETS
+    from .speed import SIZES
 
     gpu = SIZES["gpu"]
     what = {
@@ -366,7 +366,7 @@ def targets_md() -> str:
         "deeplift": f"Captum's DeepLift, batch {gpu['deeplift']}",
         "memory": "peak memory of a call",
     }
-    rows = [[SPEED_LABELS.get(ratio, ratio), what[phase], f"≤ {t:.2f}"] for (phase, ratio), t in TARGETS.items()]
+    rows = [[SPEED_LABELS.get(ratio, ratio), what[phase], f"≤ {t:.2f}"] for (phase, ratio), t in TARGETS["gpu"].items()]
     return (
         f"`{gpu['arch']}` at {gpu['size']}×{gpu['size']}, in fp32 and in bf16 autocast with channels_last; the "
         "SDE (Euler–Maruyama) with its noise on. Each ratio is the median over rounds in which the models run side "
@@ -376,8 +376,6 @@ def targets_md() -> str:
 
 def publish(source: str | Path, docs: str | Path = "docs") -> None:
     """Copy a GPU run's ``gpu.json`` into ``docs/data/`` and write ``docs/gpu.md`` from it."""
-    from . import load
-
     record = load(source)
     if record.get("tiny") or not str(record.get("device", "")).startswith("cuda"):
         raise ValueError(f"{source}: a dry run (device {record.get('device')}, tiny sizes); publish a GPU run")

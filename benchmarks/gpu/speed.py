@@ -35,20 +35,12 @@ from neuralsde import ODEResNet, SDEResNet
 from neuralsde.discrete import DiscreteResNet
 
 from ..common import paired_ratios
+from ..targets import target as target_of
 
 #: Sizes: at GPU scale, and for a dry run.
 SIZES = {
     "gpu": dict(arch="resnet50", size=224, forward=64, train=32, deeplift=16, rounds=20, inner=3, compile="inductor"),
     "tiny": dict(arch="resnet18", size=32, forward=4, train=2, deeplift=2, rounds=3, inner=1, compile="eager"),
-}
-#: (line phase, ratio) -> target.
-TARGETS = {
-    ("forward", "ode/torchvision"): 1.03,
-    ("forward+backward", "ode/torchvision"): 1.05,
-    ("forward", "sde/ode"): 1.10,
-    ("forward+backward", "sde/ode"): 1.10,
-    ("deeplift", "ode/discrete"): 1.05,
-    ("memory", "ode/torchvision"): 1.05,
 }
 LINES = (
     ("fp32", "forward"),
@@ -61,8 +53,8 @@ LINES = (
 
 
 def target(phase: str, ratio: str) -> float | None:
-    """The target of a ratio on a line of this phase, if it has one."""
-    return TARGETS.get((phase, ratio))
+    """The target of a ratio on a line of this phase, if it has one (``benchmarks.targets``, the GPU's)."""
+    return target_of("gpu", phase, ratio)
 
 
 def _sync(device: torch.device) -> None:

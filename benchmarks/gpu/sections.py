@@ -1,0 +1,27 @@
+"""What a GPU run's record holds: its sections, in the order they run, and how it is read back.
+
+Below both the command (``benchmarks.gpu``) and the page writer (``benchmarks.gpu.record``),
+so that neither imports the other to learn them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["SECTIONS", "load"]
+
+#: The sections of a run, in the order they run.
+SECTIONS = ("environment", "correctness", "speed", "protocol", "record")
+
+
+def load(path: str | Path) -> dict:
+    """A run's record from its ``gpu.json``; ValueError if it is not one."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable gpu.json ({err})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("sections"), dict):
+        raise ValueError(f"{path}: not a record of python -m benchmarks.gpu (no 'sections')")
+    return record
