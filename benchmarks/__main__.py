@@ -32,21 +32,13 @@ takes ``--sde-weights FILE`` instead of ``--train-data``, and runs the paper's p
 
 from __future__ import annotations
 
-from .figures import FIGURES
-from .interventions import INTERVENTIONS
-from .mechanism import MECHANISM
+from . import registry
 from .pipeline import run
-from .report import REPORT
-from .sensitivity import LOCALISATION, ROBUSTNESS, SENSITIVITY
-from .theorem1 import COMPLETENESS, THEOREM1
-
-#: Every part of the main job.
-PARTS = (SENSITIVITY, ROBUSTNESS, LOCALISATION, THEOREM1, MECHANISM, INTERVENTIONS, COMPLETENESS, FIGURES, REPORT)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
     """Run the main job; returns its results (None if it wrote no report)."""
-    return run(argv, PARTS, description=__doc__.split("\n\n")[0])
+    return run(argv, registry.load(), description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Every option has a role, which decides what a change of it invalidates:
 
 * ``train``: the networks (data, architecture, solver, training). Changing one retrains.
 * ``measure``: a measurement. Changing one recomputes the measurements that depend on it
-  (``MEASURE_OPTIONS``), never the networks.
+  (each part declares the options of the kinds of cells it writes), never the networks.
 * ``run``: how and where the run executes, or which networks and parts it has; such
   options change no stored result (each network's seed and σ are part of its name).
 """
@@ -20,22 +20,11 @@ from neuralsde.models import CIFAR_ARCHS, TORCHVISION_ARCHS
 
 from .checks import LOWER_BOUNDS, check_device, check_finite, exists, float_options, named_data_hint
 from .networks import Network, stage_names
+from .registry import NAMES as PART_NAMES
 from .seeds import MAX_REPETITIONS
 
-__all__ = ["ALL_PARTS", "Config", "digest"]
+__all__ = ["ACCURACY_OPTIONS", "Config", "digest"]
 
-#: Every part of the main job, in the order they run (the report last).
-ALL_PARTS = (
-    "sensitivity",
-    "robustness",
-    "localisation",
-    "theorem1",
-    "mechanism",
-    "interventions",
-    "completeness",
-    "figures",
-    "report",
-)
 #: Training options added after stores were first written. At their default (what every
 #: earlier network was trained with) they are left out of a network's identity, so that
 #: an earlier store keeps its networks and cells.
@@ -59,23 +48,9 @@ METHOD_OPTIONS = {
     "deeplift": (),
     "deeplift_shap": ("shap_baselines",),
 }
-#: The measurement options each kind of result depends on (the attribution method's
-#: own options are added per method).
-MEASURE_OPTIONS = {
-    "accuracy": ("eval_images", "amp"),
-    "sensitivity": ("n_images", "radius", "n_perturb", "chunk", "amp"),
-    "robustness": ("robust_images", "topk", "attack_eps", "attack_steps", "amp"),
-    "localisation": ("n_images", "chunk", "amp"),
-    "theorem1": ("theorem_images", "bound_steps", "amp"),
-    "mechanism": ("n_images", "radius", "n_perturb", "amp"),
-    "completeness": ("completeness_images", "radius", "ig_steps", "shap_baselines", "amp"),
-    "figures": ("figure_images", "amp"),
-    "interventions": ("n_images", "radius", "n_perturb", "chunk", "mc_samples", "amp"),
-    "intervention_patterns": ("n_images", "radius", "n_perturb", "amp"),
-}
-#: Bumped when the code of a kind's measurement changes what its cells hold, so that a
-#: resumed run recomputes the cells an older version wrote (kinds not listed: 1).
-SCHEMA = {"sensitivity": 2, "theorem1": 2}
+#: The measurement options a network's test accuracy depends on (the parts declare those
+#: of the cells they write: ``Part.options``).
+ACCURACY_OPTIONS = ("eval_images", "amp")
 #: The training options of the shapes networks (localisation); the rest of ``train``
 #: options describe the main data set's networks.
 SHAPES_TRAIN_OPTIONS = tuple(
@@ -173,9 +148,9 @@ class Config:
     n_perturb: int = _opt(10, "measure", "perturbations per image (max-sensitivity is the maximum over them)")
     methods: list[str] = _opt(list(METHODS), "run", f"attribution methods, of: {', '.join(METHODS)}")
     parts: list[str] = _opt(
-        list(ALL_PARTS[:-1]),
+        list(PART_NAMES),
         "run",
-        f"the parts of the main job to run, of: {', '.join(ALL_PARTS[:-1])} (a report follows)",
+        f"the parts of the main job to run, of: {', '.join(PART_NAMES)} (a report follows)",
     )
     ig_steps: int = _opt(20, "measure", "Integrated Gradients' steps")
     sg_samples: int = _opt(5, "measure", "SmoothGrad's noisy samples")
@@ -280,13 +255,15 @@ class Config:
         names = [n for n in names if not (n in LATER_TRAIN_OPTIONS and getattr(self, n) == LATER_TRAIN_OPTIONS[n])]
         return {"network": network.name, "seed": seed, "sigma": network.sigma, **self.options(names)}
 
-    def measurement(self, kind: str, method: str | None = None) -> dict:
-        """The measurement options a result of ``kind`` (with attribution ``method``) depends on."""
-        names = MEASURE_OPTIONS[kind] + (METHOD_OPTIONS[method] if method else ())
-        options = self.options(names)
-        if SCHEMA.get(kind, 1) > 1:
-            options["schema"] = SCHEMA[kind]
-        return options
+    def measurement(self, options: tuple[str, ...], method: str | None = None, schema: int = 1) -> dict:
+        """The values of a kind's measurement ``options`` and attribution ``method``'s, what its cells depend on.
+
+        ``schema`` above 1 (the version of what the kind's cells hold) is recorded too.
+        """
+        values = self.options(tuple(options) + (METHOD_OPTIONS[method] if method else ()))
+        if schema > 1:
+            values["schema"] = schema
+        return values
 
     def digest(self) -> str:
         """A short hash of the whole configuration but its thread count.
@@ -323,9 +300,9 @@ class Config:
             )
         if self.data_root and not self.cifar:
             raise ValueError(f"--data-root is where CIFAR-10 is; it needs --data cifar10, got --data {self.data}")
-        unknown = set(self.parts) - set(ALL_PARTS[:-1])
+        unknown = set(self.parts) - set(PART_NAMES)
         if unknown or not self.parts:
-            raise ValueError(f"--parts must name some of {', '.join(ALL_PARTS[:-1])}; got {self.parts}")
+            raise ValueError(f"--parts must name some of {', '.join(PART_NAMES)}; got {self.parts}")
         if self.imagenet and not (self.train_data or self.sde_weights):
             raise ValueError(
                 "an ImageFolder run needs the SDE network: --sde-weights FILE (a trained SDEResNet checkpoint) "

@@ -86,15 +86,23 @@ class Context:
     shape_pools: dict[int, list[int]] = field(default_factory=dict)
     ranks: Ranks = field(default_factory=Ranks)
     deferred: list[tuple] = field(default_factory=list)
+    kinds: dict[str, tuple[tuple[str, ...], int]] = field(default_factory=dict)
 
     def pair(self, seed: int) -> dict[str, nn.Module]:
         """The ODE network and the SDE network of the pairwise tables, for one seed."""
         nets, pair = self.nets[seed], (Network().name, self.cfg.table_sde.name)
         return {name: nets[name] for name in pair}
 
+    def measurement(self, kind: str, method: str | None = None) -> dict:
+        """The options a cell of ``kind`` (with attribution ``method``) depends on, as its part declares them."""
+        if kind not in self.kinds:
+            raise ValueError(f"no part of this run declares the kind of cells {kind!r}")
+        options, schema = self.kinds[kind]
+        return self.cfg.measurement(options, method, schema)
+
     def depends(self, kind: str, prints: dict[str, str], images: list[int], method: str | None = None, **more) -> dict:
         """What a cell depends on: its networks' weights, its measurement options and its images."""
-        return {"networks": prints, "options": self.cfg.measurement(kind, method), "images": images, **more}
+        return {"networks": prints, "options": self.measurement(kind, method), "images": images, **more}
 
     def measure(
         self,
@@ -119,7 +127,7 @@ class Context:
         bar moves one step per cell.
 
         Args:
-            kind: the kind of measurement (see ``benchmarks.config.MEASURE_OPTIONS``).
+            kind: the kind of measurement (one its part declares in ``Part.options``).
             compute: makes one cell's result.
             images: ``(seed, rep) -> image indices`` (``rep`` None without repetitions).
             methods: the attribution methods, or ``(None,)``.
@@ -182,21 +190,30 @@ def _no_cells(ctx: Context) -> int:
 
 @dataclass(frozen=True)
 class Part:
-    """One part of a benchmark run.
+    """One part of a benchmark run (listed in ``benchmarks.registry``).
 
     Attributes:
-        name: one of ``ALL_PARTS``.
+        name: its name in the registry (and in ``--parts``).
+        options: per kind of cell it writes, the measurement options those cells depend
+            on (an attribution method's own options are added per method); a change of
+            one recomputes them. The stale-options test checks that a cell reads no other.
+        schema: per kind, the version of what its cells hold (default 1), bumped when the
+            measurement's code changes them, so a resumed run recomputes older cells.
         cells: the number of measurements it adds to the progress bar.
         on_main: measures ``ctx.nets`` on ``ctx.data``.
         on_shapes: measures ``ctx.shape_nets`` on ``ctx.shape_data``.
-        finish: runs after every measurement; what it returns, the run returns.
         networks: ``cfg -> [Network]``, the networks of its own it trains (checked with
             the run's networks before anything is trained).
     """
 
     name: str
+    options: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    schema: dict[str, int] = field(default_factory=dict)
     cells: Callable[[Context], int] = _no_cells
     on_main: Callable[[Context], None] | None = None
     on_shapes: Callable[[Context], None] | None = None
-    finish: Callable[[Context], dict] | None = None
     networks: Callable[[Config], list[Network]] | None = None
+
+    def kinds(self) -> dict[str, tuple[tuple[str, ...], int]]:
+        """Per kind of cell it writes: its options and its schema."""
+        return {kind: (tuple(options), self.schema.get(kind, 1)) for kind, options in self.options.items()}

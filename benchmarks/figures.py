@@ -21,7 +21,6 @@ from .cells import explainer  # noqa: E402
 from .config import METHOD_TITLES, Config  # noqa: E402
 from .networks import Network  # noqa: E402
 from .pipeline import Context, Part, run  # noqa: E402
-from .report import REPORT  # noqa: E402
 from .store import Store  # noqa: E402
 from .train import Data, _stack  # noqa: E402
 
@@ -85,7 +84,7 @@ def run_figures(
         depends = {
             "networks": prints,
             "labels": list(models),
-            "options": cfg.measurement("figures", method),
+            "options": ctx.measurement("figures", method),
             "images": chosen,
         }
         compute = partial(_figure_cell, cfg, store, dataset, models, data, method, x, target, chosen)
@@ -129,7 +128,7 @@ def run_maps(ctx: Context, dataset: str, models, prints, data: Data, pool) -> No
     depends = {
         "networks": prints,
         "labels": list(models),
-        "options": {m: cfg.measurement("figures", m) for m in methods},
+        "options": {m: ctx.measurement("figures", m) for m in methods},
         "images": chosen,
     }
     _redraw_if_gone(ctx, f"{dataset}--maps", f"{dataset}-maps.png")
@@ -170,6 +169,7 @@ def _shape_figures(ctx: Context) -> None:
 # for natural images also the maps figure.
 FIGURES = Part(
     "figures",
+    options={"figures": ("figure_images", "amp")},
     cells=lambda ctx: len(ctx.cfg.methods) * (1 + ctx.cfg.shapes) + _maps(ctx.cfg),
     on_main=_figures,
     on_shapes=_shape_figures,
@@ -177,7 +177,7 @@ FIGURES = Part(
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(argv, (FIGURES, REPORT), description=__doc__.split("\n\n")[0])
+    run(argv, (FIGURES,), description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

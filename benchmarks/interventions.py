@@ -29,7 +29,6 @@ from .cells import chosen_images, mechanism_cell, sensitivity_cell
 from .config import Config
 from .networks import Network
 from .pipeline import Cell, Context, Part, run
-from .report import REPORT
 from .seeds import purpose_seed
 from .train import build_model, fingerprint, predictions, trained_model
 
@@ -96,11 +95,20 @@ def _cells(ctx: Context) -> int:
     return len(cfg.seeds) * ((n + 1) * len(cfg.intervention_methods) * cfg.repetitions + n)
 
 
-INTERVENTIONS = Part("interventions", cells=_cells, on_main=run_interventions, networks=Config.intervention_networks)
+INTERVENTIONS = Part(
+    "interventions",
+    options={
+        "interventions": ("n_images", "radius", "n_perturb", "chunk", "mc_samples", "amp"),
+        "intervention_patterns": ("n_images", "radius", "n_perturb", "amp"),
+    },
+    cells=_cells,
+    on_main=run_interventions,
+    networks=Config.intervention_networks,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(argv, (INTERVENTIONS, REPORT), description=__doc__.split("\n\n")[0])
+    run(argv, (INTERVENTIONS,), description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

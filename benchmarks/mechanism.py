@@ -27,7 +27,6 @@ from functools import partial
 
 from .cells import chosen_images, mechanism_cell
 from .pipeline import Context, Part, run
-from .report import REPORT
 
 __all__ = ["MECHANISM", "run_mechanism"]
 
@@ -43,12 +42,15 @@ def run_mechanism(ctx: Context) -> None:
 
 
 MECHANISM = Part(
-    "mechanism", cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.table_networks()), on_main=run_mechanism
+    "mechanism",
+    options={"mechanism": ("n_images", "radius", "n_perturb", "amp")},
+    cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.table_networks()),
+    on_main=run_mechanism,
 )
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(argv, (MECHANISM, REPORT), description=__doc__.split("\n\n")[0])
+    run(argv, (MECHANISM,), description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

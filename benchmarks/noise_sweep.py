@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import sys
 
+from . import registry
 from .pipeline import run
-from .report import REPORT
-from .sensitivity import SENSITIVITY
-from .theorem1 import THEOREM1
 
 
 def main(argv: list[str] | None = None) -> None:
-    results = run(argv, (SENSITIVITY, THEOREM1, REPORT), description=__doc__.split("\n\n")[0])
+    results = run(argv, registry.load(["sensitivity", "theorem1"]), description=__doc__.split("\n\n")[0])
     if results:
         for row in results["noise_sweep"]:
             sens = ", ".join(f"{m} {v['mean']:.4f}" for m, v in row["sensitivity"].items())

@@ -1,15 +1,15 @@
 """How a benchmark run goes: the networks, then the parts it is given, then its record.
 
-A part is a ``Part``: a name and what it does at each stage of the run. The run trains
-(or reuses) every network once per training seed on its data set and finds, per seed,
-the test images every network of that seed classifies correctly; each part then measures
-them (``on_main``); if a part works on the shapes with masks, the shapes networks are
-trained per seed and each such part measures them (``on_shapes``); last, a part may
-summarise the store (``finish``, the report).
+A part is a ``Part``: a name, the options of the cells it writes and what it does at
+each stage of the run. The run trains (or reuses) every network once per training seed on
+its data set and finds, per seed, the test images every network of that seed classifies
+correctly; each part then measures them (``on_main``); if a part works on the shapes with
+masks, the shapes networks are trained per seed and each such part measures them
+(``on_shapes``); last, the report summarises the store (``benchmarks.report.write``).
 
-This module knows no part: the part modules define theirs and the entry points
-(``python -m benchmarks``, ``python -m benchmarks.sensitivity``, ...) hand them to
-``run``. Each measurement seeds its own random draws (see ``benchmarks.store``), so the
+This module imports no part: the entry points (``python -m benchmarks``, ``python -m
+benchmarks.sensitivity``, ...) hand their parts to ``run``, which runs them in the
+order of ``benchmarks.registry``. Each measurement seeds its own random draws (see ``benchmarks.store``), so the
 parts' order does not change their numbers.
 
 Under torchrun a run is one job of many ranks (``benchmarks.ranks``): each trains its
@@ -40,10 +40,13 @@ from torch import nn
 from . import ranks as _ranks
 from .cli import parse_args, threads
 from .common import progress_bar, write_json
-from .config import ALL_PARTS, Config
+from .config import Config
 from .context import Cell, Context, Part
 from .networks import Network
 from .ranks import RankFailed, Ranks, RankStopped
+from .registry import NAMES
+from .report import console_summary
+from .report import write as write_report
 from .store import FolderUnusable, OtherOptions, Store
 from .train import (
     Data,
@@ -58,7 +61,7 @@ from .train import (
     trained_model,
 )
 
-__all__ = ["ALL_PARTS", "Cell", "Context", "Part", "run"]
+__all__ = ["Cell", "Context", "Part", "run"]
 
 
 class NothingToMeasure(RuntimeError):
@@ -128,10 +131,10 @@ def _log_run(store: Store, argv, seconds: float, status: str) -> None:
 
 
 def _in_order(parts: Sequence[Part]) -> list[Part]:
-    unknown = [p.name for p in parts if p.name not in ALL_PARTS]
+    unknown = [p.name for p in parts if p.name not in NAMES]
     if unknown:
-        raise ValueError(f"unknown parts {unknown}; valid: {', '.join(ALL_PARTS)}")
-    return sorted(parts, key=lambda p: ALL_PARTS.index(p.name))
+        raise ValueError(f"unknown parts {unknown}; valid: {', '.join(NAMES)}")
+    return sorted(parts, key=lambda p: NAMES.index(p.name))
 
 
 def _train(
@@ -212,7 +215,8 @@ def _shared_pools(ranks: Ranks) -> dict[str, dict]:
     return {which: {int(seed): pool for seed, pool in by_seed.items()} for which, by_seed in shared.items()}
 
 
-def _measure(ctx: Context, parts: list[Part], quiet: bool = False) -> dict | None:
+def _measure(ctx: Context, parts: list[Part], quiet: bool = False, report: bool = True) -> dict | None:
+    """Every part's cells; then, on rank 0, every rank's cells collected and (``report``) the report written."""
     store, ranks = ctx.store, ctx.ranks
     ctx.bar = progress_bar(sum(p.cells(ctx) for p in parts), "measurements", quiet=quiet or not ranks.lead)
     ranks.track("measurements", ctx.bar)
@@ -233,10 +237,10 @@ def _measure(ctx: Context, parts: list[Part], quiet: bool = False) -> dict | Non
         ranks.track("measurements", None)
         ctx.bar.close()
     _collect(ctx, others)
-    results = None
-    for part in parts:
-        if part.finish is not None:
-            results = part.finish(ctx)
+    if not report:
+        return None
+    results = write_report(ctx.store)
+    print(console_summary(results))
     return results
 
 
@@ -254,19 +258,21 @@ def _collect(ctx: Context, others: dict[int, dict]) -> None:
         store.computed.extend(state.get("computed", []))
 
 
-def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") -> dict | None:
-    """Run the given parts of the benchmark; returns what the last ``finish`` returns.
+def run(argv: list[str] | None, parts: Sequence[Part], description: str = "", *, report: bool = True) -> dict | None:
+    """Run the given parts of the benchmark, then write the report; returns the report's results.
 
     Args:
         argv: the command line (default ``sys.argv[1:]``), see ``benchmarks.cli.parse_args``.
-        parts: the parts to run (in ``ALL_PARTS`` order, whatever their order here); of them, only
-            those named by ``--parts`` (and the report) run.
+        parts: the parts to run (in ``benchmarks.registry`` order, whatever their order here); of
+            them, only those named by ``--parts`` run.
         description: the command's help text.
+        report: write ``results.json``, ``tables.md`` and the figures at the end (returning
+            None without).
     """
     argv = sys.argv[1:] if argv is None else argv
     parts = _in_order(parts)
     cfg, args = parse_args(argv, description)
-    parts = [p for p in parts if p.name == "report" or p.name in cfg.parts]  # --parts chooses among them
+    parts = [p for p in parts if p.name in cfg.parts]  # --parts chooses among them
     check_inputs(cfg)
     sets = {"main": cfg.table_networks() + [net for p in parts if p.networks is not None for net in p.networks(cfg)]}
     if cfg.shapes and any(p.on_shapes is not None for p in parts):
@@ -277,7 +283,7 @@ def run(argv: list[str] | None, parts: Sequence[Part], description: str = "") ->
             networks = [(net, seed) for seed in cfg.seeds for nets in sets.values() for net in nets]
             store = _open(args, cfg, ranks, networks)
             with _sigterm_as_interrupt():
-                return _run(cfg, store, ranks, argv, parts, sets, args.quiet)
+                return _run(cfg, store, ranks, argv, parts, sets, args.quiet, report)
     finally:
         _ranks.leave()
 
@@ -317,7 +323,9 @@ def _open(args, cfg: Config, ranks: Ranks, networks: list[tuple[Network, int]]) 
     return store
 
 
-def _run(cfg: Config, store: Store, ranks: Ranks, argv, parts: list[Part], sets: dict, quiet: bool) -> dict | None:
+def _run(
+    cfg: Config, store: Store, ranks: Ranks, argv, parts: list[Part], sets: dict, quiet: bool, report: bool
+) -> dict | None:
     start = time.perf_counter()
     status = "interrupted"
     failure = None
@@ -343,11 +351,12 @@ def _run(cfg: Config, store: Store, ranks: Ranks, argv, parts: list[Part], sets:
                     f"{seed} (asked for {cfg.n_images})",
                     file=sys.stderr,
                 )
-        ctx = Context(cfg, store, data, nets, prints, pools["main"], ranks=ranks)
+        kinds = {kind: value for part in parts for kind, value in part.kinds().items()}
+        ctx = Context(cfg, store, data, nets, prints, pools["main"], ranks=ranks, kinds=kinds)
         if shape_data is not None:
             ctx.shape_data, ctx.shape_nets, ctx.shape_prints = shape_data, shape_nets, shape_prints
             ctx.shape_pools = pools["shapes"]
-        results = _measure(ctx, parts, quiet)
+        results = _measure(ctx, parts, quiet, report)
         if ranks.lead:
             store.write_manifest()
         status = "finished"

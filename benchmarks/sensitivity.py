@@ -29,7 +29,6 @@ from .cells import chosen_images, chunks, explainer, sensitivity_cell
 from .common import GpuMonitor
 from .config import Config
 from .pipeline import Cell, Context, Part, run
-from .report import REPORT
 from .seeds import purpose_seed
 
 __all__ = ["LOCALISATION", "ROBUSTNESS", "SENSITIVITY", "run_localisation", "run_robustness", "run_sensitivity"]
@@ -176,24 +175,28 @@ def _sensitivity(ctx: Context) -> None:
 
 SENSITIVITY = Part(
     "sensitivity",
+    options={"sensitivity": ("n_images", "radius", "n_perturb", "chunk", "amp")},
+    schema={"sensitivity": 2},
     cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.table_networks()) * len(ctx.cfg.methods) * ctx.cfg.repetitions,
     on_main=_sensitivity,
 )
 ROBUSTNESS = Part(
     "robustness",
+    options={"robustness": ("robust_images", "topk", "attack_eps", "attack_steps", "amp")},
     cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.table_networks()) * len(ctx.cfg.robust_methods),
     on_main=run_robustness,
 )
 # Two shapes networks (ODE and SDE) per seed, when the run has the shapes.
 LOCALISATION = Part(
     "localisation",
+    options={"localisation": ("n_images", "chunk", "amp")},
     cells=lambda ctx: ctx.cfg.shapes * len(ctx.cfg.seeds) * 2 * len(ctx.cfg.methods),
     on_shapes=run_localisation,
 )
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(argv, (SENSITIVITY, ROBUSTNESS, LOCALISATION, REPORT), description=__doc__.split("\n\n")[0])
+    run(argv, (SENSITIVITY, ROBUSTNESS, LOCALISATION), description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

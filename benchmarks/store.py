@@ -44,9 +44,10 @@ import torch
 from neuralsde.train import CheckpointDamaged, load_checkpoint
 
 from .common import environment, save_png, write_json
-from .config import LATER_TRAIN_OPTIONS, MEASURE_OPTIONS, Config, digest
+from .config import LATER_TRAIN_OPTIONS, Config, digest
 from .damaged import RejectLog, not_a_file, say, set_aside
 from .networks import Network
+from .registry import KINDS as PART_KINDS
 from .verify import checksum, seeded, shape_problem, versions
 
 __all__ = ["KINDS", "FolderBusy", "FolderUnusable", "OtherOptions", "Store", "checksum", "seeded", "versions"]
@@ -54,7 +55,7 @@ __all__ = ["KINDS", "FolderBusy", "FolderUnusable", "OtherOptions", "Store", "ch
 
 #: Every kind of result a store holds: the measurements', the networks' training records,
 #: the starting weights' accuracy, and the GPU profiles of the sensitivity cells.
-KINDS = frozenset({*MEASURE_OPTIONS, "figures", "train", "start_accuracy", "profile"})
+KINDS = frozenset({*PART_KINDS, "accuracy", "train", "start_accuracy", "profile"})
 
 
 class FolderBusy(RuntimeError):

@@ -31,7 +31,6 @@ from neuralsde.theory import amplification, completeness_residual, local_bound, 
 from .cells import explainer
 from .config import Config
 from .pipeline import Cell, Context, Part, run
-from .report import REPORT
 from .seeds import purpose_seed
 
 __all__ = ["COMPLETENESS", "SOLVERS", "THEOREM1", "path_seed_of", "run_completeness", "run_theorem1"]
@@ -145,18 +144,25 @@ def run_completeness(ctx: Context) -> None:
     )
 
 
-THEOREM1 = Part("theorem1", cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.table_networks()), on_main=run_theorem1)
+THEOREM1 = Part(
+    "theorem1",
+    options={"theorem1": ("theorem_images", "bound_steps", "amp")},
+    schema={"theorem1": 2},
+    cells=lambda ctx: len(ctx.cfg.seeds) * len(ctx.cfg.table_networks()),
+    on_main=run_theorem1,
+)
 # The ODE network under each of SOLVERS and the table's SDE network under each of
 # SDE_SOLVERS on the first seed; both under their own solver on the other seeds.
 COMPLETENESS = Part(
     "completeness",
+    options={"completeness": ("completeness_images", "radius", "ig_steps", "shap_baselines", "amp")},
     cells=lambda ctx: len(SOLVERS) + len(SDE_SOLVERS) + 2 * (len(ctx.cfg.seeds) - 1),
     on_main=run_completeness,
 )
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(argv, (THEOREM1, COMPLETENESS, REPORT), description=__doc__.split("\n\n")[0])
+    run(argv, (THEOREM1, COMPLETENESS), description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from neuralsde.train import evaluate, load_weights, train
 from neuralsde.weights import read_weights, weights_mismatch
 
 from .cli import parse_args, threads
-from .config import Config, digest
+from .config import ACCURACY_OPTIONS, Config, digest
 from .networks import Network
 from .store import FolderBusy, FolderUnusable, OtherOptions, Store
 
@@ -338,7 +338,7 @@ def fingerprint(model: nn.Module) -> str:
 def accuracy(cfg: Config, store: Store, network: Network, seed: int, model: nn.Module, data: Data) -> float:
     """The test accuracy of a network of the run (a measurement, stored like the others)."""
     name = network.name
-    depends = {"networks": {name: fingerprint(model)}, "options": cfg.measurement("accuracy")}
+    depends = {"networks": {name: fingerprint(model)}, "options": cfg.measurement(ACCURACY_OPTIONS)}
     cell = store.cell(
         "accuracy",
         f"s{seed}/{name}",
@@ -365,7 +365,7 @@ def starting_accuracy(cfg: Config, store: Store, data: Data) -> float | None:
     if not cfg.weights:
         return None
     model = build_model(cfg, Network(), cfg.seeds[0], data).eval()
-    depends = {"networks": {"pretrained": fingerprint(model)}, "options": cfg.measurement("accuracy")}
+    depends = {"networks": {"pretrained": fingerprint(model)}, "options": cfg.measurement(ACCURACY_OPTIONS)}
 
     def compute() -> dict:
         return {

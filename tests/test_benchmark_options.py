@@ -11,6 +11,7 @@ from benchmarks.__main__ import main
 from benchmarks.cli import build_parser, parse_args
 from benchmarks.config import Config
 from benchmarks.networks import Network
+from benchmarks.sensitivity import SENSITIVITY
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "quick"]
@@ -70,9 +71,10 @@ def test_config_roles_cover_every_option():
     ode = Network()
     assert cfg.network(ode, 0) == Config(ig_steps=99, n_images=3).network(ode, 0)
     assert cfg.network(ode, 0) != Config(epochs=3).network(ode, 0)
-    assert cfg.measurement("sensitivity", "saliency") == Config(ig_steps=99).measurement("sensitivity", "saliency")
-    assert cfg.measurement("sensitivity", "integrated_gradients") != Config(ig_steps=99).measurement(
-        "sensitivity", "integrated_gradients"
+    options = SENSITIVITY.options["sensitivity"]
+    assert cfg.measurement(options, "saliency") == Config(ig_steps=99).measurement(options, "saliency")
+    assert cfg.measurement(options, "integrated_gradients") != Config(ig_steps=99).measurement(
+        options, "integrated_gradients"
     )
 
 

@@ -30,7 +30,7 @@ def _run_parts(argv: list[str], *parts) -> None:
     For tests that check what a run notices and recomputes, not its tables: the other
     parts' cells stay as they are, and no figure is drawn.
     """
-    run(argv, parts)
+    run(argv, parts, report=False)
 
 
 def _copy(quick_run, tmp_path) -> Path:

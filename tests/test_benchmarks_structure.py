@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import assert_no_import_circle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,12 +117,15 @@ def test_no_module_but_the_entry_point_imports_it():
 def test_the_imports_form_no_circle():
     graph = {m: _imported(m) for m in MODULES}
     assert_no_import_circle(graph)
-    # The pipeline runs whatever parts it is handed; it imports none of them.
-    assert graph["pipeline"] <= {"cli", "common", "config", "context", "networks", "ranks", "store", "train"}
+    # The pipeline runs whatever parts it is handed, in the registry's order, and the report last; it imports no part.
+    allowed = {"cli", "common", "config", "context", "networks", "ranks", "registry", "report", "store", "train"}
+    assert graph["pipeline"] <= allowed
+    # The registry names the parts and imports none of them (the configuration reads it).
+    assert graph["registry"] == set()
     # The report reads the store; it imports no part (the measuring side) and no entry point.
     for module in (m for m in MODULES if m == "report" or m.startswith("report.")):
         outside = {m for m in graph[module] if m != "report" and not m.startswith("report.")}
-        assert outside <= {"common", "config", "networks", "presets", "store", "pipeline", "paper"}, (module, outside)
+        assert outside <= {"common", "config", "networks", "presets", "store", "paper", "registry"}, (module, outside)
 
 
 def _parts() -> set[str]:
@@ -145,3 +149,24 @@ def test_no_part_imports_another():
         assert not _imported(part) & parts, (part, _imported(part) & parts)
     # Below them: what they share, imported by several.
     assert "cells" in _imported("interventions") and "cells" in _imported("mechanism")
+
+
+def test_a_claim_is_two_registrations():
+    """One line per part in benchmarks.registry (the parts' order, --parts, the store's kinds, the main job)."""
+    from benchmarks import registry
+    from benchmarks.config import Config
+    from benchmarks.report import SECTIONS
+    from benchmarks.store import KINDS
+
+    parts = registry.load()
+    assert [p.name for p in parts] == list(registry.NAMES) == Config().parts
+    for part in parts:  # each part declares the options of exactly the kinds its line gives
+        assert tuple(part.options) == registry.PARTS[part.name][1] and all(part.options.values())
+    assert set(registry.KINDS) <= KINDS
+    # The main job and the noise sweep take their parts from the registry; no entry point lists them by hand.
+    for entry in ("__main__", "noise_sweep"):
+        assert "registry" in _imported(entry) and not _imported(entry) & _parts()
+    assert [p.name for p in registry.load(["theorem1", "sensitivity"])] == ["sensitivity", "theorem1"]
+    with pytest.raises(ValueError, match="unknown parts"):
+        registry.load(["report"])  # the report is no part: a job writes it last
+    assert len(SECTIONS) == len({s.name for s in SECTIONS})

@@ -30,7 +30,7 @@ def test_a_cell_or_checkpoint_that_is_a_folder_is_set_aside_and_made_again(quick
     (ckpt / "inside").mkdir(parents=True)  # a folder, not empty, where the checkpoint was
     capsys.readouterr()
     for _ in range(2):  # the second run finds everything in place again
-        run([*QUICK, "--out", str(copy), "--quiet"], [SENSITIVITY])
+        run([*QUICK, "--out", str(copy), "--quiet"], [SENSITIVITY], report=False)
     err = capsys.readouterr().err
     assert "cells/sensitivity/s0/ode--saliency--rep0.json: not a file but a folder; set aside as " in err
     assert "checkpoints/s0/sde-0.5.pt: not a file but a folder; set aside as sde-0.5.pt.damaged; training" in err
@@ -89,7 +89,7 @@ def test_the_last_line_counts_what_was_reused(quick_run, tmp_path, capsys):
     copy = _copy(quick_run, tmp_path)
     (copy / "cells" / "sensitivity" / "s0" / "ode--saliency--rep0.json").unlink()
     capsys.readouterr()
-    run([*QUICK, "--out", str(copy), "--quiet"], [SENSITIVITY])
+    run([*QUICK, "--out", str(copy), "--quiet"], [SENSITIVITY], report=False)
     out = capsys.readouterr().out.strip().splitlines()[-1]
     # Seed 0 of the quick preset: 2 trainings and 2 accuracies, 2 networks x 5 methods x 2 repetitions of
     # sensitivity, of which one is computed again.

@@ -1,7 +1,7 @@
 """A guard against stale results: every option a measurement reads is one its stored cells depend on.
 
 A cell is reused when its dependencies match (networks, images, the measurement options
-declared for its kind in ``benchmarks.config.MEASURE_OPTIONS`` and its method's in
+its part declares for its kind in ``Part.options`` and its method's in
 ``METHOD_OPTIONS``). An option the cell code reads but its kind does not declare would
 let a changed value silently reuse a cell computed with the old one. This test runs
 every part of the main job, records each configuration field read while a cell is
@@ -13,10 +13,10 @@ import shutil
 
 import pytest
 
-import benchmarks.config as config
 from benchmarks.__main__ import main
 from benchmarks.config import SHAPES_TRAIN_OPTIONS, Config
 from benchmarks.networks import Network
+from benchmarks.sensitivity import SENSITIVITY
 from benchmarks.store import Store
 
 FIELDS = {f.name: f.metadata["role"] for f in dataclasses.fields(Config)}
@@ -73,8 +73,8 @@ def reads(tmp_path_factory, quick_run):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Config, "__getattribute__", getattribute)
         mp.setattr(Store, "cell", cell)
-        declared = tuple(o for o in config.MEASURE_OPTIONS["sensitivity"] if o != "radius")
-        mp.setitem(config.MEASURE_OPTIONS, "sensitivity", declared)
+        declared = tuple(o for o in SENSITIVITY.options["sensitivity"] if o != "radius")
+        mp.setitem(SENSITIVITY.options, "sensitivity", declared)
         out = tmp_path_factory.mktemp("stale") / "results"
         shutil.copytree(quick_run[0] / "checkpoints" / "s0", out / "checkpoints" / "s0")
         results = main(["--preset", "quick", "--seeds", "0", "--quiet", "--out", str(out)])

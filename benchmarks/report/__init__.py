@@ -9,9 +9,10 @@ stored cells, its verdict rows, its tables, its figures and what its theory page
 section in turn. Nothing in the report is typed in by hand: it is computed from the
 cells on disk.
 
-Adding a claim: a part (its measurement), a module here with one ``Section``, a line in
-``SECTIONS`` and in the entry point's ``PARTS``, and a page template (or a placeholder in
-one) under ``benchmarks/doc_templates/``.
+Adding a claim: its measuring module (a ``Part`` declaring the options of its cells) with
+a line in ``benchmarks.registry``, a module here with one ``Section`` and a line in
+``SECTIONS``, and a page template (or a placeholder in one) under
+``benchmarks/doc_templates/``. A job writes the report last (``benchmarks.pipeline``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 
 from ..common import atomic_write_text, environment, write_json
-from ..pipeline import Part
 from ..store import Store
 from . import costs
 from . import verdicts as verdict_table
@@ -38,7 +38,7 @@ from .sensitivity import SENSITIVITY
 from .sweep import SWEEP
 from .theorem1 import THEOREM1
 
-__all__ = ["REPORT", "SECTIONS", "Section", "build", "console_summary", "plots", "tables", "write"]
+__all__ = ["SECTIONS", "Section", "build", "console_summary", "plots", "tables", "write"]
 
 #: Every section, in the order of ``tables.md`` and of the verdict table. A section may
 #: read the summaries of the sections before it.
@@ -161,13 +161,3 @@ def write(store: Store) -> dict:
     write_json(store.root / "results.json", results)
     atomic_write_text(store.root / "tables.md", tables(results))
     return results
-
-
-def _finish(ctx) -> dict:
-    results = write(ctx.store)
-    print(console_summary(results))
-    return results
-
-
-# Last in a run: results.json, tables.md and the summary figures, from the cells the run used.
-REPORT = Part("report", finish=_finish)
