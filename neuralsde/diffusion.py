@@ -38,6 +38,7 @@ __all__ = [
     "LearnedDiffusion",
     "MultiplicativeDiffusion",
     "NormalizedDiffusion",
+    "check_kind",
     "make_diffusion",
 ]
 
@@ -162,6 +163,13 @@ DIFFUSIONS: dict[str, type[Diffusion]] = {
 }
 
 
+def check_kind(kind: str) -> str:
+    """``kind`` if it names a diffusion; ValueError otherwise."""
+    if not isinstance(kind, str) or kind not in DIFFUSIONS:
+        raise ValueError(f"unknown diffusion {kind!r}; valid diffusions: {', '.join(DIFFUSIONS)}")
+    return kind
+
+
 def make_diffusion(kind: str, sigma: float, channels: int | None = None) -> Diffusion:
     """Build a diffusion by name.
 
@@ -173,8 +181,7 @@ def make_diffusion(kind: str, sigma: float, channels: int | None = None) -> Diff
     Raises:
         ValueError: for an unknown kind, sigma < 0, or a missing ``channels``.
     """
-    if kind not in DIFFUSIONS:
-        raise ValueError(f"unknown diffusion {kind!r}; valid diffusions: {', '.join(DIFFUSIONS)}")
+    check_kind(kind)
     if kind == "learned":
         if channels is None:
             raise ValueError("the 'learned' diffusion needs the number of channels")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -104,6 +104,7 @@ class ODEResNet(nn.Module):
         atol: float = 1e-5,
         adjoint: bool = False,
         _parts: ResNetParts | None = None,
+        _diffusion: Callable[[int, str, int, bool], Diffusion] | None = None,
     ):
         super().__init__()
         extra: dict[str, Tensor] = {}
@@ -123,7 +124,9 @@ class ODEResNet(nn.Module):
         self.num_stages = len(parts.stages)
         for i, blocks in enumerate(parts.stages):
             name = f"layer{i + 1}"
-            diffusion = self._make_diffusion(blocks[-1].out_channels, name)
+            # An SDE network's diffusion per stage, from (index, name, channels, has continuous blocks).
+            continuous = any(block.shape_preserving for block in blocks)
+            diffusion = None if _diffusion is None else _diffusion(i, name, blocks[-1].out_channels, continuous)
             stage = ContinuousStage(
                 blocks,
                 method=method,
@@ -147,10 +150,6 @@ class ODEResNet(nn.Module):
             nn.Module.load_state_dict(self, fit, strict=False)
 
     # -- construction -------------------------------------------------------------
-    def _make_diffusion(self, channels: int, stage: str) -> Diffusion | None:
-        """The diffusion of the stage named ``stage`` (None: an ODE network has none)."""
-        return None
-
     @classmethod
     def _check_settings(cls, where: str, kwargs: dict, also: tuple[str, ...] = ()) -> None:
         unknown = sorted(set(kwargs) - set(cls.SETTINGS) - set(also))

@@ -12,11 +12,11 @@ import torch
 from torch import Tensor
 
 from .blocks import has_hooks
-from .diffusion import DIFFUSIONS, Diffusion, make_diffusion
+from .diffusion import Diffusion, check_kind, make_diffusion
 from .models import ODEResNet
 from .validate import check_count, check_seed
 
-__all__ = ["SDEResNet", "Sigma"]
+__all__ = ["SDEResNet", "Sigma", "StageSigmas"]
 
 #: A noise magnitude: one number for every stage, one per stage in order, or a mapping
 #: from stage names (``"layer1"``, ...) to numbers, stages left out having 0.
@@ -32,68 +32,91 @@ def _number(value: object) -> object:
     return value
 
 
-def _check_sigma_values(sigma: Sigma) -> None:
-    """Every value a finite number >= 0, and the form one of the three (before any work)."""
-    sigma = _number(sigma)
-    if isinstance(sigma, Mapping):
-        values = list(sigma.values())
-        bad = [k for k in sigma if not isinstance(k, str)]
-        if bad:
-            raise ValueError(f"sigma maps stage names (e.g. 'layer1') to numbers; got the key(s) {bad}")
-        if not values:
-            raise ValueError("sigma is an empty mapping; give one number, one per stage, or a mapping by stage name")
-    elif isinstance(sigma, Sequence) and not isinstance(sigma, str):
-        values = list(sigma)
-        if not values:
-            raise ValueError("sigma is an empty sequence; give one number, one per stage, or a mapping by stage name")
-    else:
-        values = [sigma]
-    for value in map(_number, values):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"sigma must be numbers >= 0, got {value!r}")
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"sigma must be a finite number >= 0, got {float(value)}")
+_FORMS = "give one number, one per stage, or a mapping by stage name"
 
 
-def _per_stage(sigma: Sigma, names: list[str]) -> tuple[float, ...]:
-    """The noise magnitude of each stage, in order.
+class StageSigmas:
+    """A noise magnitude as given to ``SDEResNet`` or ``set_noise``, checked once, then read per stage.
 
-    Raises:
-        ValueError: for a mapping naming a stage the network does not have, a sequence
-            of another length than the stages, or a value that is not a number >= 0.
+    ``StageSigmas(sigma)`` checks the values and the form (one number, one per stage in
+    order, or a mapping by stage name); ``fit(stages)`` checks it against the network's
+    stages (``(name, has continuous blocks)`` in order) and gives each stage's σ. A stage
+    whose blocks are all transitions integrates nothing: one number gives it 0, a value
+    given for it by name or position is refused, naming it.
     """
-    _check_sigma_values(sigma)
-    sigma = _number(sigma)
-    if isinstance(sigma, Mapping):
-        unknown = sorted(set(sigma) - set(names))
-        if unknown:
-            raise ValueError(f"sigma names no stage {unknown}; the network's stages are {names}")
-        return tuple(float(_number(sigma.get(name, 0.0))) for name in names)
-    if isinstance(sigma, Sequence) and not isinstance(sigma, str):
-        if len(sigma) != len(names):
-            raise ValueError(f"sigma has {len(sigma)} values for the network's {len(names)} stages {names}")
-        return tuple(float(_number(v)) for v in sigma)
-    return (float(sigma),) * len(names)
 
-
-def _fit_to_stages(sigma: Sigma, sigmas: tuple[float, ...], stages: list) -> tuple[float, ...]:
-    """Noise only where a stage has continuous blocks (a stage of transitions alone integrates nothing).
-
-    One number for every stage gives such a stage 0; a value given for that stage by name
-    or position is refused, naming it.
-    """
-    one = not isinstance(_number(sigma), (Mapping, Sequence)) or isinstance(sigma, str)
-    out = []
-    for stage, value in zip(stages, sigmas):
-        if stage.num_continuous == 0 and value > 0:
-            if not one:
+    def __init__(self, sigma: Sigma):
+        sigma = _number(sigma)
+        if isinstance(sigma, Mapping):
+            bad = [k for k in sigma if not isinstance(k, str)]
+            if bad:
+                raise ValueError(f"sigma maps stage names (e.g. 'layer1') to numbers; got the key(s) {bad}")
+            if not sigma:
                 raise ValueError(
-                    f"sigma {value:g} for stage {stage.name}, which has no continuous block (its blocks are all "
-                    "transitions that change the shape), so it would add no noise; give it 0 or leave it out"
+                    "sigma is an empty mapping; give one number, one per stage, or a mapping by stage name"
                 )
-            value = 0.0
-        out.append(value)
-    return tuple(out)
+            self.form, self.values = "mapping", {k: _real(v) for k, v in sigma.items()}
+        elif isinstance(sigma, Sequence) and not isinstance(sigma, str):
+            if not sigma:
+                raise ValueError(
+                    "sigma is an empty sequence; give one number, one per stage, or a mapping by stage name"
+                )
+            self.form, self.values = "sequence", [_real(v) for v in sigma]
+        else:
+            self.form, self.values = "one", _real(sigma)
+
+    def of(self, index: int, name: str, continuous: bool) -> float:
+        """The σ of one stage (its index, name and whether it has continuous blocks), as given.
+
+        What does not fit the network (a name it lacks, a wrong count, a value for a stage
+        of transitions) is refused by ``fit``, once every stage exists.
+        """
+        if self.form == "mapping":
+            return self.values.get(name, 0.0)
+        if self.form == "sequence":
+            return self.values[index] if index < len(self.values) else 0.0
+        return self.values if continuous else 0.0
+
+    def fit(self, stages: Sequence[tuple[str, bool]]) -> tuple[float, ...]:
+        """Each stage's σ, in order; ValueError for a stage name or count that does not fit."""
+        names = [name for name, _ in stages]
+        if self.form == "mapping":
+            unknown = sorted(set(self.values) - set(names))
+            if unknown:
+                raise ValueError(f"sigma names no stage {unknown}; the network's stages are {names}")
+            given = [self.values.get(name, 0.0) for name in names]
+        elif self.form == "sequence":
+            if len(self.values) != len(names):
+                raise ValueError(f"sigma has {len(self.values)} values for the network's {len(names)} stages {names}")
+            given = list(self.values)
+        else:
+            given = [self.values] * len(names)
+        out = []
+        for (name, continuous), value in zip(stages, given):
+            if not continuous and value > 0:
+                if self.form != "one":
+                    raise ValueError(
+                        f"sigma {value:g} for stage {name}, which has no continuous block (its blocks are all "
+                        "transitions that change the shape), so it would add no noise; give it 0 or leave it out"
+                    )
+                value = 0.0
+            out.append(value)
+        return tuple(out)
+
+
+def _real(value: object) -> float:
+    """One σ: a finite real number >= 0 (a Python number, a 0-d tensor or a NumPy scalar)."""
+    value = _number(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"sigma must be numbers >= 0, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"sigma must be a finite number >= 0, got {float(value)}")
+    return float(value)
+
+
+def _layout(stages) -> list[tuple[str, bool]]:
+    """``(name, has continuous blocks)`` of each built stage, in order."""
+    return [(stage.name, stage.num_continuous > 0) for stage in stages]
 
 
 class SDEResNet(ODEResNet):
@@ -146,29 +169,19 @@ class SDEResNet(ODEResNet):
         method: str = "euler",
         **kwargs: Any,
     ):
-        if diffusion not in DIFFUSIONS:
-            raise ValueError(f"unknown diffusion {diffusion!r}; valid diffusions: {', '.join(DIFFUSIONS)}")
-        _check_sigma_values(sigma)  # before any work
-        self._noise = dict(kind=diffusion, spec=_number(sigma))
-        super().__init__(arch, method=method, **kwargs)
-        sigmas = _per_stage(sigma, [stage.name for stage in self.stages])  # a stage name or count that does not fit
-        for stage, value in zip(self.stages, _fit_to_stages(sigma, sigmas, self.stages)):
-            stage.diffusion.sigma = value
-        del self._noise["spec"]
+        check_kind(diffusion)  # before any work
+        sigmas = StageSigmas(sigma)
+
+        def noise(index: int, name: str, channels: int, continuous: bool) -> Diffusion:
+            """Each stage's diffusion, built once with its σ (the stages are checked against sigma below)."""
+            return make_diffusion(diffusion, sigmas.of(index, name, continuous), channels)
+
+        super().__init__(arch, method=method, _diffusion=noise, **kwargs)
+        sigmas.fit(_layout(self.stages))  # a stage name, count or transition-only stage that does not fit
+        self._kind = diffusion
         self.eval_samples = 0
         self.path_seed: int | None = None
         self.set_noise(eval_samples=eval_samples, path_seed=path_seed)
-
-    def _make_diffusion(self, channels: int, stage: str) -> Diffusion:
-        spec = self._noise["spec"]
-        if isinstance(spec, Mapping):
-            sigma = spec.get(stage, 0.0)
-        elif isinstance(spec, Sequence):
-            index = int(stage.removeprefix("layer")) - 1
-            sigma = spec[index] if index < len(spec) else 0.0  # a wrong length is refused once the stages exist
-        else:
-            sigma = spec
-        return make_diffusion(self._noise["kind"], float(_number(sigma)), channels)
 
     @property
     def stage_sigmas(self) -> dict[str, float]:
@@ -185,7 +198,7 @@ class SDEResNet(ODEResNet):
     @property
     def diffusion(self) -> str:
         """The diffusion kind."""
-        return self._noise["kind"]
+        return self._kind
 
     _KEEP = object()
 
@@ -218,15 +231,14 @@ class SDEResNet(ODEResNet):
                 kind, a kind the solver method cannot handle, or eval_samples < 0
                 (nothing changes).
         """
-        kind = self.diffusion if diffusion is None else diffusion
-        names = [stage.name for stage in self.stages]
-        sigmas = _per_stage(self.stage_sigmas if sigma is None else sigma, names)
-        if sigma is not None:
-            sigmas = _fit_to_stages(sigma, sigmas, self.stages)
+        kind = check_kind(self.diffusion if diffusion is None else diffusion)
+        if sigma is None:
+            sigmas = tuple(self.stage_sigmas.values())
+        else:
+            sigmas = StageSigmas(sigma).fit(_layout(self.stages))
         samples = self.eval_samples if eval_samples is None else eval_samples
         seed = self.path_seed if path_seed is SDEResNet._KEEP else check_seed(path_seed, "path_seed", optional=True)
         samples = check_count(samples, "eval_samples", 0)
-        make_diffusion(kind, sigmas[0], channels=1)  # validates the kind before anything changes
         if kind != self.diffusion:
             # Built before any stage changes: a kind the solver cannot take changes nothing.
             fresh = [make_diffusion(kind, v, s.blocks[-1].out_channels) for s, v in zip(self.stages, sigmas)]
@@ -235,7 +247,7 @@ class SDEResNet(ODEResNet):
         else:
             for stage, value in zip(self.stages, sigmas):
                 stage.diffusion.sigma = value
-        self._noise = dict(kind=kind)
+        self._kind = kind
         self.eval_samples = int(samples)
         self.path_seed = None if seed is None else int(seed)
         return self

@@ -148,3 +148,27 @@ def test_a_stage_of_transitions_alone_takes_no_sigma():
         with pytest.raises(ValueError, match="stage layer2, which has no continuous block"):
             model.set_noise(sigma=spec)
     assert model.stage_sigmas == {"layer1": 0.5, "layer2": 0.0, "layer3": 0.0}
+
+
+def test_sigma_is_checked_once_and_each_diffusion_built_once(monkeypatch):
+    """SDEResNet(sigma=...) reads sigma once and builds each stage's diffusion once; set_noise builds none to check."""
+    import neuralsde.sde_models as sde_models
+
+    built, read = [], []
+    make = sde_models.make_diffusion
+    monkeypatch.setattr(sde_models, "make_diffusion", lambda *a, **k: built.append(a) or make(*a, **k))
+    init = sde_models.StageSigmas.__init__
+    monkeypatch.setattr(sde_models.StageSigmas, "__init__", lambda self, s: read.append(s) or init(self, s))
+    model = sde({"layer2": 0.25, "layer3": 0.5})
+    assert read == [{"layer2": 0.25, "layer3": 0.5}]
+    assert [(kind, sigma) for kind, sigma, _ in built] == [
+        ("normalized", 0.0),
+        ("normalized", 0.25),
+        ("normalized", 0.5),
+    ]
+    built.clear()
+    model.set_noise(sigma=0.75)  # the same kind: each stage's sigma changes, no diffusion is built
+    assert built == [] and model.stage_sigmas == {"layer1": 0.75, "layer2": 0.75, "layer3": 0.75}
+    with pytest.raises(ValueError, match="unknown diffusion 'nope'"):
+        model.set_noise(diffusion="nope")
+    assert built == [] and model.diffusion == "normalized"
