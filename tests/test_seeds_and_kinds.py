@@ -46,3 +46,15 @@ def test_a_store_asked_for_a_kind_it_does_not_know_raises(tmp_path):
         with pytest.raises(ValueError, match="no kind of result 'sensitivty'; kinds: accuracy, completeness"):
             store.results("sensitivty")
     assert {"sensitivity", "train", "accuracy", "start_accuracy", "figures", "interventions"} <= KINDS
+
+
+def test_the_sensitivity_cells_are_read_in_one_place():
+    """The sections that summarise the sensitivity cells share one read (stats.sensitivity_cells)."""
+    import re
+    from pathlib import Path
+
+    report = Path(__file__).resolve().parents[1] / "benchmarks" / "report"
+    readers = {p.stem for p in report.glob("*.py") if re.search(r"""results\(\s*["']sensitivity["']""", p.read_text())}
+    assert readers == {"stats"}
+    users = {p.stem for p in report.glob("*.py") if "sensitivity_cells(store)" in p.read_text()}
+    assert {"dose", "power", "sensitivity", "mechanism", "interventions"} <= users

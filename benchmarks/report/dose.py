@@ -20,7 +20,7 @@ from ..networks import ODE, sigma_of
 from ..store import Store
 from .formatting import VERDICT_MARK, in_run_order, markdown_table, number, percent, title
 from .section import Section, verdict_row
-from .stats import by_seed, in_repetition_order, log_gm, mean_ci
+from .stats import by_seed, log_gm, mean_ci, sensitivity_cells
 
 __all__ = ["DOSE", "holm", "slope"]
 
@@ -82,7 +82,7 @@ def _per_image_slopes(ode: list[float], sdes: dict[float, list[float]]) -> list[
 
 def summarise(store: Store, results: dict) -> dict:
     cfg = store.cfg
-    cells = in_repetition_order(store.results("sensitivity"))
+    cells = sensitivity_cells(store)
     sdes = [n.name for n in cfg.table_networks() if not n.is_ode]
     methods: dict = {}
     for method in cfg.methods:

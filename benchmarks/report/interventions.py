@@ -17,7 +17,7 @@ from ..store import Store
 from .formatting import VERDICT_MARK, effect, in_run_order, markdown_table, percent, title
 from .plotting import plt
 from .section import Section, verdict_row
-from .stats import by_seed, finite_mean, in_repetition_order, log_effect, log_gm, mean_ci
+from .stats import by_seed, finite_mean, in_repetition_order, log_effect, log_gm, mean_ci, sensitivity_cells
 
 __all__ = ["INTERVENTIONS", "MARGIN"]
 
@@ -88,7 +88,7 @@ def summarise(store: Store, results: dict) -> dict:
     cells = _sorted_cells(store, "interventions")
     if not cfg.interventions or not cells:
         return {"interventions": {}}
-    main = _sorted_cells(store, "sensitivity")
+    main = sensitivity_cells(store)
     trained = cfg.intervention_networks()
     names = [n.name for n in [*trained, cfg.attribution_time_network]]
     trained_sde = cfg.intervention_sde.name

@@ -21,7 +21,7 @@ from ..store import Store
 from .mechanism_tables import tables
 from .mechanism_text import conclusion, plot
 from .section import Section
-from .stats import clean, correlation, log_gm, mean_ci
+from .stats import clean, correlation, log_gm, mean_ci, sensitivity_cells
 
 __all__ = ["MECHANISM", "PREDICTORS", "mechanism"]
 
@@ -42,7 +42,7 @@ PREDICTORS = {
 def _scalars(store: Store) -> dict[tuple[str, int], dict[str, float]]:
     """Per (network, seed): the log of each candidate's network-level value."""
     out: dict[tuple[str, int], dict[str, float]] = {}
-    for cell in store.results("sensitivity").values():
+    for cell in sensitivity_cells(store).values():
         row = out.setdefault((cell["model"], cell["seed"]), {})
         for key in ("values", "change", "norm"):
             if key in cell:

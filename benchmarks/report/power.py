@@ -19,7 +19,7 @@ from ..networks import ODE, Network, sigma_of
 from ..store import Store
 from .formatting import markdown_table, number, title
 from .section import Section
-from .stats import by_seed, in_repetition_order
+from .stats import by_seed, sensitivity_cells
 
 __all__ = ["POWER"]
 
@@ -46,7 +46,7 @@ def _t(df: int) -> float:
 
 def summarise(store: Store, results: dict) -> dict:
     cfg, models = store.cfg, results["models"]
-    cells = in_repetition_order(store.results("sensitivity"))
+    cells = sensitivity_cells(store)
     names = [n.name for n in cfg.table_networks()]
     # The cost of a seed: everything the run does once per seed whatever its number of
     # sensitivity images (training every network, the other measurements; mean over

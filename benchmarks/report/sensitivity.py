@@ -18,7 +18,7 @@ from .formatting import (
 )
 from .plotting import plt
 from .section import Section, verdict_row
-from .stats import accuracy_flags, by_seed, finite_mean, in_repetition_order, log_effect, mean_ci
+from .stats import accuracy_flags, by_seed, finite_mean, log_effect, mean_ci, sensitivity_cells
 from .verdicts import counts
 
 __all__ = ["SENSITIVITY"]
@@ -34,7 +34,7 @@ VERDICTS = ("holds", "fails", "depends")
 def summarise(store: Store, results: dict) -> dict:
     """Per network and method the mean over seeds; per SDE network the effect against the ODE network, over seeds."""
     cfg, models = store.cfg, results["models"]
-    cells = in_repetition_order(store.results("sensitivity"))
+    cells = sensitivity_cells(store)
     names = sorted({c["model"] for c in cells.values()}, key=sigma_of)
     per_model = {}
     for m in names:

@@ -216,6 +216,12 @@ def in_repetition_order(cells: dict) -> dict:
     return dict(sorted(cells.items(), key=lambda kv: (kv[1]["seed"], kv[1].get("rep") or 0)))
 
 
+def sensitivity_cells(store) -> dict:
+    """The run's sensitivity cells in repetition order: the one read the sensitivity, dose-response, power,
+    mechanism and interventions sections share (each groups them by seed with ``by_seed``)."""
+    return in_repetition_order(store.results("sensitivity"))
+
+
 def by_seed(cells: dict, model: str, method: str | None = None, field: str = "values") -> dict[int, list[float]]:
     """Seed -> the values of ``field`` of one network's cells (of one method), in the cells' order."""
     out: dict[int, list[float]] = {}
