@@ -23,8 +23,8 @@ from neuralsde.metrics import sensitivity
 
 from .config import Config
 from .context import Cell
+from .data import Data
 from .seeds import images_seed, purpose_seed
-from .train import Data
 
 __all__ = ["activation_stats", "chosen_images", "chunks", "explainer", "mechanism_cell", "sensitivity_cell"]
 

@@ -15,10 +15,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .config import Config
+from .data import Data, stack
 from .networks import Network
 from .ranks import Ranks
 from .store import Store
-from .train import Data, _stack
 
 __all__ = ["Cell", "Context", "Part"]
 
@@ -146,7 +146,7 @@ class Context:
             nets = networks(seed) if networks is not None else all_nets[seed]
             for rep in range(repetitions) if repetitions is not None else (None,):
                 chosen = images(seed, rep)
-                x = _stack(data.test, chosen).to(cfg.device)
+                x = stack(data.test, chosen).to(cfg.device)
                 for name, model in nets.items():
                     for method in methods:
                         labels = variants(seed, name, model) if variants is not None else (None,)

@@ -19,10 +19,10 @@ from neuralsde.metrics import importance  # noqa: E402
 
 from .cells import explainer  # noqa: E402
 from .config import METHOD_TITLES, Config  # noqa: E402
+from .data import Data, stack  # noqa: E402
 from .networks import Network  # noqa: E402
 from .pipeline import Context, Part, run  # noqa: E402
 from .store import Store  # noqa: E402
-from .train import Data, _stack  # noqa: E402
 
 __all__ = ["FIGURES", "run_figures"]
 
@@ -76,7 +76,7 @@ def run_figures(
     """One PNG per method: a row per image, columns input | first model | second model."""
     cfg, store = ctx.cfg, ctx.store
     chosen = pool[: cfg.figure_images]
-    x = _stack(data.test, chosen).to(cfg.device)
+    x = stack(data.test, chosen).to(cfg.device)
     model_a = next(iter(models.values()))
     with torch.no_grad():
         target = model_a(x).argmax(1)
@@ -121,7 +121,7 @@ def run_maps(ctx: Context, dataset: str, models, prints, data: Data, pool) -> No
     """One PNG of Saliency and IG maps, ODE beside SDE, for a few test images (natural images only)."""
     cfg, store = ctx.cfg, ctx.store
     chosen = pool[: cfg.figure_images]
-    x = _stack(data.test, chosen).to(cfg.device)
+    x = stack(data.test, chosen).to(cfg.device)
     with torch.no_grad():
         target = next(iter(models.values()))(x).argmax(1)
     methods = [m for m in MAP_METHODS if m in cfg.methods]

@@ -42,6 +42,7 @@ from .cli import parse_args, threads
 from .common import progress_bar, write_json
 from .config import Config
 from .context import Cell, Context, Part
+from .data import Data, load_data
 from .networks import Network
 from .ranks import RankFailed, Ranks, RankStopped
 from .registry import NAMES
@@ -49,13 +50,11 @@ from .report import console_summary
 from .report import write as write_report
 from .store import FolderUnusable, OtherOptions, Store
 from .train import (
-    Data,
     accuracy,
     check_inputs,
     correct_pool,
     ddp_training,
     fingerprint,
-    load_data,
     open_store,
     starting_accuracy,
     trained_model,

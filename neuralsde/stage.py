@@ -55,11 +55,6 @@ from .solvers import SolverError, SolverStats, finite_flag, is_adaptive
 __all__ = ["ContinuousStage"]
 
 
-def _compiling() -> bool:
-    """Whether torch.compile or torch.export is tracing (no tensor may be read back)."""
-    return torch.compiler.is_compiling()
-
-
 class ContinuousStage(nn.Module):
     """A stage of residual blocks: discrete transitions plus continuous dynamics.
 
@@ -391,7 +386,7 @@ class ContinuousStage(nn.Module):
         """
         self.stats.reset()
         noise = self.is_sde and self.noise
-        track = not _compiling()
+        track = not torch.compiler.is_compiling()  # tracing (compile, export): no tensor may be read back
         self._finite = []
         for k, block in enumerate(self.continuous_blocks):
             try:

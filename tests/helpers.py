@@ -11,6 +11,9 @@ import torch._dynamo
 import torch._inductor.config as inductor
 from torch import nn
 
+#: The repository (tests/ is one folder below it; the test modules two).
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm non-trivial statistics and affine parameters (in place).

@@ -8,7 +8,7 @@ passes to the next ones):
 
 * ``environment``: the GPU, its memory, driver and CUDA, the versions of torch,
   torchvision, torchdiffeq, torchsde and captum, and the TF32 settings;
-* ``correctness``: the tests marked ``cuda`` (``tests/test_cuda.py``), in a subprocess;
+* ``correctness``: the tests marked ``cuda`` (``tests/library/test_cuda.py``), in a subprocess;
 * ``speed``: the models against torchvision, side by side (``benchmarks.gpu.speed``):
   fp32 and bf16 autocast with channels_last, forward and forward + backward, Captum's
   DeepLift on the ODE twin and its discrete twin, and the ODE forward under

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTS = "tests/test_cuda.py"
+TESTS = "tests/library/test_cuda.py"
 LOG = "cuda-tests.log"
 
 _OUTCOME = re.compile(r"^(\S+?::\S+)\s+(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b", re.M)

@@ -1,6 +1,7 @@
 """benchmarks/: the named seeds of a run's draws, and the kinds of result a store knows."""
 
 import pytest
+from helpers import ROOT
 
 from benchmarks.cli import parse_args
 from benchmarks.seeds import MAX_REPETITIONS, PURPOSES, images_seed, purpose_seed
@@ -51,9 +52,8 @@ def test_a_store_asked_for_a_kind_it_does_not_know_raises(tmp_path):
 def test_the_sensitivity_cells_are_read_in_one_place():
     """The sections that summarise the sensitivity cells share one read (stats.sensitivity_cells)."""
     import re
-    from pathlib import Path
 
-    report = Path(__file__).resolve().parents[1] / "benchmarks" / "report"
+    report = ROOT / "benchmarks" / "report"
     readers = {p.stem for p in report.glob("*.py") if re.search(r"""results\(\s*["']sensitivity["']""", p.read_text())}
     assert readers == {"stats"}
     users = {p.stem for p in report.glob("*.py") if "sensitivity_cells(store)" in p.read_text()}

@@ -9,10 +9,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from benchmarks.docs import PAGES, figures_used, render_pages
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SNIPPET_PAGES = [
     "quickstart.md",

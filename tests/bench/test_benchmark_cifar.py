@@ -13,8 +13,6 @@ from benchmarks.config import Config
 from benchmarks.networks import Network
 from benchmarks.presets import PRESETS
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _tiny_cifar(root: Path, per_class: int = 3) -> Path:
     """A CIFAR-10 image folder with 3 classes, ``per_class`` lossless PNGs of each in train/ and test/."""

@@ -4,14 +4,13 @@ import re
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 
 from neuralsde import _backends, integrate
 
-ROOT = Path(__file__).resolve().parents[1]
 PRIVATE = re.compile(r"torchdiffeq\._impl|torchsde\._core")
 
 

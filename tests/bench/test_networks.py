@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 
 from benchmarks.config import Config
+from benchmarks.data import Data
 from benchmarks.networks import ODE, Network, sigma_of
-from benchmarks.train import Data, build_model
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.train import build_model
 
 #: The networks of a default run's store, as its checkpoint files name them.
 DEFAULT_STORE = [

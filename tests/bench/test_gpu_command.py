@@ -1,19 +1,19 @@
 """benchmarks.gpu: sections within a budget, failures recorded, the test-output parser, the docs page.
 
-The whole command's dry run on the CPU is in tests/test_benchmarks.py.
+The whole command's dry run on the CPU is in tests/bench/test_benchmarks.py.
 """
 
 import json
 import time
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 import benchmarks.gpu as gpu
 from benchmarks.gpu import correctness, record
 from benchmarks.gpu.speed import target
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = ROOT / "docs"
 
 
 def _fake_sections(monkeypatch, **functions):
@@ -74,15 +74,15 @@ def test_a_section_that_never_ends_is_cut_off_and_the_next_one_runs(tmp_path, mo
 
 def test_the_pytest_output_parser():
     output = """\
-tests/test_cuda.py::test_a PASSED                                       [ 33%]
-tests/test_cuda.py::test_b[x-1] FAILED                                  [ 66%]
-tests/test_cuda.py::test_c SKIPPED (needs a CUDA GPU)                   [100%]
+tests/library/test_cuda.py::test_a PASSED                                       [ 33%]
+tests/library/test_cuda.py::test_b[x-1] FAILED                                  [ 66%]
+tests/library/test_cuda.py::test_c SKIPPED (needs a CUDA GPU)                   [100%]
 ============================= slowest durations ==============================
-1.50s call     tests/test_cuda.py::test_a
-0.20s setup    tests/test_cuda.py::test_a
-0.70s call     tests/test_cuda.py::test_b[x-1]
+1.50s call     tests/library/test_cuda.py::test_a
+0.20s setup    tests/library/test_cuda.py::test_a
+0.70s call     tests/library/test_cuda.py::test_b[x-1]
 =========================== short test summary info ============================
-FAILED tests/test_cuda.py::test_b[x-1] - AssertionError: 3 != 4
+FAILED tests/library/test_cuda.py::test_b[x-1] - AssertionError: 3 != 4
 ==================== 1 failed, 1 passed, 1 skipped in 3.10s ====================
 """
     parsed = correctness.parse(output)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import drop_timing, stored_results
+from helpers import ROOT, drop_timing, stored_results
 
 from benchmarks.__main__ import main
 from benchmarks.cli import parse_args
@@ -20,7 +20,6 @@ from benchmarks.sensitivity import SENSITIVITY
 from benchmarks.store import Store, checksum
 from neuralsde.train import save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "quick"]
 
 

@@ -6,11 +6,10 @@ the ones below them.
 """
 
 import ast
-from pathlib import Path
 
-from helpers import assert_no_import_circle
+from helpers import ROOT, assert_no_import_circle
 
-PACKAGE = Path(__file__).resolve().parents[1] / "neuralsde"
+PACKAGE = ROOT / "neuralsde"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 
 
@@ -116,3 +115,15 @@ def test_the_stage_doors_do_what_they_say():
     assert has_hooks(model)
     handle.remove()
     assert not has_hooks(nn.Sequential(nn.ReLU())) and torch.is_tensor(model(torch.rand(2, 1, 8, 8)))
+
+
+def test_no_source_or_test_file_is_over_450_lines():
+    """A file one can read in a sitting: the library, the benchmarks and the tests alike."""
+    root = PACKAGE.parent
+    long = {
+        str(p.relative_to(root)): n
+        for folder in ("neuralsde", "benchmarks", "tests")
+        for p in (root / folder).rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 450
+    }
+    assert long == {}

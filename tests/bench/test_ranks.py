@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import drop_timing, stored_results, torchrun
+from helpers import ROOT, drop_timing, stored_results, torchrun
 
 from benchmarks.__main__ import main
 from benchmarks.ranks import Ranks
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "quick"]
 PARTS = [*QUICK, "--parts", "sensitivity", "theorem1"]
 

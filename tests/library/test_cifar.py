@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import randomize_batchnorm
+from helpers import ROOT, randomize_batchnorm
 from torch import nn
 
 from neuralsde import ODEResNet, SDEResNet
 from neuralsde.cifar import CIFAR10_CLASSES, cifar10, cifar10_source
 from neuralsde.parts import CIFAR_ARCHS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = ROOT.parent / "shared" / "data"
 RESNET20 = SHARED / "cifar-resnets" / "resnet20-12fca82f.th"
 RESNET56 = SHARED / "cifar-resnets" / "resnet56-4bfd9763.th"
 CIFAR_ZIP = SHARED / "cifar10" / "cifar10-jpeg.zip"

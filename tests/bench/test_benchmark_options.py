@@ -2,10 +2,10 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 
 from benchmarks.__main__ import main
 from benchmarks.cli import build_parser, parse_args
@@ -13,7 +13,6 @@ from benchmarks.config import Config
 from benchmarks.networks import Network
 from benchmarks.sensitivity import SENSITIVITY
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "quick"]
 
 

@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import torchrun
+from helpers import ROOT, torchrun
 
 from benchmarks.__main__ import main
 from benchmarks.common import quartiles
 from benchmarks.paper import PAPER_SENSITIVITY
 from benchmarks.report import tables
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--preset", "quick"]
 
 

@@ -1,6 +1,6 @@
 """The library on a CUDA GPU (marker ``cuda``; skipped on a machine without one).
 
-    python -m pytest -m cuda tests/test_cuda.py
+    python -m pytest -m cuda tests/library/test_cuda.py
 
 ``python -m benchmarks.gpu`` runs these in its correctness section. Unless a test says
 otherwise it switches TF32 off, so that float32 comparisons are about the library's
@@ -14,13 +14,12 @@ import shutil
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 from captum.attr import DeepLift, LayerGradCam
-from helpers import compiled_equals_eager, randomize_batchnorm, tiny_model
+from helpers import ROOT, compiled_equals_eager, randomize_batchnorm, tiny_model
 from torch import nn
 
 from neuralsde import ODEResNet, SDEResNet, attribute
@@ -30,7 +29,6 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
     pytest.mark.filterwarnings("ignore:Setting forward, backward hooks:UserWarning"),
 ]
-ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "cuda"
 
 
@@ -142,7 +140,7 @@ def test_layer_gradcam_on_the_last_block_on_cuda():
 def test_half_precision_and_autocast_on_cuda():
     """fp16 weights, and fp16 / bf16 autocast: torchvision's accuracy, no false SolverError.
 
-    Bounds as on the CPU (tests/test_models.py): 5e-3 (fp16) and 3e-2 (bf16) of the logit
+    Bounds as on the CPU (tests/library/test_models.py): 5e-3 (fp16) and 3e-2 (bf16) of the logit
     scale against fp32, and the twin within 1e-3 of torchvision at the same precision.
     """
     tv = tv_model("resnet18")
