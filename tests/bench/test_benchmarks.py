@@ -245,18 +245,46 @@ def test_speed_benchmark_writes_every_ratio(tmp_path, capsys):
         "forward": {"ode/torchvision", "sde/ode", "gaussians/ode"},
         "forward+backward": {"ode/torchvision", "sde/ode"},
         "deeplift": {"ode/discrete"},
+        "noise draws": {f"{name}/torch normal_" for name in ("torch normal_, one call", "numpy PCG64", "numpy Philox")},
     }
+    draws = saved["results"]["resnet18"]["noise draws"]
+    assert (
+        draws["values"] == sum(noise_draws(sde, torch.randn(2, 3, 32, 32))) and min(draws["ns_per_value"].values()) > 0
+    )
     for phase in saved["results"]["resnet18"].values():
         for r in phase["ratios"].values():
             assert 0 < r["q1"] <= r["median"] <= r["q3"]
     out = capsys.readouterr().out
     assert "gaussians/ode" in out
-    # Each line's target is the CPU's from the one table both speed benchmarks read.
-    from benchmarks.targets import TARGETS
+    # Each line's target is the CPU's from the one table both speed benchmarks read (resnet18's where it has its own).
+    from benchmarks.targets import target
 
-    for (phase, ratio), goal in TARGETS["cpu"].items():
-        line = next(line for line in out.splitlines() if line.split()[1:3] == [phase, ratio])
-        assert f"{goal:7.2f}" in line
+    printed = 0
+    for phase, res in saved["results"]["resnet18"].items():
+        for ratio in res["ratios"]:
+            goal = target("cpu", phase, ratio, "resnet18")
+            [line] = [
+                x for x in out.splitlines() if x.startswith("resnet18") and f" {phase} " in x and f" {ratio} " in x
+            ]
+            r = res["ratios"][ratio]
+            if goal is None:
+                assert line.rstrip().endswith(f"{r['min_ratio']:8.3f}")
+            else:
+                assert line.rstrip().endswith(f"{goal:7.2f}  " + ("yes" if r["median"] <= goal else "NO"))
+            printed += goal is not None
+    assert printed == 5 and target("cpu", "forward", "ode/torchvision", "resnet18") == 1.02
+    assert target("cpu", "forward", "sde/ode", "resnet50") == 1.15 and target("cpu", "forward", "sde/ode") is None
+
+
+def test_the_compiled_lines_time_each_model_and_its_compile_apart():
+    from benchmarks.speed import compiled_lines
+
+    # The eager backend: the code path of the benchmark's inductor lines, without minutes of compiling.
+    res = compiled_lines("resnet18", size=16, batch=1, rounds=2, seed=0, backend="eager")
+    assert set(res["ratios"]) == {"ode/torchvision", "sde/ode", "ode/ode eager", "sde/sde eager"}
+    assert set(res["compile_s"]) == {"torchvision", "ode", "sde"} and min(res["compile_s"].values()) > 0
+    saved = res["seconds"]["ode eager"]["median"] - res["seconds"]["ode"]["median"]
+    assert res["calls_to_amortise"] == (res["compile_s"]["ode"] / saved if saved > 0 else None)
 
 
 def test_quartiles_stay_within_the_data():
