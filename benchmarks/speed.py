@@ -9,6 +9,8 @@ Ratios, each formed within one round and summarised over rounds, beside their ta
 * ODEResNet (Euler, one step per block) forward / torchvision forward
 * SDEResNet forward, noise on (Euler–Maruyama) / ODEResNet forward
 * the same two ratios for forward + backward (train mode, loss = sum of logits)
+* the control: a copy of the torchvision network / torchvision forward, timed alongside;
+  1 on a quiet machine, its spread is the run's noise floor for the forward ratios
 * drawing the Gaussian increments of one SDE forward, alone / ODEResNet forward
   (no target: the part of the SDE's extra cost that is the device's random number
   generator)
@@ -34,6 +36,7 @@ three models in train mode, so BatchNorm does the same work in each.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import warnings
 
@@ -109,10 +112,13 @@ def measure_arch(
         if phase == "forward":
             draws = noise_draws(sde, x)
             runs["gaussians"] = gaussians(draws)
+            # The control: a second torchvision network with the same weights, timed alongside.
+            # Its ratio to the first would be 1 on a quiet machine; its spread is this run's noise floor.
+            runs["torchvision copy"] = forward(copy.deepcopy(tv).eval())
         bar = tqdm(total=rounds, desc=f"{arch} {phase}", leave=False, file=sys.stderr)
         results[phase] = paired_ratios(
             runs,
-            pairs + [("gaussians", "ode")] * (phase == "forward"),
+            pairs + [("gaussians", "ode"), ("torchvision copy", "torchvision")] * (phase == "forward"),
             rounds=rounds,
             device=device,
             progress=lambda r, bar=bar: bar.update(1),

@@ -24,6 +24,7 @@ LABELS = {
     "ode/torchvision": "ODE ÷ torchvision",
     "sde/ode": "SDE ÷ ODE",
     "gaussians/ode": "Gaussians alone ÷ ODE",
+    "torchvision copy/torchvision": "control: torchvision's copy ÷ torchvision",
     "ode/discrete": "DeepLift, ODE ÷ discrete twin",
     "ode/ode eager": "compiled ODE ÷ eager ODE",
     "sde/sde eager": "compiled SDE ÷ eager SDE",
@@ -98,7 +99,9 @@ def page(record: dict) -> str:
         f"torch threads), torch {versions['torch']}, neuralsde {versions['neuralsde']}. Each ratio is formed "
         "within one round, in which the models run side by side in rotating order, and summarised by the median "
         "over rounds [quartiles]; *fastest* is the ratio of the fastest runs, a second estimate. The verdict uses "
-        "the median. Targets come from `benchmarks/targets.py`, the table the GPU benchmark reads too. "
+        "the median. Targets come from `benchmarks/targets.py`, the table the GPU benchmark reads too. The control "
+        "row times a copy of the torchvision network beside it: two identical networks, whose ratio would be 1 on a "
+        "quiet machine, so its distance from 1 is how far this run's forward ratios can move by chance. "
         "[On a GPU](gpu.md) has the GPU's figures.",
         "",
         _table(["arch", "phase", "ratio", "median [q1, q3]", "fastest", "target", ""], rows),

@@ -242,7 +242,7 @@ def test_speed_benchmark_writes_every_ratio(tmp_path, capsys):
     assert saved["results"] == json.loads(json.dumps(record["results"]))
     ratios = {phase: set(res["ratios"]) for phase, res in saved["results"]["resnet18"].items()}
     assert ratios == {
-        "forward": {"ode/torchvision", "sde/ode", "gaussians/ode"},
+        "forward": {"ode/torchvision", "sde/ode", "gaussians/ode", "torchvision copy/torchvision"},
         "forward+backward": {"ode/torchvision", "sde/ode"},
         "deeplift": {"ode/discrete"},
         "noise draws": {f"{name}/torch normal_" for name in ("torch normal_, one call", "numpy PCG64", "numpy Philox")},
