@@ -64,6 +64,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def read_json(path: str | os.PathLike, what: str):
+    """The JSON content of ``path``; ValueError ``"<path>: not a readable <what> (<why>)"`` if it has none."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable {what} ({err})") from None
+
+
 def write_json(path: str | os.PathLike, data) -> None:
     """Atomically write ``data`` as indented JSON."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

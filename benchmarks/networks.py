@@ -94,11 +94,6 @@ class Network:
         """Trained without noise (an ODE network, or one given noise only at attribution time)."""
         return self.sigma == 0 or self.at_attribution
 
-    @property
-    def trained(self) -> Network:
-        """The network whose training this one is: itself, or the ODE network for noise at attribution time."""
-        return Network(shapes=self.shapes) if self.at_attribution else self
-
     def noise(self) -> float | dict[str, float] | None:
         """The ``sigma`` given to ``SDEResNet`` when it is built: None (an ODE), σ, or σ per noisy stage."""
         if self.sigma == 0:

@@ -9,12 +9,11 @@ cannot disagree (a test regenerates it).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
 
-from .common import atomic_write_text
+from .common import atomic_write_text, read_json
 from .targets import target
 
 __all__ = ["load", "main", "page", "publish"]
@@ -33,11 +32,7 @@ LABELS = {
 
 def load(path: str | Path) -> dict:
     """A run's record from its ``speed.json``; ValueError if it is not one."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable speed.json ({err})") from None
+    record = read_json(path, "speed.json")
     if (
         not isinstance(record, dict)
         or record.get("benchmark") != "speed"

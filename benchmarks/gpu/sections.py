@@ -6,8 +6,9 @@ so that neither imports the other to learn them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ..common import read_json
 
 __all__ = ["SECTIONS", "load"]
 
@@ -17,11 +18,7 @@ SECTIONS = ("environment", "correctness", "speed", "protocol", "record")
 
 def load(path: str | Path) -> dict:
     """A run's record from its ``gpu.json``; ValueError if it is not one."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable gpu.json ({err})") from None
+    record = read_json(path, "gpu.json")
     if not isinstance(record, dict) or not isinstance(record.get("sections"), dict):
         raise ValueError(f"{path}: not a record of python -m benchmarks.gpu (no 'sections')")
     return record
