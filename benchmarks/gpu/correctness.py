@@ -46,6 +46,7 @@ def run(section) -> None:
         env["CUDA_VISIBLE_DEVICES"] = str(section.device.index)
     command = [
         sys.executable, "-m", "pytest", TESTS, "-m", "cuda", "-v", "-rfE", "--durations=0", "-p", "no:cacheprovider",
+        "-p", "no:xdist",  # one process: the tests share one GPU
     ]  # fmt: skip
     section.result["command"] = " ".join(["python", *command[1:]])
     try:
