@@ -19,6 +19,9 @@ Ratios, each formed within one round and summarised over rounds, beside their ta
   distinct ReLU per call site, since DeepLift cannot run on torchvision's own blocks)
 * on the CPU, ways to fill those increments (torch's ``normal_`` per step or in one call,
   NumPy's PCG64 and Philox generators), in ns per value, side by side
+* with ``--profile`` (CPU), where the time of each forward ratio goes: the operators whose
+  self time differs most between the two models, all operators' sum, the wall time and the
+  time outside operators (``benchmarks/op_profile.py``)
 * with ``--compiled``, every model under ``torch.compile`` (inductor): compiled ODE /
   compiled torchvision, compiled SDE / compiled ODE, compiled / eager ODE, with the
   compile times apart and the number of calls that repay the ODE twin's
@@ -48,6 +51,7 @@ from tqdm import tqdm
 from neuralsde import ODEResNet, SDEResNet
 from neuralsde.discrete import DiscreteResNet
 
+from . import op_profile
 from .common import environment, paired_ratios, write_json
 from .targets import target as target_of
 
@@ -70,10 +74,19 @@ def noise_draws(sde: SDEResNet, x: torch.Tensor) -> list[int]:
 
 
 def measure_arch(
-    arch: str, *, size: int, batch: int, rounds: int, device: str, seed: int, compiled: bool = False
+    arch: str,
+    *,
+    size: int,
+    batch: int,
+    rounds: int,
+    device: str,
+    seed: int,
+    compiled: bool = False,
+    profile: bool = False,
 ) -> dict:
     """Every line of one architecture: eager forward, forward + backward, DeepLift; on the CPU also the
-    noise generators for its SDE twin's draws and (``compiled``) the compiled forward."""
+    noise generators for its SDE twin's draws, (``compiled``) the compiled forward and (``profile``)
+    where the forward line's time goes, operator by operator."""
     torch.manual_seed(seed)
     tv = torchvision.models.get_model(arch).to(device)
     ode = ODEResNet.from_torchvision(tv).to(device)
@@ -124,6 +137,10 @@ def measure_arch(
             progress=lambda r, bar=bar: bar.update(1),
         )
         bar.close()
+        if phase == "forward" and profile and torch.device(device).type == "cpu":
+            results[phase]["profile"] = op_profile.compare(
+                {name: runs[name] for name in models}, pairs, calls=max(3, rounds // 4)
+            )
 
     # DeepLift: the ODE twin against the discrete twin, both in eval mode.
     ode.eval()
@@ -299,12 +316,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--compiled", action="store_true", help="also time the models under torch.compile (minutes of compiling)"
     )
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="on the CPU, also show where each forward ratio's time goes, operator by operator (torch.profiler)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error("--rounds must be at least 2")
     record = {
         "benchmark": "speed",
-        "config": {k: getattr(args, k) for k in ("archs", "size", "batch", "rounds", "device", "seed", "compiled")},
+        "config": {
+            k: getattr(args, k) for k in ("archs", "size", "batch", "rounds", "device", "seed", "compiled", "profile")
+        },
         "environment": environment(args.device),
         "results": {},
     }
@@ -312,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict:
     for arch in args.archs:
         res = measure_arch(
             arch, size=args.size, batch=args.batch, rounds=args.rounds, device=args.device, seed=args.seed,
-            compiled=args.compiled,
+            compiled=args.compiled, profile=args.profile,
         )  # fmt: skip
         record["results"][arch] = res
         for phase, data in res.items():
@@ -325,6 +348,8 @@ def main(argv: list[str] | None = None) -> dict:
                 )
         for line in _extras(arch, res):
             print(line)
+        if "profile" in res["forward"]:
+            print("\n".join(op_profile.lines(arch, res["forward"]["profile"])))
         write_json(f"{args.out}/speed.json", record)
     print(f"wrote {args.out}/speed.json")
     return record

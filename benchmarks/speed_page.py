@@ -66,10 +66,14 @@ def page(record: dict) -> str:
     cfg, env = record["config"], record["environment"]
     command = (
         f"python -m benchmarks.speed --archs {' '.join(cfg['archs'])} --size {cfg['size']} --batch {cfg['batch']} "
-        f"--rounds {cfg['rounds']}" + (" --compiled" if cfg.get("compiled") else "")
+        f"--rounds {cfg['rounds']}"
+        + (" --compiled" if cfg.get("compiled") else "")
+        + (" --profile" if cfg.get("profile") else "")
     )
-    rows, draws, compiled = [], [], []
+    rows, draws, compiled, profiles = [], [], [], []
     for arch, res in record["results"].items():
+        if "profile" in res.get("forward", {}):
+            profiles += _profile(arch, res["forward"]["profile"])
         for phase in (p for p in PHASES if p in res):
             rows += [_row(arch, phase, ratio, r) for ratio, r in res[phase]["ratios"].items()]
         if "noise draws" in res:
@@ -112,6 +116,18 @@ def page(record: dict) -> str:
             "",
             _table(["arch", "generator", "ns per value", "ms per forward"], draws),
         ]
+    if profiles:
+        parts += [
+            "",
+            "## Where the time goes",
+            "",
+            "Each forward ratio split by operator (`--profile`: torch.profiler's self CPU time per call, eager, "
+            "the same inputs): the operators whose times differ most between the two models, the sum over all "
+            "operators, the wall time per call timed without the profiler, and the time outside operators (Python "
+            "and dispatch: the wall time less the operators' sum). The profiler adds a few microseconds to each "
+            "operator it records, to both models alike.",
+            *profiles,
+        ]
     if compiled:
         parts += [
             "",
@@ -126,6 +142,28 @@ def page(record: dict) -> str:
             *_compiled_verdicts(record),
         ]
     return "\n".join(parts) + "\n"
+
+
+def _profile(arch: str, profile: dict) -> list[str]:
+    """One table per profiled ratio: its operators, their sum, the wall and the outside time, in ms per call."""
+    out = []
+    for pair, p in profile["pairs"].items():
+        a, b = pair.split("/")
+        rows = [[f"`{op}`", f"{x:.2f}", f"{y:.2f}", f"{x - y:+.2f}"] for op, x, y in p["ops"]]
+        for label, key in (
+            ("all operators", "op_ms"),
+            ("wall (no profiler)", "wall_ms"),
+            ("outside operators", "outside_ms"),
+        ):
+            x, y = p[key]
+            rows.append([f"**{label}**", f"{x:.2f}", f"{y:.2f}", f"{x - y:+.2f}"])
+        out += [
+            "",
+            f"**{arch}, {LABELS.get(pair, pair)}**, forward, ms per call ({profile['calls']} profiled calls):",
+            "",
+            _table(["operator", a, b, "difference"], rows),
+        ]
+    return out
 
 
 def _compiled_verdicts(record: dict) -> list[str]:

@@ -236,7 +236,7 @@ def test_speed_benchmark_writes_every_ratio(tmp_path, capsys):
     # 32x32 input: states 64x8x8 (layer1, two continuous blocks), 128x4x4, 256x2x2, 512x1x1
     assert noise_draws(sde, torch.randn(1, 3, 32, 32)) == [4096, 4096, 2048, 1024, 512]
     record = speed_main(
-        ["--archs", "resnet18", "--size", "32", "--batch", "2", "--rounds", "2", "--out", str(tmp_path)]
+        ["--archs", "resnet18", "--size", "32", "--batch", "2", "--rounds", "2", "--out", str(tmp_path), "--profile"]
     )
     saved = json.loads((tmp_path / "speed.json").read_text())
     assert saved["results"] == json.loads(json.dumps(record["results"]))
@@ -273,6 +273,11 @@ def test_speed_benchmark_writes_every_ratio(tmp_path, capsys):
                 assert line.rstrip().endswith(f"{goal:7.2f}  " + ("yes" if r["median"] <= goal else "NO"))
             printed += goal is not None
     assert printed == 5 and target("cpu", "forward", "ode/torchvision", "resnet18") == 1.02
+    # --profile: where each forward ratio of a twin goes, operator by operator, printed and kept.
+    profile = saved["results"]["resnet18"]["forward"]["profile"]
+    assert set(profile["pairs"]) == {"ode/torchvision", "sde/ode"}
+    assert any(op == "aten::normal_" and a > 0 and b == 0 for op, a, b in profile["pairs"]["sde/ode"]["ops"])
+    assert "where the time goes in sde/ode, forward pass" in out
     assert target("cpu", "forward", "sde/ode", "resnet50") == 1.15 and target("cpu", "forward", "sde/ode") is None
 
 

@@ -25,7 +25,10 @@ def _record(median: float) -> dict:
         "environment": {"cpu_count": 2, "processor": "x86_64", "torch_threads": 2,
                         "versions": {"torch": "2", "neuralsde": "0"}},  # fmt: skip
         "results": {"resnet18": {
-            "forward": {"ratios": {"ode/torchvision": ratio, "gaussians/ode": ratio}},
+            "forward": {"ratios": {"ode/torchvision": ratio, "gaussians/ode": ratio},
+                        "profile": {"calls": 3, "wall_ms": {}, "op_ms": {}, "pairs": {"ode/torchvision": {
+                            "ops": [["aten::aminmax", 1.5, 0.0]], "op_ms": [10.0, 9.0], "wall_ms": [12.0, 10.5],
+                            "outside_ms": [2.0, 1.5]}}}},
             "noise draws": {"values": 10, "seconds": {"torch normal_": 1e-7}, "ns_per_value": {"torch normal_": 10.0},
                             "ratios": {}},
             "compiled forward": {"ratios": {"ode/torchvision": ratio, "sde/sde eager": {**ratio, "median": 1.5}},
@@ -45,6 +48,10 @@ def test_a_target_is_shown_met_or_missed(median, verdict):
     assert "| resnet18 | torch normal_ | 10.00 | 0.00 |" in text
     assert "| resnet18 | 30 s | 40 s | 50 s | never (no faster than eager) |" in text
     assert "- resnet18: the SDE twin compiled is 50% slower than eager." in text
+    # Where the time goes: the profiled operators, their sum, the wall and the outside time, with differences.
+    assert "**resnet18, ODE ÷ torchvision**, forward, ms per call (3 profiled calls):" in text
+    assert "| `aten::aminmax` | 1.50 | 0.00 | +1.50 |" in text
+    assert "| **outside operators** | 2.00 | 1.50 | +0.50 |" in text
 
 
 def test_publish_writes_the_page_and_refuses_what_is_no_cpu_run(tmp_path, capsys):

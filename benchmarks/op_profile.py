@@ -1,0 +1,100 @@
+"""Where a forward pass's time goes: two models' operators side by side (torch.profiler, CPU).
+
+What ``python -m benchmarks.speed --profile`` adds for each ratio of the forward line:
+the self CPU time of every operator per call of each model, the operators whose time
+differs most between the two, the sum over all operators, the wall time per call (timed
+without the profiler) and their difference, the time outside operators (Python, the
+framework's dispatch). A ratio above its target is thus split into the operators that
+make it and the time no operator accounts for.
+
+The profiler adds a few microseconds to each operator it records, so the operator sums
+are slightly high and the time outside operators slightly low; both models carry the
+same overhead per operator.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+__all__ = ["compare", "lines", "op_times"]
+
+
+def op_times(run: Callable[[], object], calls: int) -> dict[str, float]:
+    """Operator -> self CPU milliseconds per call of ``run``, over ``calls`` profiled calls."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            run()
+    return {e.key: e.self_cpu_time_total / calls / 1e3 for e in prof.key_averages() if e.self_cpu_time_total > 0}
+
+
+def _wall_ms(run: Callable[[], object], calls: int) -> float:
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def compare(
+    runs: dict[str, Callable[[], object]], pairs: list[tuple[str, str]], *, calls: int = 3, top: int = 8
+) -> dict:
+    """The operators of each pair of ``runs`` side by side, and the time outside them.
+
+    Each callable is called once untimed, then ``calls`` times for the wall time and
+    ``calls`` times under the profiler.
+
+    Returns:
+        ``{"calls": n, "wall_ms": {name: ms}, "op_ms": {name: ms}, "pairs": {"a/b": {"ops":
+        [[op, a_ms, b_ms], ...], "op_ms": [a, b], "wall_ms": [a, b], "outside_ms": [a, b]}}}``,
+        per call; ``ops`` are the ``top`` operators whose times differ most, largest
+        difference first.
+    """
+    if calls < 1:
+        raise ValueError(f"calls must be at least 1, got {calls}")
+    torch.manual_seed(0)  # the SDE twin's draws: the same in every run of the profile
+    ops, wall = {}, {}
+    for name, run in runs.items():
+        run()
+        wall[name] = _wall_ms(run, calls)
+        ops[name] = op_times(run, calls)
+    out = {
+        "calls": calls,
+        "wall_ms": wall,
+        "op_ms": {name: sum(t.values()) for name, t in ops.items()},
+        "pairs": {},
+    }
+    for a, b in pairs:
+        keys = sorted(set(ops[a]) | set(ops[b]), key=lambda k: (-abs(ops[a].get(k, 0.0) - ops[b].get(k, 0.0)), k))
+        out["pairs"][f"{a}/{b}"] = {
+            "ops": [[k, ops[a].get(k, 0.0), ops[b].get(k, 0.0)] for k in keys[:top]],
+            "op_ms": [out["op_ms"][a], out["op_ms"][b]],
+            "wall_ms": [wall[a], wall[b]],
+            "outside_ms": [wall[a] - out["op_ms"][a], wall[b] - out["op_ms"][b]],
+        }
+    return out
+
+
+def lines(arch: str, profile_: dict) -> list[str]:
+    """The printed tables: per pair, the operators that differ most, their sum, wall and outside time."""
+    out = []
+    for pair, p in profile_["pairs"].items():
+        a, b = pair.split("/")
+        out.append(
+            f"{arch:10} where the time goes in {pair}, forward pass (ms per call, {profile_['calls']} profiled calls)"
+        )
+        out.append(f"{'':10} {'':32} {a[:10]:>10} {b[:11]:>11} {'difference':>10}")
+        rows = [(k, x, y) for k, x, y in p["ops"]]
+        rows += [
+            ("all operators", *p["op_ms"]),
+            ("wall (no profiler)", *p["wall_ms"]),
+            ("outside operators", *p["outside_ms"]),
+        ]
+        for k, x, y in rows:
+            out.append(f"{'':10} {k[:32]:32} {x:10.2f} {y:11.2f} {x - y:+10.2f}")
+    return out

@@ -1,0 +1,34 @@
+"""benchmarks.op_profile: two callables' operators side by side, and the time outside them."""
+
+import pytest
+import torch
+
+from benchmarks.op_profile import compare, lines
+
+
+def test_an_operator_only_one_side_calls_is_its_difference_and_the_sums_add_up():
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    runs = {
+        "more": lambda: (torch.mm(a, b), torch.sigmoid(a)),
+        "base": lambda: torch.mm(a, b),
+    }
+    out = compare(runs, [("more", "base")], calls=3, top=50)
+    pair = out["pairs"]["more/base"]
+    ops = {op: (x, y) for op, x, y in pair["ops"]}
+    assert ops["aten::sigmoid"][0] > 0 and ops["aten::sigmoid"][1] == 0
+    assert "aten::mm" in ops and ops["aten::mm"][1] > 0
+    diffs = [abs(x - y) for _, x, y in pair["ops"]]
+    assert diffs == sorted(diffs, reverse=True)  # largest difference first
+    # Every operator is listed (top=50 is more than either calls), so the listed ones sum to the total.
+    assert sum(x for _, x, _ in pair["ops"]) == pytest.approx(pair["op_ms"][0])
+    assert sum(y for _, _, y in pair["ops"]) == pytest.approx(pair["op_ms"][1])
+    assert pair["outside_ms"] == [w - o for w, o in zip(pair["wall_ms"], pair["op_ms"])]
+    assert len(compare(runs, [("more", "base")], calls=1, top=1)["pairs"]["more/base"]["ops"]) == 1
+    text = lines("tiny", out)
+    assert text[0].startswith("tiny       where the time goes in more/base, forward pass")
+    assert any("aten::sigmoid" in line for line in text) and "outside operators" in text[-1]
+
+
+def test_calls_below_one_are_refused():
+    with pytest.raises(ValueError, match="calls must be at least 1, got 0"):
+        compare({"x": lambda: None}, [], calls=0)
