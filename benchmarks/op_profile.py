@@ -14,7 +14,10 @@ same overhead per operator.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -24,21 +27,32 @@ from torch.profiler import ProfilerActivity, profile
 __all__ = ["compare", "lines", "op_times"]
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Standard error closed at the descriptor: the profiler's library prints two lines per session there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def op_times(run: Callable[[], object], calls: int) -> dict[str, float]:
     """Operator -> self CPU milliseconds per call of ``run``, over ``calls`` profiled calls."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(calls):
             run()
     return {e.key: e.self_cpu_time_total / calls / 1e3 for e in prof.key_averages() if e.self_cpu_time_total > 0}
 
 
-def _wall_ms(run: Callable[[], object], calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+def _wall_ms(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return (time.perf_counter() - start) * 1e3
 
 
 def compare(
@@ -46,8 +60,10 @@ def compare(
 ) -> dict:
     """The operators of each pair of ``runs`` side by side, and the time outside them.
 
-    Each callable is called once untimed, then ``calls`` times for the wall time and
-    ``calls`` times under the profiler.
+    Each callable is called once untimed; then, in ``calls`` rounds whose order rotates
+    (as in ``paired_ratios``, so that drifts of the machine hit every model alike), each
+    is timed once without the profiler and profiled once. Every figure is a mean over the
+    rounds, so that the time outside operators is the mean wall time less the mean sum.
 
     Returns:
         ``{"calls": n, "wall_ms": {name: ms}, "op_ms": {name: ms}, "pairs": {"a/b": {"ops":
@@ -58,11 +74,17 @@ def compare(
     if calls < 1:
         raise ValueError(f"calls must be at least 1, got {calls}")
     torch.manual_seed(0)  # the SDE twin's draws: the same in every run of the profile
-    ops, wall = {}, {}
-    for name, run in runs.items():
-        run()
-        wall[name] = _wall_ms(run, calls)
-        ops[name] = op_times(run, calls)
+    names = list(runs)
+    for name in names:
+        runs[name]()
+    ops: dict[str, dict[str, float]] = {name: {} for name in names}
+    walls: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(calls):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            walls[name].append(_wall_ms(runs[name]))
+            for op, ms in op_times(runs[name], 1).items():
+                ops[name][op] = ops[name].get(op, 0.0) + ms / calls
+    wall = {name: statistics.fmean(t) for name, t in walls.items()}
     out = {
         "calls": calls,
         "wall_ms": wall,

@@ -138,9 +138,7 @@ def measure_arch(
         )
         bar.close()
         if phase == "forward" and profile and torch.device(device).type == "cpu":
-            results[phase]["profile"] = op_profile.compare(
-                {name: runs[name] for name in models}, pairs, calls=max(3, rounds // 4)
-            )
+            results[phase]["profile"] = op_profile.compare({name: runs[name] for name in models}, pairs, calls=rounds)
 
     # DeepLift: the ODE twin against the discrete twin, both in eval mode.
     ode.eval()
