@@ -67,9 +67,10 @@ def compare(
 
     Returns:
         ``{"calls": n, "wall_ms": {name: ms}, "op_ms": {name: ms}, "pairs": {"a/b": {"ops":
-        [[op, a_ms, b_ms], ...], "op_ms": [a, b], "wall_ms": [a, b], "outside_ms": [a, b]}}}``,
-        per call; ``ops`` are the ``top`` operators whose times differ most, largest
-        difference first.
+        [[op, a_ms, b_ms], ...], "op_ms": [a, b], "wall_ms": [a, b], "outside_ms": [a, b],
+        "only_ms": [a, b]}}}``, per call; ``ops`` are the ``top`` operators whose times differ
+        most, largest difference first; ``only_ms`` the time in the operators one calls and
+        the other does not.
     """
     if calls < 1:
         raise ValueError(f"calls must be at least 1, got {calls}")
@@ -98,6 +99,11 @@ def compare(
             "op_ms": [out["op_ms"][a], out["op_ms"][b]],
             "wall_ms": [wall[a], wall[b]],
             "outside_ms": [wall[a] - out["op_ms"][a], wall[b] - out["op_ms"][b]],
+            # What each calls that the other does not (a finiteness check, a noise draw).
+            "only_ms": [
+                sum(t for k, t in ops[a].items() if k not in ops[b]),
+                sum(t for k, t in ops[b].items() if k not in ops[a]),
+            ],
         }
     return out
 
@@ -113,6 +119,7 @@ def lines(arch: str, profile_: dict) -> list[str]:
         out.append(f"{'':10} {'':32} {a[:10]:>10} {b[:11]:>11} {'difference':>10}")
         rows = [(k, x, y) for k, x, y in p["ops"]]
         rows += [
+            ("operators the other does not call", *p["only_ms"]),
             ("all operators", *p["op_ms"]),
             ("wall (no profiler)", *p["wall_ms"]),
             ("outside operators", *p["outside_ms"]),

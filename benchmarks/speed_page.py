@@ -151,6 +151,7 @@ def _profile(arch: str, profile: dict) -> list[str]:
         a, b = pair.split("/")
         rows = [[f"`{op}`", f"{x:.2f}", f"{y:.2f}", f"{x - y:+.2f}"] for op, x, y in p["ops"]]
         for label, key in (
+            ("operators the other does not call", "only_ms"),
             ("all operators", "op_ms"),
             ("wall (no profiler)", "wall_ms"),
             ("outside operators", "outside_ms"),
@@ -162,8 +163,23 @@ def _profile(arch: str, profile: dict) -> list[str]:
             f"**{arch}, {LABELS.get(pair, pair)}**, forward, ms per call ({profile['calls']} profiled calls):",
             "",
             _table(["operator", a, b, "difference"], rows),
+            "",
+            _in_words(a, b, p),
         ]
     return out
+
+
+def _in_words(a: str, b: str, p: dict) -> str:
+    """One profiled ratio's difference, split: operators one side alone calls, shared ones, outside them."""
+    wall = p["wall_ms"][0] - p["wall_ms"][1]
+    only = p["only_ms"][0] - p["only_ms"][1]
+    outside = p["outside_ms"][0] - p["outside_ms"][1]
+    shared = wall - only - outside
+    return (
+        f"{a} takes {wall:+.2f} ms per call against {b} ({100 * wall / p['wall_ms'][1]:+.1f}%): {only:+.2f} ms in "
+        f"operators one of them alone calls, {shared:+.2f} ms in the operators both call, {outside:+.2f} ms outside "
+        "operators."
+    )
 
 
 def _compiled_verdicts(record: dict) -> list[str]:

@@ -23,6 +23,8 @@ def test_an_operator_only_one_side_calls_is_its_difference_and_the_sums_add_up()
     assert sum(x for _, x, _ in pair["ops"]) == pytest.approx(pair["op_ms"][0])
     assert sum(y for _, _, y in pair["ops"]) == pytest.approx(pair["op_ms"][1])
     assert pair["outside_ms"] == [w - o for w, o in zip(pair["wall_ms"], pair["op_ms"])]
+    # What one side alone calls: sigmoid in "more", nothing in "base".
+    assert pair["only_ms"][0] == pytest.approx(ops["aten::sigmoid"][0]) and pair["only_ms"][1] == 0
     assert len(compare(runs, [("more", "base")], calls=1, top=1)["pairs"]["more/base"]["ops"]) == 1
     text = lines("tiny", out)
     assert text[0].startswith("tiny       where the time goes in more/base, forward pass")

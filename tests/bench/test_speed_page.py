@@ -28,7 +28,7 @@ def _record(median: float) -> dict:
             "forward": {"ratios": {"ode/torchvision": ratio, "gaussians/ode": ratio},
                         "profile": {"calls": 3, "wall_ms": {}, "op_ms": {}, "pairs": {"ode/torchvision": {
                             "ops": [["aten::aminmax", 1.5, 0.0]], "op_ms": [10.0, 9.0], "wall_ms": [12.0, 10.5],
-                            "outside_ms": [2.0, 1.5]}}}},
+                            "outside_ms": [2.0, 1.5], "only_ms": [1.5, 0.0]}}}},
             "noise draws": {"values": 10, "seconds": {"torch normal_": 1e-7}, "ns_per_value": {"torch normal_": 10.0},
                             "ratios": {}},
             "compiled forward": {"ratios": {"ode/torchvision": ratio, "sde/sde eager": {**ratio, "median": 1.5}},
@@ -52,6 +52,9 @@ def test_a_target_is_shown_met_or_missed(median, verdict):
     assert "**resnet18, ODE ÷ torchvision**, forward, ms per call (3 profiled calls):" in text
     assert "| `aten::aminmax` | 1.50 | 0.00 | +1.50 |" in text
     assert "| **outside operators** | 2.00 | 1.50 | +0.50 |" in text
+    # In words: 1.5 ms of the 1.5 ms more is what only one side calls, none in shared operators, 0.5 outside.
+    assert "ode takes +1.50 ms per call against torchvision (+14.3%): +1.50 ms in operators one of them alone " in text
+    assert "-0.50 ms in the operators both call, +0.50 ms outside operators." in text
 
 
 def test_publish_writes_the_page_and_refuses_what_is_no_cpu_run(tmp_path, capsys):
