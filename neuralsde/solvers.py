@@ -28,6 +28,7 @@ torch's generator unless ``bm`` is given.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -52,6 +53,8 @@ __all__ = [
     "SolverError",
     "SolverStats",
     "check_method",
+    "all_finite",
+    "extrema",
     "finite_flag",
     "integrate",
     "is_adaptive",
@@ -127,6 +130,32 @@ def _diffusion_is_elementwise(diffusion) -> bool:
     return bool(getattr(diffusion, "elementwise", True))
 
 
+def extrema(y: Tensor) -> tuple[Tensor, Tensor]:
+    """``y``'s smallest and largest element, 0-d tensors on its device (zeros if ``y`` is empty).
+
+    One pass over ``y``: NaN propagates to both, an infinity is one of them, so ``y`` is
+    finite exactly when both are (see [`all_finite`][neuralsde.solvers.all_finite]).
+    """
+    if y.numel() == 0:
+        zero = y.new_zeros(())
+        return zero, zero
+    low, high = torch.aminmax(y)
+    return low, high
+
+
+def all_finite(values: Sequence[Tensor]) -> Tensor:
+    """Whether every one of ``values`` (0-d tensors, e.g. [`extrema`][neuralsde.solvers.extrema]) is finite.
+
+    A 0-d bool tensor on their device, computed in one go and not read back; the values
+    are compared in their common dtype, so that no float64 value overflows in a float32 one.
+    """
+    if not values:
+        return torch.ones((), dtype=torch.bool)
+    dtypes = {v.dtype for v in values}
+    dtype = dtypes.pop() if len(dtypes) == 1 else functools.reduce(torch.promote_types, dtypes)
+    return torch.isfinite(torch.stack([v.to(dtype) for v in values])).all()
+
+
 def finite_flag(y: Tensor) -> Tensor:
     """Whether every element of ``y`` is finite: a 0-d bool tensor on ``y``'s device.
 
@@ -136,7 +165,7 @@ def finite_flag(y: Tensor) -> Tensor:
     """
     if y.numel() == 0:
         return torch.ones((), dtype=torch.bool, device=y.device)
-    return torch.isfinite(torch.stack(torch.aminmax(y))).all()
+    return all_finite(extrema(y))
 
 
 def _check_finite(ys: list[Tensor], times: Sequence[float], method: str) -> None:

@@ -15,8 +15,7 @@ steps to resolve the discontinuity), and hooks on a block fire once per forward 
 the state entering its interval and the state leaving it, which a hook may replace
 (Captum's layer methods do).
 
-Whether the state stayed finite is recorded per block on the device and read back once,
-at the end of the stage's forward pass, or by a model once for all its stages.
+Finiteness: each block's output's extremes stay on the device; one read back per pass.
 
 Shape-changing blocks (stride, channel change, a ``downsample`` branch) cannot be time
 steps; they stay discrete transitions at the head of the stage:
@@ -50,7 +49,7 @@ from .blocks import ResBlock
 from .diffusion import Diffusion
 from .intervals import NOISE_OFF_METHOD, BlockInterval, ZeroDiffusion, path_seed
 from .settings import SolverSettings
-from .solvers import SolverError, SolverStats, finite_flag, is_adaptive
+from .solvers import SolverError, SolverStats, all_finite, extrema, is_adaptive
 
 __all__ = ["ContinuousStage"]
 
@@ -123,7 +122,7 @@ class ContinuousStage(nn.Module):
         self.frozen: list[list[float]] | None = None
         self.direct_backprop = False
         self._recording: list[list[float]] | None = None
-        self._finite: list[Tensor] = []
+        self._extrema: list[tuple[Tensor, Tensor]] = []
         self.stats = SolverStats()
         self.solver = SolverSettings(
             method, steps_per_block, T, rtol, atol, adjoint, sde=diffusion is not None, elementwise=self._elementwise()
@@ -387,14 +386,14 @@ class ContinuousStage(nn.Module):
         self.stats.reset()
         noise = self.is_sde and self.noise
         track = not torch.compiler.is_compiling()  # tracing (compile, export): no tensor may be read back
-        self._finite = []
+        self._extrema = []
         for k, block in enumerate(self.continuous_blocks):
             try:
                 x = block(x, interval=self.interval(k, noise))
             except SolverError as err:
                 raise err.in_stage(self.name) from err
-            if track:
-                self._finite.append(finite_flag(x))
+            if track:  # one operator per block; the flags are formed once, when read
+                self._extrema.append(extrema(x))
         if check_finite:
             self.check_finite()
         return x
@@ -405,7 +404,11 @@ class ContinuousStage(nn.Module):
         0-d bool tensors on the state's device, not read back (empty under
         ``torch.compile``, which cannot read them back without breaking the graph).
         """
-        return list(self._finite)
+        return [all_finite(pair) for pair in self._extrema]
+
+    def block_extrema(self) -> list[Tensor]:
+        """Each continuous block's last output's smallest and largest element (0-d, in order)."""
+        return [v for pair in self._extrema for v in pair]
 
     def check_finite(self) -> None:
         """Raise if a block's output in the last forward pass was not finite.
@@ -414,9 +417,9 @@ class ContinuousStage(nn.Module):
             SolverError: naming this stage, the end of the first block interval whose
                 output was not finite, and the method.
         """
-        if not self._finite or bool(torch.stack(self._finite).all()):
+        if bool(all_finite(self.block_extrema())):
             return
-        k = [bool(f) for f in self._finite].index(False)
+        k = [bool(f) for f in self.finite_flags()].index(False)
         since = f" (finite at t={k * self.h:.6g})" if k > 0 else ""
         method = self.interval(k).method
         raise SolverError(

@@ -1,13 +1,17 @@
 """neuralsde.stage.ContinuousStage: exact discrete limit, convergence, time, noise, errors."""
 
+import collections
+
 import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from neuralsde import ContinuousStage, NormalizedDiffusion, SolverError, integrate
+from neuralsde import ContinuousStage, NormalizedDiffusion, ODEResNet, SolverError, integrate
 from neuralsde.blocks import ResBlock
 from neuralsde.diffusion import AdditiveDiffusion, MultiplicativeDiffusion
+from neuralsde.solvers import all_finite, extrema
 
 
 def tv_layer(randomize_bn, which="layer1", arch="resnet18"):
@@ -297,6 +301,34 @@ def test_finiteness_is_read_back_once_at_the_end(randomize_bn):
         stage.check_finite()
     # The first block whose output was not finite ends at t=1.
     assert (info.value.stage, info.value.method, info.value.time) == ("layer1", "rk4", 1.0)
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_finiteness_check_costs_one_operator_per_block_and_is_formed_once():
+    model = ODEResNet.from_torchvision(torchvision.models.resnet18(num_classes=3)).eval()
+    blocks = sum(len(stage.continuous_blocks) for stage in model.stages)
+    with torch.no_grad(), _CountOps() as count:
+        model(torch.randn(1, 3, 32, 32))
+    # Per block its smallest and largest element (one aminmax); the flags once, at the end of the
+    # pass (one stack, one isfinite, one all): per block these were aminmax, stack, isfinite and all.
+    assert count.ops["aminmax"] == blocks == 5
+    assert count.ops["stack"] == count.ops["all"] == 1
+
+
+def test_finiteness_over_dtypes_compares_in_the_common_dtype():
+    big = torch.tensor(1e300, dtype=torch.float64)  # finite in float64, infinite in float32
+    assert bool(all_finite([torch.tensor(1.0), big, torch.tensor(2.0, dtype=torch.bfloat16)]))
+    assert not bool(all_finite([torch.tensor(1.0), torch.tensor(float("nan"), dtype=torch.float16)]))
+    assert bool(all_finite([])) and extrema(torch.empty(0, 3)) == (0, 0)
 
 
 def test_a_finite_half_precision_state_whose_sum_overflows_is_no_error():
