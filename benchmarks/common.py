@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -14,7 +15,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_write_text", "environment", "paired_ratios", "progress_bar", "quartiles", "save_png", "write_json"]
+__all__ = [
+    "atomic_write_text",
+    "environment",
+    "paired_ratios",
+    "progress_bar",
+    "quartiles",
+    "round_order",
+    "save_png",
+    "write_json",
+]
 
 
 def environment(device: str | torch.device = "cpu") -> dict:
@@ -156,6 +166,18 @@ def _timer(device: torch.device):
     return timed
 
 
+def round_order(names: list[str], r: int, seed: int = 0) -> list[str]:
+    """The order of round ``r``: ``names`` shuffled by a generator seeded with ``(seed, r)``.
+
+    Shuffled, not rotated: under a rotation each callable always follows the same one
+    (in a round of tv, ode, sde: ode after tv, except when ode opens the round), so what
+    one leaves behind (a large free, cold caches) always falls on the same other.
+    """
+    order = list(names)
+    random.Random(f"{seed}:{r}").shuffle(order)
+    return order
+
+
 def paired_ratios(
     runs: dict[str, Callable[[], object]],
     pairs: list[tuple[str, str]],
@@ -171,9 +193,10 @@ def paired_ratios(
     """Time several callables side by side and compare them pairwise.
 
     Each round calls every callable once (``inner`` times in a row, timed together), in
-    an order that rotates from round to round, so slow drifts of the machine hit all of
-    them alike; a ratio is formed within each round and the rounds' ratios are summarised
-    by their median and quartiles. On a GPU each reading is taken with CUDA events.
+    an order shuffled from round to round (``round_order``), so slow drifts of the machine
+    and what one callable leaves behind for the next hit all of them alike; a ratio is
+    formed within each round and the rounds' ratios are summarised by their median and
+    quartiles. On a GPU each reading is taken with CUDA events.
 
     Args:
         runs: name -> zero-argument callable to time.
@@ -203,8 +226,7 @@ def paired_ratios(
     for r in range(rounds):
         if deadline is not None and r >= min_rounds and time.perf_counter() > deadline:
             break
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
+        for name in round_order(names, r):
             _sync(device)
             times[name].append(timed(runs[name], inner))
         if progress is not None:

@@ -24,6 +24,8 @@ from collections.abc import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from .common import round_order
+
 __all__ = ["compare", "lines", "op_times"]
 
 
@@ -60,7 +62,7 @@ def compare(
 ) -> dict:
     """The operators of each pair of ``runs`` side by side, and the time outside them.
 
-    Each callable is called once untimed; then, in ``calls`` rounds whose order rotates
+    Each callable is called once untimed; then, in ``calls`` rounds whose order is shuffled
     (as in ``paired_ratios``, so that drifts of the machine hit every model alike), each
     is timed once without the profiler and profiled once. Every figure is a mean over the
     rounds, so that the time outside operators is the mean wall time less the mean sum.
@@ -81,7 +83,7 @@ def compare(
     ops: dict[str, dict[str, float]] = {name: {} for name in names}
     walls: dict[str, list[float]] = {name: [] for name in names}
     for r in range(calls):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in round_order(names, r):
             walls[name].append(_wall_ms(runs[name]))
             for op, ms in op_times(runs[name], 1).items():
                 ops[name][op] = ops[name].get(op, 0.0) + ms / calls

@@ -96,7 +96,8 @@ def page(record: dict) -> str:
         "",
         f"Measured with `{command}` on {env['cpu_count']} CPU cores ({env['processor']}, {env['torch_threads']} "
         f"torch threads), torch {versions['torch']}, neuralsde {versions['neuralsde']}. Each ratio is formed "
-        "within one round, in which the models run side by side in rotating order, and summarised by the median "
+        "within one round, in which the models run side by side in an order shuffled each round (seeded), "
+        "and summarised by the median "
         "over rounds [quartiles]; *fastest* is the ratio of the fastest runs, a second estimate. The verdict uses "
         "the median. Targets come from `benchmarks/targets.py`, the table the GPU benchmark reads too. The control "
         "row times a copy of the torchvision network beside it: two identical networks, whose ratio would be 1 on a "

@@ -1,7 +1,7 @@
 """The ``speed`` section: the models against torchvision, side by side, at GPU sizes.
 
 Every line times its models in one loop of rounds (``benchmarks.common.paired_ratios``:
-the order rotates from round to round, a ratio is formed within each round, CUDA events
+the order is shuffled from round to round, a ratio is formed within each round, CUDA events
 after a warm-up) and reports the median ratio with its quartiles, each model's images
 per second and its peak memory. Lines, most important first:
 
