@@ -124,9 +124,9 @@ def page(record: dict) -> str:
             "",
             "Each forward ratio split by operator (`--profile`: torch.profiler's self CPU time per call, eager, "
             "the same inputs): the operators whose times differ most between the two models, the sum over all "
-            "operators, the wall time per call timed without the profiler, and the time outside operators (Python "
-            "and dispatch: the wall time less the operators' sum). The profiler adds a few microseconds to each "
-            "operator it records, to both models alike.",
+            "operators, the wall time per call timed without the profiler, and the time outside operators (the wall "
+            "time less the operators' sum: Python, dispatch, and freeing tensors, which no operator records). "
+            "The profiler adds a few microseconds to each operator it records, to both models alike.",
             *profiles,
         ]
     if compiled:
