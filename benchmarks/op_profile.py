@@ -3,8 +3,8 @@
 What ``python -m benchmarks.speed --profile`` adds for each ratio of the forward line:
 the self CPU time of every operator per call of each model, the operators whose time
 differs most between the two, the sum over all operators, the wall time per call (timed
-without the profiler) and their difference, the time outside operators (Python, the
-framework's dispatch). A ratio above its target is thus split into the operators that
+without the profiler) and the time outside operators (wall less sum: Python, dispatch,
+freeing tensors). A ratio above its target is thus split into the operators that
 make it and the time no operator accounts for.
 
 The profiler adds a few microseconds to each operator it records, so the operator sums

@@ -52,8 +52,8 @@ __all__ = [
     "SDE_METHODS",
     "SolverError",
     "SolverStats",
-    "check_method",
     "all_finite",
+    "check_method",
     "extrema",
     "finite_flag",
     "integrate",
@@ -163,8 +163,6 @@ def finite_flag(y: Tensor) -> Tensor:
     infinity is one of them), with no sum that could overflow a half-precision dtype and
     no read back to the host.
     """
-    if y.numel() == 0:
-        return torch.ones((), dtype=torch.bool, device=y.device)
     return all_finite(extrema(y))
 
 

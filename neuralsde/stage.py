@@ -417,7 +417,7 @@ class ContinuousStage(nn.Module):
             SolverError: naming this stage, the end of the first block interval whose
                 output was not finite, and the method.
         """
-        if bool(all_finite(self.block_extrema())):
+        if not (values := self.block_extrema()) or bool(all_finite(values)):  # none under torch.compile
             return
         k = [bool(f) for f in self.finite_flags()].index(False)
         since = f" (finite at t={k * self.h:.6g})" if k > 0 else ""

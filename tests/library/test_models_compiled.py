@@ -145,3 +145,13 @@ def test_torch_export_of_an_eval_model():
         program = torch.export.export(model, (x,))
         with torch.no_grad():
             torch.testing.assert_close(program.module()(x), model(x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_stage_compiles_whole_with_its_own_finiteness_check():
+    # Under tracing no block records its extremes, so the stage's check has nothing to read back.
+    torch.manual_seed(0)
+    model = ODEResNet.small(in_channels=3, num_classes=5, widths=(4,), blocks=2).eval()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        out = torch.compile(model.stages[0].flow, fullgraph=True, backend="eager")(x)
+        torch.testing.assert_close(out, model.stages[0].flow(x), rtol=0, atol=0)
