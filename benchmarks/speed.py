@@ -321,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error("--rounds must be at least 2")
+    if args.profile and torch.device(args.device).type != "cpu":
+        parser.error("--profile splits CPU time by operator: it runs with --device cpu only")
     record = {
         "benchmark": "speed",
         "config": {

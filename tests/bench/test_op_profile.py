@@ -48,3 +48,14 @@ def test_the_rounds_order_is_shuffled_by_seed_so_no_model_always_follows_the_sam
     # shuffled, it follows at least two different models within the benchmark's 12 rounds.
     before = {o[o.index("ode") - 1] for o in orders if o[0] != "ode"}
     assert len(before) >= 2
+
+
+def test_profile_on_another_device_is_refused_in_one_line_before_anything_runs(capsys):
+    from benchmarks.speed import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--device", "cuda", "--profile", "--archs", "resnet18"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and err[-1].endswith(
+        "--profile splits CPU time by operator: it runs with --device cpu only"
+    )
